@@ -1,0 +1,3 @@
+from kvopt.cli import main
+
+main()

@@ -1,0 +1,368 @@
+"""Typed, validated configuration: the one place that knows every field.
+
+Hydra composes ``conf/`` into a DictConfig; :func:`validate` turns it into frozen
+dataclasses and reports *every* problem at once, each naming the field, what was
+given and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kvopt.errors import ConfigError
+
+__all__ = [
+    "CACHE_IMPLEMENTATIONS",
+    "ATTN_IMPLEMENTATIONS",
+    "DTYPES",
+    "SAMPLERS",
+    "STORAGE_BACKENDS",
+    "METRICS",
+    "ModelConfig",
+    "ProfileConfig",
+    "SearchSpaceConfig",
+    "SamplerConfig",
+    "StorageConfig",
+    "StudyConfig",
+    "KvoptConfig",
+    "validate",
+]
+
+# What transformers 5 accepts (sliding_window/hybrid are deprecated aliases, left out).
+CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZED_BACKENDS = ("quanto", "hqq")
+SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
+STORAGE_BACKENDS = ("rdb", "journal", "memory")
+WEIGHTS_MODES = ("auto", "pretrained", "random")
+# The study's objectives, in Optuna's order, with their directions.
+METRICS = ("ttft_ms", "decode_tok_s", "peak_mem_mb")
+DIRECTIONS = ("minimize", "maximize", "minimize")
+SLO_KEYS = ("max_ttft_ms", "min_decode_tok_s", "max_mem_mb")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    hub_id: str
+    revision: str
+    weights: str
+    trust_remote_code: bool
+    dtype: str
+    architecture: dict[str, Any]
+
+    @property
+    def model_type(self) -> str:
+        return str(self.architecture["model_type"])
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    name: str
+    prompt_tokens: int
+    new_tokens: int
+    warmup: int
+    repetitions: int
+    n_trials: int
+    weights: dict[str, float]
+    slo: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class SearchSpaceConfig:
+    name: str
+    cache_implementation: tuple[str, ...]
+    attn_implementation: tuple[str, ...]
+    dtype: tuple[str, ...]
+    batch_size: tuple[int, ...]
+    quantized_backend: str = "quanto"
+    quantized_nbits: int = 4
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: str
+    n_startup_trials: int | None = None
+    population_size: int | None = None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str
+    url: str | None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str | None
+    n_trials: int
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class KvoptConfig:
+    model: ModelConfig
+    profile: ProfileConfig
+    search_space: SearchSpaceConfig
+    sampler: SamplerConfig
+    storage: StorageConfig
+    study: StudyConfig
+    device: str
+    seed: int
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+class _Problems:
+    """Collects every validation problem so the user sees them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, key: str, given: Any, allowed: str) -> None:
+        self.items.append(f"{key}: got {given!r}; allowed: {allowed}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))
+
+
+def _choices(
+    problems: _Problems, section: Mapping[str, Any], key: str, allowed: tuple[str, ...]
+) -> tuple[str, ...]:
+    value = section.get(key)
+    full_key = f"search_space.{key}"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        problems.add(full_key, value, f"a non-empty list of {', '.join(allowed)}")
+        return ()
+    bad = [v for v in value if v not in allowed]
+    if bad:
+        problems.add(full_key, bad if len(bad) > 1 else bad[0], ", ".join(allowed))
+        return ()
+    return tuple(dict.fromkeys(value))  # drop repeats, keep order
+
+
+def _positive_int(problems: _Problems, key: str, value: Any, minimum: int = 1) -> int:
+    if not _is_int(value) or value < minimum:
+        problems.add(key, value, f"an integer >= {minimum}")
+        return minimum
+    return int(value)
+
+
+def _model(problems: _Problems, m: Mapping[str, Any]) -> ModelConfig:
+    for key in ("name", "hub_id"):
+        if not isinstance(m.get(key), str) or not m.get(key):
+            problems.add(f"model.{key}", m.get(key), "a non-empty string")
+    if m.get("weights") not in WEIGHTS_MODES:
+        problems.add("model.weights", m.get("weights"), ", ".join(WEIGHTS_MODES))
+    if not isinstance(m.get("trust_remote_code"), bool):
+        problems.add("model.trust_remote_code", m.get("trust_remote_code"), "true or false")
+    if m.get("dtype") not in DTYPES:
+        problems.add("model.dtype", m.get("dtype"), ", ".join(DTYPES))
+    arch = m.get("architecture")
+    if not isinstance(arch, Mapping) or not isinstance(arch.get("model_type"), str):
+        problems.add(
+            "model.architecture",
+            arch,
+            "a mapping of config.json fields with at least model_type",
+        )
+        arch = {"model_type": "unknown"}
+    return ModelConfig(
+        name=str(m.get("name")),
+        hub_id=str(m.get("hub_id")),
+        revision=str(m.get("revision") or "main"),
+        weights=str(m.get("weights")),
+        trust_remote_code=bool(m.get("trust_remote_code")),
+        dtype=str(m.get("dtype")),
+        architecture=dict(arch),
+    )
+
+
+def _profile(problems: _Problems, p: Mapping[str, Any]) -> ProfileConfig:
+    prompt = _positive_int(problems, "profile.prompt_tokens", p.get("prompt_tokens"))
+    # Decode throughput needs at least one token after the first.
+    new = _positive_int(problems, "profile.new_tokens", p.get("new_tokens"), minimum=2)
+    # The first warm-up run also measures memory, so at least one is needed.
+    warmup = _positive_int(problems, "profile.warmup", p.get("warmup"))
+    reps = _positive_int(problems, "profile.repetitions", p.get("repetitions"))
+    n_trials = _positive_int(problems, "profile.n_trials", p.get("n_trials"))
+
+    weights_in = p.get("weights") or {}
+    weights: dict[str, float] = {}
+    unknown = sorted(set(weights_in) - set(METRICS))
+    if unknown:
+        problems.add("profile.weights", unknown, f"keys {', '.join(METRICS)}")
+    for metric in METRICS:
+        w = weights_in.get(metric, 0.0)
+        if not _is_number(w) or w < 0:
+            problems.add(f"profile.weights.{metric}", w, "a number >= 0")
+            w = 0.0
+        weights[metric] = float(w)
+    total = sum(weights.values())
+    if not unknown and abs(total - 1.0) > 1e-6:
+        problems.add(
+            "profile.weights",
+            {k: v for k, v in weights.items()},
+            f"weights that sum to 1 (these sum to {total:g})",
+        )
+
+    slo_in = p.get("slo") or {}
+    slo: dict[str, float | None] = {}
+    unknown_slo = sorted(set(slo_in) - set(SLO_KEYS))
+    if unknown_slo:
+        problems.add("profile.slo", unknown_slo, f"keys {', '.join(SLO_KEYS)}")
+    for key in SLO_KEYS:
+        v = slo_in.get(key)
+        if v is not None and (not _is_number(v) or v <= 0):
+            problems.add(f"profile.slo.{key}", v, "null or a number > 0")
+            v = None
+        slo[key] = None if v is None else float(v)
+    return ProfileConfig(
+        name=str(p.get("name")),
+        prompt_tokens=prompt,
+        new_tokens=new,
+        warmup=warmup,
+        repetitions=reps,
+        n_trials=n_trials,
+        weights=weights,
+        slo=slo,
+    )
+
+
+def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfig:
+    caches = _choices(problems, s, "cache_implementation", CACHE_IMPLEMENTATIONS)
+    attns = _choices(problems, s, "attn_implementation", ATTN_IMPLEMENTATIONS)
+    dtypes = _choices(problems, s, "dtype", DTYPES)
+    batches_in = s.get("batch_size")
+    if _is_int(batches_in):
+        batches_in = [batches_in]
+    batches: tuple[int, ...] = ()
+    if not isinstance(batches_in, (list, tuple)) or not batches_in:
+        problems.add("search_space.batch_size", batches_in, "a non-empty list of integers >= 1")
+    else:
+        bad = [b for b in batches_in if not _is_int(b) or b < 1]
+        if bad:
+            problems.add("search_space.batch_size", bad[0], "integers >= 1")
+        else:
+            batches = tuple(sorted(set(batches_in)))
+    quant = s.get("quantized") or {}
+    backend = quant.get("backend", "quanto")
+    if backend not in QUANTIZED_BACKENDS:
+        problems.add("search_space.quantized.backend", backend, ", ".join(QUANTIZED_BACKENDS))
+    nbits = quant.get("nbits", 4)
+    if nbits not in (2, 4, 8):
+        problems.add("search_space.quantized.nbits", nbits, "2, 4 or 8")
+    return SearchSpaceConfig(
+        name=str(s.get("name", "custom")),
+        cache_implementation=caches,
+        attn_implementation=attns,
+        dtype=dtypes,
+        batch_size=batches,
+        quantized_backend=str(backend),
+        quantized_nbits=int(nbits) if _is_int(nbits) else 4,
+    )
+
+
+def _sampler(problems: _Problems, s: Mapping[str, Any]) -> SamplerConfig:
+    name = s.get("name")
+    if name not in SAMPLERS:
+        problems.add("sampler.name", name, ", ".join(SAMPLERS))
+    startup = s.get("n_startup_trials")
+    if startup is not None:
+        startup = _positive_int(problems, "sampler.n_startup_trials", startup)
+    population = s.get("population_size")
+    if population is not None:
+        population = _positive_int(problems, "sampler.population_size", population, minimum=2)
+    return SamplerConfig(name=str(name), n_startup_trials=startup, population_size=population)
+
+
+def _storage(problems: _Problems, s: Mapping[str, Any]) -> StorageConfig:
+    backend = s.get("backend")
+    url = s.get("url")
+    if backend not in STORAGE_BACKENDS:
+        problems.add("storage.backend", backend, ", ".join(STORAGE_BACKENDS))
+    elif backend == "memory" and url:
+        problems.add("storage.url", url, "null with storage=memory (use storage=sqlite to keep results)")
+    elif backend != "memory" and (not isinstance(url, str) or not url):
+        problems.add(
+            "storage.url",
+            url,
+            "an Optuna storage URL (sqlite:///file.db, postgresql://…)"
+            if backend == "rdb"
+            else "a journal file path",
+        )
+    elif backend == "rdb" and "://" not in str(url):
+        problems.add("storage.url", url, "a database URL such as sqlite:///kvopt.db or postgresql://host/db")
+    return StorageConfig(backend=str(backend), url=None if url is None else str(url))
+
+
+def _study(problems: _Problems, s: Mapping[str, Any]) -> StudyConfig:
+    name = s.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        problems.add("study.name", name, "null (derived) or a non-empty string")
+        name = None
+    n_trials = _positive_int(problems, "study.n_trials", s.get("n_trials"))
+    timeout = s.get("timeout")
+    if timeout is not None and (not _is_number(timeout) or timeout <= 0):
+        problems.add("study.timeout", timeout, "null or a number of seconds > 0")
+        timeout = None
+    return StudyConfig(
+        name=name, n_trials=n_trials, timeout=None if timeout is None else float(timeout)
+    )
+
+
+def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
+    """Validate a composed config; raise :class:`ConfigError` listing every problem."""
+    raw: dict[str, Any]
+    if isinstance(cfg, DictConfig):
+        try:
+            raw = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        except Exception as exc:  # an interpolation that cannot resolve
+            raise ConfigError([f"config: cannot resolve a value ({exc})"]) from None
+    else:
+        raw = dict(cfg)
+    problems = _Problems()
+    sections = {}
+    for key in ("model", "profile", "search_space", "sampler", "storage", "study"):
+        section = raw.get(key)
+        if not isinstance(section, Mapping):
+            problems.add(key, section, "a config group (see python -m kvopt --help)")
+            section = {}
+        sections[key] = section
+    device = raw.get("device", "auto")
+    if not isinstance(device, str) or not _DEVICE_PATTERN.match(device):
+        problems.add("device", device, "auto, cpu, cuda, cuda:N or mps")
+    seed = raw.get("seed", 0)
+    if not _is_int(seed) or seed < 0:
+        problems.add("seed", seed, "an integer >= 0")
+        seed = 0
+    result = KvoptConfig(
+        model=_model(problems, sections["model"]),
+        profile=_profile(problems, sections["profile"]),
+        search_space=_search_space(problems, sections["search_space"]),
+        sampler=_sampler(problems, sections["sampler"]),
+        storage=_storage(problems, sections["storage"]),
+        study=_study(problems, sections["study"]),
+        device=str(device),
+        seed=int(seed),
+        raw=raw,
+    )
+    problems.raise_if_any()
+    return result

@@ -1,0 +1,78 @@
+"""One timed ``generate`` call: time to first token and decode time from the same run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
+
+from kvopt.measure.timing import synchronize
+from kvopt.space import Candidate
+
+__all__ = ["GenerateRun", "timed_generate", "generate_kwargs"]
+
+
+class _FirstTokenClock(LogitsProcessor):
+    """Stamps the clock when the first logits exist, i.e. right after the prefill.
+
+    Only the first call synchronises the device, so decode steps run unperturbed.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.first_token_at: float | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.first_token_at is None:
+            synchronize(self.device)
+            self.first_token_at = time.perf_counter()
+        return scores
+
+
+@dataclass
+class GenerateRun:
+    ttft_s: float
+    decode_s: float
+    new_tokens: int
+    cache: Any  # the cache object generate used (for its byte size)
+
+
+def generate_kwargs(candidate: Candidate, new_tokens: int, pad_token_id: int) -> dict[str, Any]:
+    """Greedy, fixed-length generation with the candidate's cache settings."""
+    return {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,  # EOS cannot end the run early: fixed work per call
+        "do_sample": False,
+        "pad_token_id": pad_token_id,
+        "return_dict_in_generate": True,
+        **candidate.generate_kwargs(),
+    }
+
+
+@torch.inference_mode()
+def timed_generate(
+    model: PreTrainedModel,
+    inputs: dict[str, torch.Tensor],
+    candidate: Candidate,
+    new_tokens: int,
+    device: torch.device,
+) -> GenerateRun:
+    clock = _FirstTokenClock(device)
+    kwargs = generate_kwargs(candidate, new_tokens, pad_token_id=0)
+    synchronize(device)
+    start = time.perf_counter()
+    out = model.generate(**inputs, logits_processor=LogitsProcessorList([clock]), **kwargs)
+    synchronize(device)
+    end = time.perf_counter()
+    produced = out.sequences.shape[1] - inputs["input_ids"].shape[1]
+    if produced != new_tokens or clock.first_token_at is None:
+        raise RuntimeError(f"generate produced {produced} tokens, expected {new_tokens}")
+    return GenerateRun(
+        ttft_s=clock.first_token_at - start,
+        decode_s=end - clock.first_token_at,
+        new_tokens=produced,
+        cache=getattr(out, "cache", None),
+    )

@@ -1,0 +1,134 @@
+"""What this machine and model can run, found before the study starts.
+
+Each choice is checked on its own, the others held at the baseline: first by rules that
+need no model (offloaded caches need CUDA, flash attention needs its package), then by a
+two-token ``generate`` on a one-layer model of the same architecture. A choice that fails
+is dropped from the search space with one line saying why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from kvopt.config import ModelConfig
+from kvopt.engine.generation import generate_kwargs
+from kvopt.engine.loading import build_config
+from kvopt.space import PARAM_NAMES, Candidate
+
+__all__ = ["ProbeResult", "probe", "default_attn_implementation", "rule_out"]
+
+_PROBE_VOCAB = 1024
+
+
+@dataclass
+class ProbeResult:
+    # "param=value" -> one-line reason it cannot run here.
+    unavailable: dict[str, str] = field(default_factory=dict)
+    # "param=value" that ran.
+    available: list[str] = field(default_factory=list)
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
+
+def rule_out(param: str, value: Any, device: torch.device, quantized_backend: str) -> str | None:
+    """A reason this choice cannot run here that needs no model to find, else None."""
+    if param == "cache_implementation":
+        if value.startswith("offloaded") and device.type != "cuda":
+            return "offloaded caches move layers between GPU and CPU: they need a CUDA device"
+        if value == "quantized":
+            module = {"quanto": "optimum.quanto", "hqq": "hqq"}[quantized_backend]
+            if not _has_module(module):
+                return f"the quantized cache's {quantized_backend} backend needs the {module} package"
+    if param == "attn_implementation":
+        if value.startswith("flash_attention"):
+            package = "flash_attn" if value == "flash_attention_2" else "flash_attn_interface"
+            if device.type != "cuda":
+                return f"{value} runs on CUDA devices only"
+            if not _has_module(package):
+                return f"{value} needs the {package} package, which is not installed"
+    if param == "dtype" and value == "bfloat16" and device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            return "this GPU does not support bfloat16"
+    return None
+
+
+def _tiny_model(model_cfg: ModelConfig, dtype: str, attn: str | None, device: torch.device) -> Any:
+    vocab = min(int(model_cfg.architecture.get("vocab_size", _PROBE_VOCAB)), _PROBE_VOCAB)
+    config = build_config(model_cfg, num_hidden_layers=1, vocab_size=vocab)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    if attn is not None:
+        kwargs["attn_implementation"] = attn
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, **kwargs)
+
+
+def default_attn_implementation(model_cfg: ModelConfig, device: torch.device) -> str:
+    """The attention backend Transformers picks for this model when the user names none."""
+    model = _tiny_model(model_cfg, model_cfg.dtype, None, device)
+    return str(model.config._attn_implementation)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    message = lines[0] if lines else ""
+    # Keep the first sentence: library messages often go on with links and advice.
+    end = message.find(". ")
+    if 0 < end < 200:
+        message = message[: end + 1]
+    return f"{type(exc).__name__}: {message}"[:240]
+
+
+@torch.inference_mode()
+def _try(model_cfg: ModelConfig, candidate: Candidate, device: torch.device) -> str | None:
+    try:
+        model = _tiny_model(model_cfg, candidate.dtype, candidate.attn_implementation, device)
+        ids = torch.randint(1, model.config.vocab_size, (1, 8), device=device)
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            **generate_kwargs(candidate, new_tokens=2, pad_token_id=0),
+        )
+        return None
+    except Exception as exc:  # any failure means: this choice does not run here
+        return _first_line(exc)
+
+
+def probe(
+    model_cfg: ModelConfig,
+    device: torch.device,
+    choices: dict[str, list[Any]],
+    baseline: Candidate,
+    quantized_backend: str = "quanto",
+) -> ProbeResult:
+    """Check every choice (others at the baseline) and say which cannot run, and why."""
+    result = ProbeResult()
+    for param in PARAM_NAMES:
+        if param == "batch_size":
+            continue  # batch size limits are memory limits: found per trial
+        for value in choices.get(param, []):
+            key = f"{param}={value}"
+            reason = rule_out(param, value, device, quantized_backend)
+            if reason is None:
+                params = {**baseline.params(), param: value}
+                quantized = params["cache_implementation"] == "quantized"
+                candidate = Candidate(
+                    **params,
+                    quantized_backend=quantized_backend if quantized else None,
+                    quantized_nbits=4 if quantized else None,
+                )
+                reason = _try(model_cfg, candidate, device)
+            if reason is None:
+                result.available.append(key)
+            else:
+                result.unavailable[key] = reason
+    return result

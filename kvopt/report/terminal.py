@@ -1,0 +1,139 @@
+"""What the user sees in the terminal: the plan, live progress, the front and the decision."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kvopt.select import Recommendation, Result
+
+__all__ = ["StudyProgress", "print_plan", "print_summary", "format_gains", "paste_snippet"]
+
+_GAIN_LABELS = {"ttft_ms": "TTFT", "decode_tok_s": "decode", "peak_mem_mb": "memory"}
+
+
+def print_plan(console: Console, lines: list[tuple[str, str]], dropped: dict[str, str]) -> None:
+    for key, value in lines:
+        console.print(f"[bold]{key:<13}[/bold] {value}", highlight=False)
+    for choice, reason in dropped.items():
+        console.print(f"[yellow]dropped[/yellow]       {choice}: {reason}", highlight=False)
+
+
+class StudyProgress:
+    """A progress bar with the trial count, elapsed time and the best result so far."""
+
+    def __init__(self, console: Console, total: int, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.progress = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[best]}"),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("trials", total=total, best="")
+
+    def __enter__(self) -> StudyProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def log(self, message: str) -> None:
+        self.progress.console.print(message, highlight=False)
+
+    def advance(self, best: str) -> None:
+        left = ""
+        if self.timeout is not None:
+            remaining = max(0.0, self.timeout - (time.monotonic() - self.started))
+            left = f"  {remaining:.0f}s left"
+        self.progress.update(self.task, advance=1, best=f"best: {best}{left}")
+
+
+def format_gains(gains: dict[str, float]) -> str:
+    return ", ".join(f"{_GAIN_LABELS[m]} {g:+.1f}%" for m, g in gains.items())
+
+
+def _values_row(r: Result) -> list[str]:
+    return [
+        f"{r.values['ttft_ms']:.1f}",
+        f"{r.values['decode_tok_s']:.1f}",
+        f"{r.values['peak_mem_mb']:.1f}",
+    ]
+
+
+def paste_snippet(model_id: str, rec: Result, generate_kwargs: dict[str, Any]) -> str:
+    params = rec.params
+    gen = ", ".join(f"{k}={v!r}" for k, v in generate_kwargs.items())
+    return (
+        f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, "
+        f"dtype={params['dtype']!r}, attn_implementation={params['attn_implementation']!r})\n"
+        f"out = model.generate(**inputs, {gen})  # inputs: {params['batch_size']} prompt(s) per batch"
+    )
+
+
+def print_summary(
+    console: Console,
+    front: list[Result],
+    baseline: Result | None,
+    recommendation: Recommendation | None,
+    counts: dict[str, int],
+    snippet: str | None,
+) -> None:
+    console.print(
+        "trials: " + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n),
+        highlight=False,
+    )
+    if not front:
+        console.print("[red]no candidate completed a measurement[/red]")
+        return
+    table = Table(
+        title="Pareto front (TTFT min, decode tok/s max, memory min)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right")
+    table.add_column("candidate", no_wrap=True)
+    table.add_column("TTFT ms", justify="right")
+    table.add_column("tok/s", justify="right")
+    table.add_column("mem MB", justify="right")
+    table.add_column("", justify="left")
+    rec_number = recommendation.result.number if recommendation else None
+    shown = list(front)
+    if baseline is not None and baseline not in shown:
+        shown.append(baseline)
+    for r in shown:
+        mark = []
+        if r.number == rec_number:
+            mark.append("recommended")
+        if r.is_baseline:
+            mark.append("baseline")
+        if r not in front:
+            mark.append("dominated")
+        style = "bold green" if r.number == rec_number else None
+        table.add_row(str(r.number), r.label, *_values_row(r), " ".join(mark), style=style)
+    console.print(table)
+    if recommendation is None:
+        return
+    rec = recommendation.result
+    console.print(f"[bold green]recommended[/bold green]: {rec.label} (trial #{rec.number})", highlight=False)
+    if recommendation.gains_pct is not None:
+        console.print(
+            "gain over baseline (positive = better): " + format_gains(recommendation.gains_pct),
+            highlight=False,
+        )
+    if recommendation.note:
+        console.print(f"[yellow]note[/yellow]: {recommendation.note}", highlight=False)
+    if snippet:
+        console.print("settings:", highlight=False)
+        console.print(snippet, highlight=False, soft_wrap=True, markup=False)

@@ -1,0 +1,282 @@
+"""A whole study: check everything, probe, measure trials, decide, write the results.
+
+Everything a user can get wrong is checked in :func:`prepare`, before any study is
+created or altered; :func:`tune` then runs trials until the budget is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from omegaconf import OmegaConf
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+from rich.console import Console
+
+from kvopt.config import METRICS, KvoptConfig
+from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
+from kvopt.engine.workload import Workload, make_workload
+from kvopt.machine import device_label, machine_info, resolve_device
+from kvopt.probe import default_attn_implementation, probe
+from kvopt.report.results import trial_records, write_json
+from kvopt.report.terminal import StudyProgress, paste_snippet, print_plan, print_summary
+from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
+from kvopt.space import Candidate, SearchSpace
+from kvopt.storage import describe_storage, open_storage
+from kvopt.study import check_compatible, enqueue_baseline, make_sampler, open_study, study_name
+from kvopt.trial import TrialOutcome, TrialRunner
+
+__all__ = ["Prepared", "StudyResult", "prepare", "tune"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Everything checked and resolved before the study is touched."""
+
+    cfg: KvoptConfig
+    device: torch.device
+    weights: WeightsSource
+    workload: Workload
+    space: SearchSpace
+    storage: BaseStorage
+    storage_label: str
+    name: str
+    existing_trials: int
+
+
+@dataclass
+class StudyResult:
+    study_name: str
+    storage: str
+    results: list[Result]
+    front: list[Result]
+    baseline: Result | None
+    recommendation: Recommendation | None
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    stopped_because: str = "n_trials reached"
+
+    def to_dict(self) -> dict[str, Any]:
+        rec = self.recommendation
+        return {
+            "study_name": self.study_name,
+            "storage": self.storage,
+            "metrics": list(METRICS),
+            "stopped_because": self.stopped_because,
+            "pareto_front": [_result_dict(r) for r in self.front],
+            "baseline": _result_dict(self.baseline) if self.baseline else None,
+            "recommendation": None
+            if rec is None
+            else {
+                **_result_dict(rec.result),
+                "score": rec.score,
+                "gains_pct": rec.gains_pct,
+                "meets_slo": rec.meets_slo,
+                "note": rec.note,
+            },
+        }
+
+
+def _result_dict(r: Result) -> dict[str, Any]:
+    return {"number": r.number, "candidate": r.label, "params": r.params, "values": r.values}
+
+
+def prepare(cfg: KvoptConfig) -> Prepared:
+    """Resolve device, weights, storage and search space; raise KvoptError on bad input."""
+    device = resolve_device(cfg.device)
+    weights = resolve_weights(cfg.model)
+    storage = open_storage(cfg.storage)
+    name = study_name(cfg, device_label(device))
+    baseline = Candidate(
+        cache_implementation="dynamic",
+        attn_implementation=default_attn_implementation(cfg.model, device),
+        dtype=cfg.model.dtype,
+        batch_size=1,
+    )
+    choices = {
+        "cache_implementation": list(cfg.search_space.cache_implementation),
+        "attn_implementation": list(cfg.search_space.attn_implementation),
+        "dtype": list(cfg.search_space.dtype),
+    }
+    probed = probe(cfg.model, device, choices, baseline, cfg.search_space.quantized_backend)
+    space = SearchSpace.from_config(cfg.search_space, baseline, probed.unavailable)
+    existing = check_compatible(storage, name, space)
+    return Prepared(
+        cfg=cfg,
+        device=device,
+        weights=weights,
+        workload=make_workload(cfg.profile, cfg.model),
+        space=space,
+        storage=storage,
+        storage_label=describe_storage(cfg.storage),
+        name=name,
+        existing_trials=existing,
+    )
+
+
+def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
+    cfg, w = p.cfg, p.workload
+    choices = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in p.space.choices().items())
+    resume = f" (continuing: {p.existing_trials} trials stored)" if p.existing_trials else ""
+    return [
+        ("study", f"{p.name}{resume}"),
+        ("storage", p.storage_label),
+        ("model", f"{cfg.model.name} ({cfg.model.hub_id}), {p.weights.kind} weights: {p.weights.reason}"),
+        ("device", str(p.device)),
+        (
+            "workload",
+            f"{cfg.profile.name}: {w.prompt_tokens} prompt + {w.new_tokens} new tokens, "
+            f"{cfg.profile.warmup} warm-up + {cfg.profile.repetitions} measured runs",
+        ),
+        ("search space", f"{choices} ({p.space.size} candidates)"),
+        ("baseline", p.space.baseline.label),
+    ]
+
+
+def _study_attrs(p: Prepared) -> dict[str, Any]:
+    return {
+        "machine": machine_info(p.device),
+        "config": p.cfg.raw | {"storage": {"backend": p.cfg.storage.backend, "url": p.storage_label}},
+        "workload": {
+            "prompt_tokens": p.workload.prompt_tokens,
+            "new_tokens": p.workload.new_tokens,
+            "note": p.workload.note,
+        },
+        "weights": p.weights.kind,
+        "dropped_choices": p.space.dropped,
+        "baseline": p.space.baseline.as_dict(),
+        "profile": p.cfg.profile.name,
+        "model": p.cfg.model.name,
+    }
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name in counts:
+            counts[t.state.name] += 1
+    return counts
+
+
+def _describe(outcome: TrialOutcome) -> str:
+    head = f"#{outcome.number} {outcome.candidate.label}"
+    if outcome.is_baseline:
+        head += " (baseline)"
+    if outcome.values is None:
+        return f"{head}: {outcome.state.name.lower()}: {outcome.reason}"
+    ttft, tput, mem = outcome.values
+    tail = f" (reused #{outcome.reused_from})" if outcome.reused_from is not None else ""
+    return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{tail}"
+
+
+def _seen_candidates(study: optuna.Study) -> set[tuple[tuple[str, Any], ...]]:
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=done)}
+
+
+def tune(
+    cfg: KvoptConfig,
+    *,
+    output_dir: Path | None = None,
+    console: Console | None = None,
+    prepared: Prepared | None = None,
+) -> StudyResult:
+    """Run the study the config describes and return its front and recommendation."""
+    console = console or Console()
+    p = prepared or prepare(cfg)
+    print_plan(console, _plan_lines(p), p.space.dropped)
+    if p.workload.note:
+        console.print(f"[yellow]note[/yellow]          {p.workload.note}", highlight=False)
+
+    # A re-run reseeds by the stored trial count, so it does not replay the first run's draws.
+    sampler = make_sampler(cfg.sampler, cfg.seed + p.existing_trials, p.space)
+    study = open_study(p.storage, p.name, sampler, _study_attrs(p))
+    enqueue_baseline(study, p.space)
+    loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
+    runner = TrialRunner(
+        study, p.space, loader, p.workload, p.device,
+        warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=cfg.seed,
+    )
+
+    outcomes: list[TrialOutcome] = []
+    stopped = "n_trials reached"
+    started = time.monotonic()
+    interrupted = False
+    with StudyProgress(console, cfg.study.n_trials, cfg.study.timeout) as progress:
+        for _ in range(cfg.study.n_trials):
+            if cfg.study.timeout is not None and time.monotonic() - started >= cfg.study.timeout:
+                stopped = f"study.timeout ({cfg.study.timeout:g} s) reached"
+                break
+            if len(_seen_candidates(study)) >= p.space.size:
+                stopped = f"every candidate of the search space ({p.space.size}) has been measured"
+                break
+            try:
+                outcome = runner.run_one()
+            except KeyboardInterrupt:
+                stopped = "interrupted by the user (Ctrl-C)"
+                interrupted = True
+                break
+            outcomes.append(outcome)
+            progress.log(_describe(outcome))
+            rec = recommend(collect_results(study), cfg.profile)
+            progress.advance(rec.result.label if rec else "-")
+    loader.release()
+
+    results = collect_results(study)
+    result = StudyResult(
+        study_name=p.name,
+        storage=p.storage_label,
+        results=results,
+        front=pareto_front(results),
+        baseline=next((r for r in results if r.is_baseline), None),
+        recommendation=recommend(results, cfg.profile),
+        outcomes=outcomes,
+        stopped_because=stopped,
+    )
+    console.print(f"stopped: {stopped}", highlight=False)
+    snippet = None
+    if result.recommendation is not None:
+        snippet = paste_snippet(
+            cfg.model.hub_id,
+            result.recommendation.result,
+            p.space.make_candidate(result.recommendation.result.params).generate_kwargs(),
+        )
+    print_summary(console, result.front, result.baseline, result.recommendation, _counts(study), snippet)
+    if output_dir is not None:
+        _write_outputs(output_dir, p, study, result)
+        console.print(f"results: {output_dir / 'results.json'}", highlight=False)
+    console.print(f"dashboard: optuna-dashboard {_dashboard_arg(p)}", highlight=False)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def _dashboard_arg(p: Prepared) -> str:
+    if p.cfg.storage.backend == "journal":
+        return str(Path(str(p.cfg.storage.url)).resolve())
+    return p.storage_label
+
+
+def _write_outputs(output_dir: Path, p: Prepared, study: optuna.Study, result: StudyResult) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        **result.to_dict(),
+        "model": p.cfg.model.name,
+        "profile": p.cfg.profile.name,
+        "device": str(p.device),
+        "workload": _study_attrs(p)["workload"],
+        "search_space": {"choices": p.space.choices(), "dropped": p.space.dropped},
+        "machine": machine_info(p.device),
+        "trials": trial_records(study),
+    }
+    write_json(output_dir / "results.json", payload)
+    (output_dir / "resolved_config.yaml").write_text(
+        OmegaConf.to_yaml(OmegaConf.create(_study_attrs(p)["config"])), encoding="utf-8"
+    )

@@ -1,0 +1,157 @@
+"""From measured trials to a decision: Pareto front, profile score, recommendation, gains.
+
+The profile score of a candidate is the weighted sum of its log-ratios to the baseline,
+signed so that higher is better on every objective::
+
+    score = w_ttft * ln(ttft_base / ttft) + w_tput * ln(tput / tput_base)
+            + w_mem * ln(mem_base / mem)
+
+Log-ratios make objectives with different units comparable and symmetric (2x faster
+and 2x slower weigh the same). The baseline scores 0.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from kvopt.config import METRICS, ProfileConfig
+
+__all__ = [
+    "Result",
+    "Recommendation",
+    "collect_results",
+    "pareto_front",
+    "gains_pct",
+    "profile_score",
+    "slo_violations",
+    "recommend",
+]
+
+_SIGN = {"ttft_ms": -1.0, "decode_tok_s": 1.0, "peak_mem_mb": -1.0}  # +1: higher is better
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measured candidate."""
+
+    number: int
+    params: dict[str, Any]
+    label: str
+    values: dict[str, float]
+    is_baseline: bool = False
+    user_attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass
+class Recommendation:
+    result: Result
+    score: float
+    gains_pct: dict[str, float] | None  # None when the baseline could not be measured
+    meets_slo: bool
+    note: str | None = None
+
+
+def collect_results(study: optuna.Study) -> list[Result]:
+    """Completed trials, one per candidate (a reused measurement is not counted twice)."""
+    results: list[Result] = []
+    seen: set[tuple[tuple[str, Any], ...]] = set()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        key = tuple(sorted(trial.params.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        results.append(
+            Result(
+                number=trial.number,
+                params=dict(trial.params),
+                label=str(trial.user_attrs.get("candidate", key)),
+                values=dict(zip(METRICS, trial.values)),
+                is_baseline=bool(trial.user_attrs.get("baseline")),
+                user_attrs=dict(trial.user_attrs),
+            )
+        )
+    return results
+
+
+def _dominates(a: Result, b: Result) -> bool:
+    at_least_as_good = all(_SIGN[m] * a.values[m] >= _SIGN[m] * b.values[m] for m in METRICS)
+    better = any(_SIGN[m] * a.values[m] > _SIGN[m] * b.values[m] for m in METRICS)
+    return at_least_as_good and better
+
+
+def pareto_front(results: list[Result]) -> list[Result]:
+    """The non-dominated results, fastest TTFT first."""
+    front = [r for r in results if not any(_dominates(o, r) for o in results if o is not r)]
+    return sorted(front, key=lambda r: r.values["ttft_ms"])
+
+
+def gains_pct(result: Result, baseline: Result) -> dict[str, float]:
+    """Per-objective gain over the baseline in percent, positive = better.
+
+    TTFT and memory: how much lower (−50% time is +50% gain); throughput: how much higher.
+    """
+    out = {}
+    for m in METRICS:
+        base, value = baseline.values[m], result.values[m]
+        if _SIGN[m] > 0:
+            out[m] = (value / base - 1.0) * 100.0
+        else:
+            out[m] = (1.0 - value / base) * 100.0
+    return out
+
+
+def profile_score(result: Result, reference: dict[str, float], weights: dict[str, float]) -> float:
+    return sum(
+        weights[m] * _SIGN[m] * math.log(result.values[m] / reference[m])
+        for m in METRICS
+        if weights[m] > 0
+    )
+
+
+def slo_violations(values: dict[str, float], slo: dict[str, float | None]) -> list[str]:
+    out = []
+    if slo.get("max_ttft_ms") is not None and values["ttft_ms"] > slo["max_ttft_ms"]:
+        out.append(f"TTFT {values['ttft_ms']:.1f} ms > {slo['max_ttft_ms']:g} ms")
+    if slo.get("min_decode_tok_s") is not None and values["decode_tok_s"] < slo["min_decode_tok_s"]:
+        out.append(f"decode {values['decode_tok_s']:.1f} tok/s < {slo['min_decode_tok_s']:g} tok/s")
+    if slo.get("max_mem_mb") is not None and values["peak_mem_mb"] > slo["max_mem_mb"]:
+        out.append(f"memory {values['peak_mem_mb']:.1f} MB > {slo['max_mem_mb']:g} MB")
+    return out
+
+
+def _reference(results: list[Result], baseline: Result | None) -> dict[str, float]:
+    if baseline is not None:
+        return dict(baseline.values)
+    # Without a baseline, score against the median candidate so the ranking still means something.
+    return {m: statistics.median(r.values[m] for r in results) for m in METRICS}
+
+
+def recommend(results: list[Result], profile: ProfileConfig) -> Recommendation | None:
+    """The front member with the best profile score among those meeting the SLOs."""
+    if not results:
+        return None
+    baseline = next((r for r in results if r.is_baseline), None)
+    reference = _reference(results, baseline)
+    front = pareto_front(results)
+    feasible = [r for r in front if not slo_violations(r.values, profile.slo)]
+    note = None
+    pool = feasible
+    if not feasible:
+        # Nothing meets the SLOs: show the closest candidate, plainly flagged.
+        pool = front
+        note = "no measured candidate meets the profile's SLOs; showing the best-scoring one"
+    best = max(pool, key=lambda r: profile_score(r, reference, profile.weights))
+    if baseline is None:
+        note = (note + "; " if note else "") + "the baseline was not measured: no gains to show"
+    return Recommendation(
+        result=best,
+        score=profile_score(best, reference, profile.weights),
+        gains_pct=gains_pct(best, baseline) if baseline is not None else None,
+        meets_slo=bool(feasible),
+        note=note,
+    )

@@ -1,0 +1,102 @@
+"""The Optuna study: name, directions, sampler, resuming, and the baseline trial."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+
+from kvopt.config import DIRECTIONS, METRICS, KvoptConfig, SamplerConfig
+from kvopt.errors import StorageError
+from kvopt.space import SearchSpace
+
+__all__ = [
+    "study_name",
+    "make_sampler",
+    "open_study",
+    "check_compatible",
+    "enqueue_baseline",
+    "BASELINE_ATTR",
+]
+
+BASELINE_ATTR = "baseline"
+
+
+def study_name(cfg: KvoptConfig, device_label: str) -> str:
+    """``<model>-<profile>-<device>`` unless given, so the same command continues one study."""
+    return cfg.study.name or f"{cfg.model.name}-{cfg.profile.name}-{device_label}"
+
+
+def make_sampler(cfg: SamplerConfig, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if cfg.name == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=cfg.n_startup_trials or 5, multivariate=True
+            )
+        if cfg.name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials or 5)
+        if cfg.name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size or 8)
+        if cfg.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if cfg.name == "grid":
+            return optuna.samplers.GridSampler(space.choices(), seed=seed)
+    raise ValueError(f"unknown sampler {cfg.name!r}")  # validate() makes this unreachable
+
+
+def check_compatible(storage: BaseStorage, name: str, space: SearchSpace) -> int:
+    """Refuse to continue a study whose trials used other choices; return its trial count.
+
+    Optuna rejects a parameter whose distribution changed, mid-study; checking first
+    keeps the stored study untouched and tells the user what to do.
+    """
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in DIRECTIONS]:
+        raise StorageError(f"study.name: {name!r} exists with other objectives; choose another study.name")
+    ours = space.distributions()
+    for trial in study.get_trials(deepcopy=False):
+        for param, dist in trial.distributions.items():
+            if param in ours and dist != ours[param]:
+                raise StorageError(
+                    f"study.name: {name!r} exists with other choices for {param} "
+                    f"({list(dist.choices)} there, {list(ours[param].choices)} now: "
+                    "a different search space or a different machine); "
+                    "allowed: a new study.name, or the search space the study was made with"
+                )
+    return len(study.trials)
+
+
+def open_study(
+    storage: BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, attrs: dict[str, Any]
+) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        directions=list(DIRECTIONS),
+        load_if_exists=True,
+    )
+    if study.metric_names != list(METRICS):
+        study.set_metric_names(list(METRICS))
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def enqueue_baseline(study: optuna.Study, space: SearchSpace) -> bool:
+    """Queue the baseline first unless the study already has it measured or queued."""
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(BASELINE_ATTR) and trial.state in (
+            optuna.trial.TrialState.COMPLETE,
+            optuna.trial.TrialState.WAITING,
+            optuna.trial.TrialState.RUNNING,
+        ):
+            return False
+    study.enqueue_trial(space.baseline.params(), user_attrs={BASELINE_ATTR: True})
+    return True
