@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from kvopt.config import validate
-from kvopt.errors import KvoptError
+from kvopt.errors import ConfigError, KvoptError
 
 __all__ = ["main", "conf_dir"]
 
@@ -36,7 +36,7 @@ def quiet_libraries() -> None:
     import optuna
     import transformers
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # kvopt prints each trial itself
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -44,7 +44,30 @@ def quiet_libraries() -> None:
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]kvopt: error:[/bold red] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold red]kvopt: error:[/bold red] {message}", highlight=False, markup=True
+    )
+
+
+def unknown_group_options(args: list[str], conf: str) -> list[str]:
+    """Problems with ``group=option`` arguments, found before Hydra composes anything.
+
+    Hydra would also refuse them, but with its search path and a hint about stack traces;
+    this names the group, the value given and the allowed options in kvopt's own words.
+    """
+    problems = []
+    root = Path(conf)
+    groups = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+~") not in groups:
+            continue
+        group = key.lstrip("+~")
+        allowed = sorted(p.stem for p in (root / group).glob("*.yaml"))
+        for option in value.split(","):  # multirun sweeps list options with commas
+            if option and option not in allowed:
+                problems.append(f"{group}: got {option!r}; allowed: {', '.join(allowed)}")
+    return problems
 
 
 def _remove_half_written_run_dir() -> None:
@@ -88,6 +111,10 @@ def main() -> None:
         from kvopt.info import info_command
 
         sys.exit(info_command(args[1:]))
+    problems = unknown_group_options(args, conf_dir())
+    if problems:
+        _fail(str(ConfigError(problems)))
+        sys.exit(2)
     _hydra_main()
 
 

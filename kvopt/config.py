@@ -85,6 +85,7 @@ class SearchSpaceConfig:
     batch_size: tuple[int, ...]
     quantized_backend: str = "quanto"
     quantized_nbits: int = 4
+    max_dtype_slowdown: float | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,10 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
     nbits = quant.get("nbits", 4)
     if nbits not in (2, 4, 8):
         problems.add("search_space.quantized.nbits", nbits, "2, 4 or 8")
+    slowdown = s.get("max_dtype_slowdown")
+    if slowdown is not None and (not _is_number(slowdown) or slowdown <= 1):
+        problems.add("search_space.max_dtype_slowdown", slowdown, "null or a number > 1")
+        slowdown = None
     return SearchSpaceConfig(
         name=str(s.get("name", "custom")),
         cache_implementation=caches,
@@ -277,6 +282,7 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
         batch_size=batches,
         quantized_backend=str(backend),
         quantized_nbits=int(nbits) if _is_int(nbits) else 4,
+        max_dtype_slowdown=None if slowdown is None else float(slowdown),
     )
 
 

@@ -49,7 +49,10 @@ def info_command(overrides: list[str]) -> int:
         "attn_implementation": list(ATTN_IMPLEMENTATIONS),
         "dtype": list(DTYPES),
     }
-    result = probe(cfg.model, device, choices, baseline, cfg.search_space.quantized_backend)
+    result = probe(
+        cfg.model, device, choices, baseline,
+        cfg.search_space.quantized_backend, cfg.search_space.max_dtype_slowdown,
+    )
     table = Table(
         title=f"what runs here for {cfg.model.name} on {device} (baseline: {baseline.label})",
         title_justify="left",

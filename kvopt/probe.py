@@ -2,13 +2,16 @@
 
 Each choice is checked on its own, the others held at the baseline: first by rules that
 need no model (offloaded caches need CUDA, flash attention needs its package), then by a
-two-token ``generate`` on a one-layer model of the same architecture. A choice that fails
-is dropped from the search space with one line saying why.
+two-token ``generate`` on a one-layer model of the same architecture, and for dtypes by
+timing a matmul of the model's width against the baseline dtype. A choice that fails is
+dropped from the search space with one line saying why.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +21,10 @@ from transformers import AutoModelForCausalLM
 from kvopt.config import ModelConfig
 from kvopt.engine.generation import generate_kwargs
 from kvopt.engine.loading import build_config
+from kvopt.measure.timing import synchronize
 from kvopt.space import PARAM_NAMES, Candidate
 
-__all__ = ["ProbeResult", "probe", "default_attn_implementation", "rule_out"]
+__all__ = ["ProbeResult", "probe", "default_attn_implementation", "rule_out", "dtype_slowdown"]
 
 _PROBE_VOCAB = 1024
 
@@ -60,6 +64,38 @@ def rule_out(param: str, value: Any, device: torch.device, quantized_backend: st
         if not torch.cuda.is_bf16_supported():
             return "this GPU does not support bfloat16"
     return None
+
+
+def _hidden_size(model_cfg: ModelConfig) -> int:
+    arch = model_cfg.architecture
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(arch.get(key), int):
+            return int(arch[key])
+    return 1024
+
+
+def _matmul_ms(dtype: str, size: int, device: torch.device) -> float:
+    """Median time of one (64 x size) @ (size x 4*size) matmul: an MLP projection's shape."""
+    a = torch.randn(64, size, device=device).to(getattr(torch, dtype))
+    b = torch.randn(size, 4 * size, device=device).to(getattr(torch, dtype))
+    times = []
+    for _ in range(4):  # the first is a warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) * 1000.0
+
+
+def dtype_slowdown(model_cfg: ModelConfig, dtype: str, reference: str, device: torch.device) -> float:
+    """How many times slower this dtype's matmuls run than the reference dtype's, here.
+
+    CPUs without native bfloat16/float16 kernels (no AVX512-BF16 or AMX) emulate them,
+    measured here at over 100x slower than float32: such a dtype cannot win a trial.
+    """
+    size = _hidden_size(model_cfg)
+    return _matmul_ms(dtype, size, device) / max(_matmul_ms(reference, size, device), 1e-6)
 
 
 def _tiny_model(model_cfg: ModelConfig, dtype: str, attn: str | None, device: torch.device) -> Any:
@@ -109,8 +145,13 @@ def probe(
     choices: dict[str, list[Any]],
     baseline: Candidate,
     quantized_backend: str = "quanto",
+    max_dtype_slowdown: float | None = None,
 ) -> ProbeResult:
-    """Check every choice (others at the baseline) and say which cannot run, and why."""
+    """Check every choice (others at the baseline) and say which cannot run, and why.
+
+    With ``max_dtype_slowdown``, a dtype whose matmuls run that many times slower than the
+    baseline's dtype here is dropped too: it runs, but cannot win, and would eat the budget.
+    """
     result = ProbeResult()
     for param in PARAM_NAMES:
         if param == "batch_size":
@@ -127,6 +168,14 @@ def probe(
                     quantized_nbits=4 if quantized else None,
                 )
                 reason = _try(model_cfg, candidate, device)
+            if reason is None and param == "dtype" and value != baseline.dtype and max_dtype_slowdown:
+                slowdown = dtype_slowdown(model_cfg, value, baseline.dtype, device)
+                if slowdown > max_dtype_slowdown:
+                    reason = (
+                        f"its matmuls run {slowdown:.0f}x slower than {baseline.dtype} on this "
+                        f"{device.type} (no native kernels; limit "
+                        f"search_space.max_dtype_slowdown={max_dtype_slowdown:g})"
+                    )
             if reason is None:
                 result.available.append(key)
             else:

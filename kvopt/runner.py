@@ -7,7 +7,6 @@ created or altered; :func:`tune` then runs trials until the budget is spent.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from kvopt.select import Recommendation, Result, collect_results, pareto_front, 
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage
 from kvopt.study import check_compatible, enqueue_baseline, make_sampler, open_study, study_name
-from kvopt.trial import TrialOutcome, TrialRunner
+from kvopt.trial import CandidateFailed, Objective, TrialOutcome, outcome_of
 
 __all__ = ["Prepared", "StudyResult", "prepare", "tune"]
 
@@ -105,7 +104,10 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         "attn_implementation": list(cfg.search_space.attn_implementation),
         "dtype": list(cfg.search_space.dtype),
     }
-    probed = probe(cfg.model, device, choices, baseline, cfg.search_space.quantized_backend)
+    probed = probe(
+        cfg.model, device, choices, baseline,
+        cfg.search_space.quantized_backend, cfg.search_space.max_dtype_slowdown,
+    )
     space = SearchSpace.from_config(cfg.search_space, baseline, probed.unavailable)
     existing = check_compatible(storage, name, space)
     return Prepared(
@@ -200,34 +202,42 @@ def tune(
     study = open_study(p.storage, p.name, sampler, _study_attrs(p))
     enqueue_baseline(study, p.space)
     loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
-    runner = TrialRunner(
-        study, p.space, loader, p.workload, p.device,
+    objective = Objective(
+        p.space, loader, p.workload, p.device,
         warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=cfg.seed,
     )
-
     outcomes: list[TrialOutcome] = []
-    stopped = "n_trials reached"
-    started = time.monotonic()
+    stopped: list[str] = []
     interrupted = False
+
     with StudyProgress(console, cfg.study.n_trials, cfg.study.timeout) as progress:
-        for _ in range(cfg.study.n_trials):
-            if cfg.study.timeout is not None and time.monotonic() - started >= cfg.study.timeout:
-                stopped = f"study.timeout ({cfg.study.timeout:g} s) reached"
-                break
-            if len(_seen_candidates(study)) >= p.space.size:
-                stopped = f"every candidate of the search space ({p.space.size}) has been measured"
-                break
-            try:
-                outcome = runner.run_one()
-            except KeyboardInterrupt:
-                stopped = "interrupted by the user (Ctrl-C)"
-                interrupted = True
-                break
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            outcome = outcome_of(trial, p.space)
             outcomes.append(outcome)
             progress.log(_describe(outcome))
             rec = recommend(collect_results(study), cfg.profile)
             progress.advance(rec.result.label if rec else "-")
+            if len(_seen_candidates(study)) >= p.space.size:
+                stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
+                study.stop()
+
+        try:
+            study.optimize(
+                objective,
+                n_trials=cfg.study.n_trials,
+                timeout=cfg.study.timeout,
+                catch=(CandidateFailed,),
+                callbacks=[after_trial],
+                gc_after_trial=False,
+            )
+        except KeyboardInterrupt:
+            stopped.append("interrupted by the user (Ctrl-C)")
+            interrupted = True
     loader.release()
+    if not stopped:
+        timed_out = cfg.study.timeout is not None and len(outcomes) < cfg.study.n_trials
+        stopped.append(f"study.timeout ({cfg.study.timeout:g} s) reached" if timed_out else "n_trials reached")
 
     results = collect_results(study)
     result = StudyResult(
@@ -238,9 +248,9 @@ def tune(
         baseline=next((r for r in results if r.is_baseline), None),
         recommendation=recommend(results, cfg.profile),
         outcomes=outcomes,
-        stopped_because=stopped,
+        stopped_because=stopped[0],
     )
-    console.print(f"stopped: {stopped}", highlight=False)
+    console.print(f"stopped: {result.stopped_because}", highlight=False)
     snippet = None
     if result.recommendation is not None:
         snippet = paste_snippet(

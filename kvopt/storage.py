@@ -70,6 +70,8 @@ def open_storage(cfg: StorageConfig) -> BaseStorage:
     except Exception as exc:  # SQLAlchemy raises many types; all mean "cannot open"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason.replace(url, mask_url(url))
+        if "DB access module" in reason:
+            reason += " For PostgreSQL: pip install psycopg2-binary."
         raise StorageError(
             f"storage.url: cannot open {mask_url(url)!r} ({reason[:200]}); allowed: {_ALLOWED}"
         ) from None

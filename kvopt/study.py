@@ -83,7 +83,9 @@ def open_study(
         load_if_exists=True,
     )
     if study.metric_names != list(METRICS):
-        study.set_metric_names(list(METRICS))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(METRICS))
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     return study

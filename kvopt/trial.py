@@ -2,7 +2,8 @@
 
 A candidate that fails never stops the study: the trial ends PRUNED (out of memory) or
 FAIL (anything else) with a one-line ``reason`` in its user attrs, memory is released,
-and the next trial starts.
+and the next trial starts. The objective runs under ``Study.optimize``, so samplers that
+stop a study themselves (grid) and Optuna's timeout work as designed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kvopt.protocol import measure_candidate
 from kvopt.space import Candidate, SearchSpace
 from kvopt.study import BASELINE_ATTR
 
-__all__ = ["TrialOutcome", "TrialRunner", "failure_reason"]
+__all__ = ["TrialOutcome", "Objective", "CandidateFailed", "outcome_of", "failure_reason"]
 
 
 @dataclass
@@ -53,12 +54,28 @@ def failure_reason(exc: BaseException) -> tuple[TrialState, str]:
     return TrialState.FAIL, f"{type(exc).__name__}: {first}"
 
 
-class TrialRunner:
-    """Runs trials of one study with one model loader, workload and device."""
+class CandidateFailed(Exception):
+    """A candidate could not be measured; Optuna records the trial as FAIL and goes on."""
+
+
+def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutcome:
+    """What a finished trial says, read back from the study (the one source of truth)."""
+    return TrialOutcome(
+        number=trial.number,
+        candidate=space.make_candidate(trial.params),
+        state=trial.state,
+        values=tuple(trial.values) if trial.values is not None else None,  # type: ignore[arg-type]
+        reason=trial.user_attrs.get("reason"),
+        reused_from=trial.user_attrs.get("reused_from"),
+        is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
+    )
+
+
+class Objective:
+    """The study's objective: measure one sampled candidate (or reuse its earlier result)."""
 
     def __init__(
         self,
-        study: optuna.Study,
         space: SearchSpace,
         loader: ModelLoader,
         workload: Workload,
@@ -68,7 +85,6 @@ class TrialRunner:
         repetitions: int,
         seed: int,
     ) -> None:
-        self.study = study
         self.space = space
         self.loader = loader
         self.workload = workload
@@ -77,42 +93,28 @@ class TrialRunner:
         self.repetitions = repetitions
         self.seed = seed
 
-    def _measured_before(self, candidate: Candidate, number: int) -> optuna.trial.FrozenTrial | None:
-        params = candidate.params()
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if trial.number != number and trial.params == params:
-                return trial
-        return None
-
-    def run_one(self) -> TrialOutcome:
-        trial = self.study.ask()
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = self.space.suggest(trial)
-        is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         trial.set_user_attr("candidate", candidate.label)
         trial.set_user_attr("candidate_settings", candidate.as_dict())
         try:
-            return self._measure_or_reuse(trial, candidate, is_baseline)
+            earlier = _measured_before(trial, candidate)
+            if earlier is not None:
+                return self._reuse(trial, earlier)
+            return self._measure(trial, candidate)
         except KeyboardInterrupt:
             trial.set_user_attr("reason", "interrupted by the user (Ctrl-C)")
-            self.study.tell(trial, state=TrialState.FAIL)
             raise
 
-    def _measure_or_reuse(
-        self, trial: optuna.Trial, candidate: Candidate, is_baseline: bool
-    ) -> TrialOutcome:
-        earlier = self._measured_before(candidate, trial.number)
-        if earlier is not None:
-            # The same settings measured again would only add noise and cost: reuse.
-            trial.set_user_attr("reused_from", earlier.number)
-            for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb"):
-                if key in earlier.user_attrs:
-                    trial.set_user_attr(key, earlier.user_attrs[key])
-            values = tuple(earlier.values)
-            self.study.tell(trial, values)
-            return TrialOutcome(
-                trial.number, candidate, TrialState.COMPLETE, values,  # type: ignore[arg-type]
-                reused_from=earlier.number, is_baseline=is_baseline,
-            )
+    def _reuse(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
+        # The same settings measured again would only add cost: reuse, and say so.
+        trial.set_user_attr("reused_from", earlier.number)
+        for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb"):
+            if key in earlier.user_attrs:
+                trial.set_user_attr(key, earlier.user_attrs[key])
+        return tuple(earlier.values)  # type: ignore[return-value]
+
+    def _measure(self, trial: optuna.Trial, candidate: Candidate) -> tuple[float, float, float]:
         start = time.perf_counter()
         try:
             loaded, reused_model = self.loader.get(candidate.dtype, candidate.attn_implementation)
@@ -128,21 +130,24 @@ class TrialRunner:
                 repetitions=self.repetitions,
                 seed=self.seed,
             )
-        except KeyboardInterrupt:
-            raise
         except Exception as exc:  # a failing candidate must never stop the study
             state, reason = failure_reason(exc)
             trial.set_user_attr("reason", reason)
             trial.set_user_attr("trial_s", time.perf_counter() - start)
             free_device_memory(self.device)
-            self.study.tell(trial, state=state)
-            return TrialOutcome(trial.number, candidate, state, None, reason, is_baseline=is_baseline)
+            if state == TrialState.PRUNED:
+                raise optuna.TrialPruned(reason) from None
+            raise CandidateFailed(reason) from None
         attrs: dict[str, Any] = measurement.to_attrs()
         attrs["trial_s"] = time.perf_counter() - start
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        values = measurement.values
-        self.study.tell(trial, list(values))
-        return TrialOutcome(
-            trial.number, candidate, TrialState.COMPLETE, values, is_baseline=is_baseline
-        )
+        return measurement.values
+
+
+def _measured_before(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:
+    params = candidate.params()
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.params == params:
+            return other
+    return None

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random-weight models, the CLI in a subprocess, offline always."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kvopt.config import ModelConfig, ProfileConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+# Tests never touch the model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch.set_num_threads(1)
+
+
+def load_yaml(group: str, name: str) -> dict:
+    return yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+
+
+def model_config(name: str) -> ModelConfig:
+    data = load_yaml("model", name)
+    return ModelConfig(**{k: data[k] for k in ModelConfig.__dataclass_fields__})
+
+
+def profile_config(name: str, **overrides) -> ProfileConfig:
+    data = {**load_yaml("profile", name), **overrides}
+    return ProfileConfig(**{k: data[k] for k in ProfileConfig.__dataclass_fields__})
+
+
+@pytest.fixture
+def tiny_gpt2() -> ModelConfig:
+    return model_config("tiny-gpt2")
+
+
+@pytest.fixture
+def tiny_llama() -> ModelConfig:
+    return model_config("tiny-llama")
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path):
+    """Run ``python -m kvopt ARGS`` in tmp_path; return the CompletedProcess."""
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
+        return subprocess.run(
+            [sys.executable, "-m", "kvopt", *args],
+            cwd=cwd or tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
