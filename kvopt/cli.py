@@ -79,9 +79,12 @@ def _remove_half_written_run_dir() -> None:
     logging.shutdown()
     if out.is_dir() and all(p.name in {".hydra", "kvopt.log"} for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
-        parent = out.parent
-        if parent.is_dir() and not any(parent.iterdir()):
+        # Also the folders Hydra made above it (outputs/<model>-<profile>/), once empty.
+        cwd = Path.cwd().resolve()
+        parent = out.resolve().parent
+        while parent != cwd and cwd in parent.parents and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
+            parent = parent.parent
 
 
 @hydra.main(config_path=conf_dir(), config_name="config", version_base="1.3")
@@ -89,7 +92,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     from kvopt.runner import prepare, tune
 
     quiet_libraries()
-    console = Console()
+    console = Console(soft_wrap=True)  # long lines wrap in the terminal, not mid-path
     try:
         settings = validate(cfg)
         prepared = prepare(settings)

@@ -6,7 +6,6 @@ created or altered; :func:`tune` then runs trials until the budget is spent.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,6 @@ from kvopt.study import check_compatible, enqueue_baseline, make_sampler, open_s
 from kvopt.trial import CandidateFailed, Objective, TrialOutcome, outcome_of
 
 __all__ = ["Prepared", "StudyResult", "prepare", "tune"]
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class Prepared:
@@ -199,7 +195,8 @@ def tune(
 
     # A re-run reseeds by the stored trial count, so it does not replay the first run's draws.
     sampler = make_sampler(cfg.sampler, cfg.seed + p.existing_trials, p.space)
-    study = open_study(p.storage, p.name, sampler, _study_attrs(p))
+    attrs = _study_attrs(p)
+    study = open_study(p.storage, p.name, sampler, attrs)
     enqueue_baseline(study, p.space)
     loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
     objective = Objective(
@@ -260,7 +257,7 @@ def tune(
         )
     print_summary(console, result.front, result.baseline, result.recommendation, _counts(study), snippet)
     if output_dir is not None:
-        _write_outputs(output_dir, p, study, result)
+        _write_outputs(output_dir, p, study, result, attrs)
         console.print(f"results: {output_dir / 'results.json'}", highlight=False)
     console.print(f"dashboard: optuna-dashboard {_dashboard_arg(p)}", highlight=False)
     if interrupted:
@@ -274,19 +271,21 @@ def _dashboard_arg(p: Prepared) -> str:
     return p.storage_label
 
 
-def _write_outputs(output_dir: Path, p: Prepared, study: optuna.Study, result: StudyResult) -> None:
+def _write_outputs(
+    output_dir: Path, p: Prepared, study: optuna.Study, result: StudyResult, attrs: dict[str, Any]
+) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         **result.to_dict(),
         "model": p.cfg.model.name,
         "profile": p.cfg.profile.name,
         "device": str(p.device),
-        "workload": _study_attrs(p)["workload"],
+        "workload": attrs["workload"],
         "search_space": {"choices": p.space.choices(), "dropped": p.space.dropped},
-        "machine": machine_info(p.device),
+        "machine": attrs["machine"],
         "trials": trial_records(study),
     }
     write_json(output_dir / "results.json", payload)
     (output_dir / "resolved_config.yaml").write_text(
-        OmegaConf.to_yaml(OmegaConf.create(_study_attrs(p)["config"])), encoding="utf-8"
+        OmegaConf.to_yaml(OmegaConf.create(attrs["config"])), encoding="utf-8"
     )

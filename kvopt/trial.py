@@ -98,9 +98,11 @@ class Objective:
         trial.set_user_attr("candidate", candidate.label)
         trial.set_user_attr("candidate_settings", candidate.as_dict())
         try:
-            earlier = _measured_before(trial, candidate)
-            if earlier is not None:
+            earlier = _finished_before(trial, candidate)
+            if earlier is not None and earlier.state == TrialState.COMPLETE:
                 return self._reuse(trial, earlier)
+            if earlier is not None:
+                return self._fail_like(trial, earlier)
             return self._measure(trial, candidate)
         except KeyboardInterrupt:
             trial.set_user_attr("reason", "interrupted by the user (Ctrl-C)")
@@ -113,6 +115,15 @@ class Objective:
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         return tuple(earlier.values)  # type: ignore[return-value]
+
+    def _fail_like(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
+        # Failures are deterministic here (unsupported combination, out of memory): say so, do not rerun.
+        reason = f"same candidate as trial #{earlier.number}: {earlier.user_attrs.get('reason')}"
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("reused_from", earlier.number)
+        if earlier.state == TrialState.PRUNED:
+            raise optuna.TrialPruned(reason)
+        raise CandidateFailed(reason)
 
     def _measure(self, trial: optuna.Trial, candidate: Candidate) -> tuple[float, float, float]:
         start = time.perf_counter()
@@ -145,9 +156,20 @@ class Objective:
         return measurement.values
 
 
-def _measured_before(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:
+def _finished_before(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:
+    """An earlier trial of the same candidate: a completed one first, else a failed one.
+
+    A trial stopped by Ctrl-C says nothing about its candidate and is not counted.
+    """
     params = candidate.params()
-    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if other.params == params:
+    failed = None
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for other in trial.study.get_trials(deepcopy=False, states=finished):
+        if other.params != params or other.number == trial.number:
+            continue
+        if other.state == TrialState.COMPLETE:
             return other
-    return None
+        reason = str(other.user_attrs.get("reason", ""))
+        if failed is None and reason and not reason.startswith(("interrupted", "same candidate")):
+            failed = other
+    return failed

@@ -68,6 +68,12 @@ def test_a_failing_candidate_is_recorded_and_the_study_goes_on(tmp_path, tiny_gp
     stored = study.get_trials()
     assert stored[0].user_attrs["reason"] == failed.reason
     assert stored[1].values == list(ok.values)
+    # A candidate known to fail is not run again: the trial fails at once, saying why.
+    study.enqueue_trial({**space.baseline.params(), "cache_implementation": "offloaded"})
+    again = runner.run_one()
+    assert again.state == TrialState.FAIL
+    assert again.reason.startswith(f"same candidate as trial #{failed.number}")
+    assert "trial_s" not in study.get_trials()[-1].user_attrs  # nothing was measured
 
 
 def test_the_same_candidate_is_not_measured_twice(tmp_path, tiny_gpt2):
