@@ -1,3 +1,5 @@
 from kvopt.cli import main
 
-main()
+# Guarded: trial processes are spawned, and spawn re-imports the main module.
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,9 @@ __all__ = [
     "SamplerConfig",
     "StorageConfig",
     "StudyConfig",
+    "MeasureConfig",
+    "TrialConfig",
+    "ConfirmConfig",
     "KvoptConfig",
     "validate",
 ]
@@ -42,6 +45,7 @@ QUANTIZED_BACKENDS = ("quanto", "hqq")
 SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
 STORAGE_BACKENDS = ("rdb", "journal", "memory")
 WEIGHTS_MODES = ("auto", "pretrained", "random")
+ISOLATION_MODES = ("inline", "process")
 # The study's objectives, in Optuna's order, with their directions.
 METRICS = ("ttft_ms", "decode_tok_s", "peak_mem_mb")
 DIRECTIONS = ("minimize", "maximize", "minimize")
@@ -109,6 +113,33 @@ class StudyConfig:
 
 
 @dataclass(frozen=True)
+class MeasureConfig:
+    """Adaptive repetitions: stop when the 95% CI of each median is within rel_precision."""
+
+    adaptive: bool = True
+    rel_precision: float = 0.05
+    max_repetitions: int = 20
+    max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Where a trial runs: in this process (fast) or a fresh spawned one (isolated)."""
+
+    isolation: str = "inline"
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class ConfirmConfig:
+    """Re-measure the recommendation, the next top_k and the baseline, interleaved."""
+
+    top_k: int = 3
+    rounds: int = 6
+    max_seconds: float = 180.0
+
+
+@dataclass(frozen=True)
 class KvoptConfig:
     model: ModelConfig
     profile: ProfileConfig
@@ -118,6 +149,9 @@ class KvoptConfig:
     study: StudyConfig
     device: str
     seed: int
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -334,6 +368,55 @@ def _study(problems: _Problems, s: Mapping[str, Any]) -> StudyConfig:
     )
 
 
+def _positive_number(problems: _Problems, key: str, value: Any, default: float) -> float:
+    if not _is_number(value) or value <= 0:
+        problems.add(key, value, "a number > 0")
+        return default
+    return float(value)
+
+
+def _measure(problems: _Problems, m: Mapping[str, Any]) -> MeasureConfig:
+    adaptive = m.get("adaptive", True)
+    if not isinstance(adaptive, bool):
+        problems.add("measure.adaptive", adaptive, "true or false")
+        adaptive = True
+    rel = m.get("rel_precision", 0.05)
+    if not _is_number(rel) or not 0 < rel < 1:
+        problems.add("measure.rel_precision", rel, "a fraction between 0 and 1 (0.05 = ±5%)")
+        rel = 0.05
+    return MeasureConfig(
+        adaptive=adaptive,
+        rel_precision=float(rel),
+        max_repetitions=_positive_int(problems, "measure.max_repetitions", m.get("max_repetitions", 20)),
+        max_seconds=_positive_number(problems, "measure.max_seconds", m.get("max_seconds", 30.0), 30.0),
+    )
+
+
+def _trial(problems: _Problems, t: Mapping[str, Any]) -> TrialConfig:
+    isolation = t.get("isolation", "inline")
+    if isolation not in ISOLATION_MODES:
+        problems.add("trial.isolation", isolation, ", ".join(ISOLATION_MODES))
+        isolation = "inline"
+    timeout = _positive_number(problems, "trial.timeout_s", t.get("timeout_s", 600.0), 600.0)
+    return TrialConfig(isolation=str(isolation), timeout_s=timeout)
+
+
+def _confirm(problems: _Problems, c: Mapping[str, Any]) -> ConfirmConfig:
+    top_k = c.get("top_k", 3)
+    if not _is_int(top_k) or top_k < 0:
+        problems.add("confirm.top_k", top_k, "an integer >= 0")
+        top_k = 3
+    rounds = c.get("rounds", 6)
+    if not _is_int(rounds) or rounds < 0:
+        problems.add("confirm.rounds", rounds, "an integer >= 0 (0 turns confirmation off)")
+        rounds = 6
+    return ConfirmConfig(
+        top_k=int(top_k),
+        rounds=int(rounds),
+        max_seconds=_positive_number(problems, "confirm.max_seconds", c.get("max_seconds", 180.0), 180.0),
+    )
+
+
 def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
     """Validate a composed config; raise :class:`ConfigError` listing every problem."""
     raw: dict[str, Any]
@@ -368,6 +451,9 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
         study=_study(problems, sections["study"]),
         device=str(device),
         seed=int(seed),
+        measure=_measure(problems, raw.get("measure") or {}),
+        trial=_trial(problems, raw.get("trial") or {}),
+        confirm=_confirm(problems, raw.get("confirm") or {}),
         raw=raw,
     )
     problems.raise_if_any()

@@ -1,9 +1,16 @@
-"""The measurement protocol of one trial: warm-up, repetitions, memory, statistics.
+"""The measurement protocol of one trial: setup, memory, warm-up, repetitions, statistics.
 
-Every repetition is one greedy ``generate`` of exactly ``new_tokens`` tokens on the same
+Every run is one greedy ``generate`` of exactly ``new_tokens`` tokens on the same
 synthetic prompts. TTFT is the time from the call to the first logits (prefill);
 decode throughput is ``batch × (new_tokens − 1)`` over the time after the first token.
-The first warm-up run also reads memory (the profiler it needs would perturb a timed run).
+
+Order of one trial:
+1. first call, timed as setup cost (kernel selection, lazy init, compile) — never
+   mixed into TTFT or throughput;
+2. one run under the memory probe (the profiler it needs would perturb timing);
+3. the remaining ``warmup − 1`` untimed runs;
+4. timed runs: a fixed count, or adaptive (until each median's 95% CI is within
+   ``rel_precision``, or a cap — then the trial is flagged noisy).
 """
 
 from __future__ import annotations
@@ -14,14 +21,16 @@ from typing import Any
 
 import torch
 
+from kvopt.config import MeasureConfig
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import LoadedModel
 from kvopt.engine.workload import Workload, make_inputs
+from kvopt.measure.adaptive import AdaptiveResult, StopRule, median_ci, repeat_until_precise
 from kvopt.measure.memory import MB, MemoryReading, cache_bytes, measure_peak, storage_bytes, weights_bytes
 from kvopt.measure.stats import summarize
 from kvopt.space import Candidate
 
-__all__ = ["Measurement", "measure_candidate"]
+__all__ = ["Measurement", "measure_candidate", "stop_rule", "describe_stats"]
 
 
 @dataclass
@@ -32,7 +41,9 @@ class Measurement:
     memory: MemoryReading
     weights_bytes: int
     kv_cache_bytes: int
-    warmup_s: float
+    first_call_s: float
+    stopped_because: str = "fixed"
+    noisy: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -49,16 +60,34 @@ class Measurement:
         return {
             "ttft_ms_raw": [round(v, 4) for v in self.ttft_ms],
             "decode_tok_s_raw": [round(v, 4) for v in self.decode_tok_s],
-            "ttft_ms_stats": summarize(self.ttft_ms),
-            "decode_tok_s_stats": summarize(self.decode_tok_s),
+            "ttft_ms_stats": describe_stats(self.ttft_ms),
+            "decode_tok_s_stats": describe_stats(self.decode_tok_s),
+            "repetitions": len(self.ttft_ms),
+            "stopped_because": self.stopped_because,
+            "noisy": self.noisy,
             "peak_mem_method": self.memory.method,
             "peak_mem_details": self.memory.details,
             "weights_mb": self.weights_bytes / MB,
             "kv_cache_mb": self.kv_cache_bytes / MB,
             "kv_cache_bytes": self.kv_cache_bytes,
-            "warmup_s": self.warmup_s,
+            "first_call_s": self.first_call_s,
             **self.extra,
         }
+
+
+def describe_stats(values: list[float]) -> dict[str, float]:
+    """n, median, p90, mean, cv, and the median's distribution-free 95% CI."""
+    ci = median_ci(values)
+    return {**summarize(values), "ci_low": ci.low, "ci_high": ci.high, "ci_coverage": ci.coverage}
+
+
+def stop_rule(measure: MeasureConfig, min_repetitions: int) -> StopRule:
+    return StopRule(
+        rel_precision=measure.rel_precision,
+        min_repetitions=min_repetitions,
+        max_repetitions=max(measure.max_repetitions, min_repetitions),
+        max_seconds=measure.max_seconds,
+    )
 
 
 def measure_candidate(
@@ -70,7 +99,9 @@ def measure_candidate(
     warmup: int,
     repetitions: int,
     seed: int,
+    measure: MeasureConfig | None = None,
 ) -> Measurement:
+    """Measure one candidate; ``measure=None`` or not adaptive: exactly ``repetitions`` runs."""
     model = loaded.model
     inputs = make_inputs(workload, candidate.batch_size, model.config.vocab_size, seed, device)
     weights = weights_bytes(model)
@@ -80,26 +111,37 @@ def measure_candidate(
         return timed_generate(model, inputs, candidate, workload.new_tokens, device)
 
     start = time.perf_counter()
+    run()
+    first_call_s = time.perf_counter() - start
+
     first, memory = measure_peak(run, device, resident)
     kv_bytes = cache_bytes(first.cache)
     del first  # free the cache before the timed runs
     for _ in range(warmup - 1):
         run()
-    warmup_s = time.perf_counter() - start
 
-    ttft_ms: list[float] = []
-    decode_tok_s: list[float] = []
-    for _ in range(repetitions):
+    def once() -> dict[str, float]:
         result = run()
-        ttft_ms.append(result.ttft_s * 1000.0)
-        decode_tok_s.append(candidate.batch_size * (result.new_tokens - 1) / result.decode_s)
-        del result
+        return {
+            "ttft_ms": result.ttft_s * 1000.0,
+            "decode_tok_s": candidate.batch_size * (result.new_tokens - 1) / result.decode_s,
+        }
+
+    if measure is not None and measure.adaptive:
+        adaptive = repeat_until_precise(once, stop_rule(measure, repetitions))
+    else:
+        adaptive = AdaptiveResult(stopped_because=f"fixed ({repetitions} runs)")
+        for _ in range(repetitions):
+            for name, value in once().items():
+                adaptive.samples.setdefault(name, []).append(value)
     return Measurement(
         candidate=candidate,
-        ttft_ms=ttft_ms,
-        decode_tok_s=decode_tok_s,
+        ttft_ms=adaptive.samples["ttft_ms"],
+        decode_tok_s=adaptive.samples["decode_tok_s"],
         memory=memory,
         weights_bytes=weights,
         kv_cache_bytes=kv_bytes,
-        warmup_s=warmup_s,
+        first_call_s=first_call_s,
+        stopped_because=adaptive.stopped_because,
+        noisy=adaptive.noisy,
     )

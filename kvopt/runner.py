@@ -18,12 +18,19 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kvopt.config import METRICS, KvoptConfig
+from kvopt.confirm import Confirmation, choose_finalists, confirm
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
 from kvopt.machine import device_label, machine_info, resolve_device
 from kvopt.probe import default_attn_implementation, probe
 from kvopt.report.results import trial_records, write_json
-from kvopt.report.terminal import StudyProgress, paste_snippet, print_plan, print_summary
+from kvopt.report.terminal import (
+    StudyProgress,
+    paste_snippet,
+    print_confirmation,
+    print_plan,
+    print_summary,
+)
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage
@@ -57,6 +64,7 @@ class StudyResult:
     recommendation: Recommendation | None
     outcomes: list[TrialOutcome] = field(default_factory=list)
     stopped_because: str = "n_trials reached"
+    confirmation: Confirmation | None = None
 
     def to_dict(self) -> dict[str, Any]:
         rec = self.recommendation
@@ -75,7 +83,10 @@ class StudyResult:
                 "gains_pct": rec.gains_pct,
                 "meets_slo": rec.meets_slo,
                 "note": rec.note,
+                "gains_ci": rec.gains_ci,
+                "confirmed_rounds": rec.confirmed_rounds,
             },
+            "confirmation": self.confirmation.to_dict() if self.confirmation else None,
         }
 
 
@@ -202,6 +213,7 @@ def tune(
     objective = Objective(
         p.space, loader, p.workload, p.device,
         warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=cfg.seed,
+        measure=cfg.measure, trial=cfg.trial,
     )
     outcomes: list[TrialOutcome] = []
     stopped: list[str] = []
@@ -248,6 +260,8 @@ def tune(
         stopped_because=stopped[0],
     )
     console.print(f"stopped: {result.stopped_because}", highlight=False)
+    if not interrupted:
+        _confirm_recommendation(p, study, result, console)
     snippet = None
     if result.recommendation is not None:
         snippet = paste_snippet(
@@ -263,6 +277,48 @@ def tune(
     if interrupted:
         raise KeyboardInterrupt
     return result
+
+
+def _confirm_recommendation(
+    p: Prepared, study: optuna.Study, result: StudyResult, console: Console
+) -> None:
+    """Re-measure the finalists interleaved; the recommendation follows confirmed numbers."""
+    cfg, rec = p.cfg, result.recommendation
+    if cfg.confirm.rounds == 0 or rec is None or result.baseline is None:
+        return
+    finalists = choose_finalists(result.results, rec.result, cfg.profile, cfg.confirm.top_k)
+    if len(finalists) < 2:
+        return
+    console.print(
+        f"confirming {len(finalists)} finalists in {cfg.confirm.rounds} interleaved rounds: "
+        + ", ".join(f"#{r.number}" for r in finalists),
+        highlight=False,
+    )
+    try:
+        confirmation = confirm(
+            finalists, space=p.space, model_cfg=cfg.model, weights=p.weights,
+            workload=p.workload, device=p.device, profile=cfg.profile, cfg=cfg.confirm,
+            seed=cfg.seed,
+            on_round=lambda n, s: console.print(f"  round {n} done ({s:.1f} s)", highlight=False),
+        )
+    except Exception as exc:  # the study's own result stands if confirmation cannot run
+        console.print(f"[yellow]confirmation failed[/yellow]: {type(exc).__name__}: {exc}", highlight=False)
+        return
+    study.set_user_attr("confirmation", confirmation.to_dict())
+    chosen = confirmation.recommended
+    gains = confirmation.gains[chosen.number]
+    notes = [n for n in (rec.note, *confirmation.notes) if n]
+    result.recommendation = Recommendation(
+        result=chosen,
+        score=rec.score if chosen.number == rec.result.number else float("nan"),
+        gains_pct={m: g.pct for m, g in gains.items()},
+        meets_slo=rec.meets_slo,
+        note="; ".join(notes) or None,
+        gains_ci={m: g.as_dict() for m, g in gains.items()},
+        confirmed_rounds=confirmation.rounds,
+    )
+    result.confirmation = confirmation
+    print_confirmation(console, confirmation)
 
 
 def _dashboard_arg(p: Prepared) -> str:

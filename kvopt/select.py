@@ -54,6 +54,9 @@ class Recommendation:
     gains_pct: dict[str, float] | None  # None when the baseline could not be measured
     meets_slo: bool
     note: str | None = None
+    # Set by confirmation: metric -> {pct, ci_low, ci_high, ci_coverage}; rounds measured.
+    gains_ci: dict[str, dict[str, float | None]] | None = None
+    confirmed_rounds: int = 0
 
 
 def collect_results(study: optuna.Study) -> list[Result]:

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
+from kvopt.config import MeasureConfig, TrialConfig
 from kvopt.engine.loading import ModelLoader, free_device_memory
 from kvopt.engine.workload import Workload
-from kvopt.protocol import measure_candidate
+from kvopt.failures import failure_reason
+from kvopt.isolation import IsolatedFailure, TrialJob, run_isolated
+from kvopt.protocol import Measurement, measure_candidate
 from kvopt.space import Candidate, SearchSpace
 from kvopt.study import BASELINE_ATTR
 
-__all__ = ["TrialOutcome", "Objective", "CandidateFailed", "outcome_of", "failure_reason"]
+__all__ = ["TrialOutcome", "Objective", "CandidateFailed", "outcome_of"]
 
 
 @dataclass
@@ -34,24 +37,6 @@ class TrialOutcome:
     reason: str | None = None
     reused_from: int | None = None
     is_baseline: bool = False
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError)
-    )
-
-
-def failure_reason(exc: BaseException) -> tuple[TrialState, str]:
-    """(state, one-line reason) for an exception raised while measuring a candidate."""
-    lines = str(exc).strip().splitlines()
-    first = (lines[0] if lines else "")[:240]
-    if _is_out_of_memory(exc):
-        return TrialState.PRUNED, f"out of memory: {first}"
-    return TrialState.FAIL, f"{type(exc).__name__}: {first}"
 
 
 class CandidateFailed(Exception):
@@ -84,6 +69,8 @@ class Objective:
         warmup: int,
         repetitions: int,
         seed: int,
+        measure: MeasureConfig | None = None,
+        trial: TrialConfig | None = None,
     ) -> None:
         self.space = space
         self.loader = loader
@@ -92,6 +79,8 @@ class Objective:
         self.warmup = warmup
         self.repetitions = repetitions
         self.seed = seed
+        self.measure = measure or MeasureConfig(adaptive=False)
+        self.trial = trial or TrialConfig()
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = self.space.suggest(trial)
@@ -111,7 +100,7 @@ class Objective:
     def _reuse(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
         # The same settings measured again would only add cost: reuse, and say so.
         trial.set_user_attr("reused_from", earlier.number)
-        for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb"):
+        for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb", "noisy"):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         return tuple(earlier.values)  # type: ignore[return-value]
@@ -128,32 +117,60 @@ class Objective:
     def _measure(self, trial: optuna.Trial, candidate: Candidate) -> tuple[float, float, float]:
         start = time.perf_counter()
         try:
-            loaded, reused_model = self.loader.get(candidate.dtype, candidate.attn_implementation)
-            trial.set_user_attr("model_reused", reused_model)
-            trial.set_user_attr("load_s", 0.0 if reused_model else loaded.load_s)
-            trial.set_user_attr("weights", loaded.weights)
-            measurement = measure_candidate(
-                loaded,
-                candidate,
-                self.workload,
-                self.device,
-                warmup=self.warmup,
-                repetitions=self.repetitions,
-                seed=self.seed,
-            )
+            if self.trial.isolation == "process":
+                measurement, load_s = self._measure_in_process(candidate)
+                reused_model = False
+            else:
+                measurement, load_s, reused_model = self._measure_inline(candidate)
+        except IsolatedFailure as failure:
+            self._record_failure(trial, start, failure.state, failure.reason)
         except Exception as exc:  # a failing candidate must never stop the study
-            state, reason = failure_reason(exc)
-            trial.set_user_attr("reason", reason)
-            trial.set_user_attr("trial_s", time.perf_counter() - start)
-            free_device_memory(self.device)
-            if state == TrialState.PRUNED:
-                raise optuna.TrialPruned(reason) from None
-            raise CandidateFailed(reason) from None
+            self._record_failure(trial, start, *failure_reason(exc))
         attrs: dict[str, Any] = measurement.to_attrs()
-        attrs["trial_s"] = time.perf_counter() - start
+        attrs.update(
+            {
+                "isolation": self.trial.isolation,
+                "model_reused": reused_model,
+                "weights": self.loader.source.kind,
+                "load_s": load_s,
+                # Setup cost, kept apart from TTFT and throughput: load + first call.
+                "setup_s": load_s + measurement.first_call_s,
+                "trial_s": time.perf_counter() - start,
+            }
+        )
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return measurement.values
+
+    def _measure_inline(self, candidate: Candidate) -> tuple[Measurement, float, bool]:
+        loaded, reused_model = self.loader.get(candidate.dtype, candidate.attn_implementation)
+        measurement = measure_candidate(
+            loaded, candidate, self.workload, self.device,
+            warmup=self.warmup, repetitions=self.repetitions, seed=self.seed, measure=self.measure,
+        )
+        return measurement, 0.0 if reused_model else loaded.load_s, reused_model
+
+    def _measure_in_process(self, candidate: Candidate) -> tuple[Measurement, float]:
+        job = TrialJob(
+            model=self.loader.model_cfg,
+            weights=self.loader.source,
+            device=str(self.device),
+            candidate=candidate,
+            workload=self.workload,
+            warmup=self.warmup,
+            repetitions=self.repetitions,
+            seed=self.seed,
+            measure=self.measure,
+        )
+        return run_isolated(job, self.trial.timeout_s)
+
+    def _record_failure(self, trial: optuna.Trial, start: float, state: TrialState, reason: str) -> NoReturn:
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("trial_s", time.perf_counter() - start)
+        free_device_memory(self.device)
+        if state == TrialState.PRUNED:
+            raise optuna.TrialPruned(reason)
+        raise CandidateFailed(reason)
 
 
 def _finished_before(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:

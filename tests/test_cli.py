@@ -37,8 +37,11 @@ def test_a_study_runs_end_to_end_and_a_rerun_continues_it(run_cli, tmp_path):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     measured = [t for t in trials if "reused_from" not in t.user_attrs]
     for t in measured:
-        assert len(t.user_attrs["ttft_ms_raw"]) == 3
-        assert set(t.user_attrs["ttft_ms_stats"]) >= {"median", "p90", "cv"}
+        n = t.user_attrs["repetitions"]
+        assert 3 <= n <= 20 and len(t.user_attrs["ttft_ms_raw"]) == n  # adaptive, capped
+        assert set(t.user_attrs["ttft_ms_stats"]) >= {"median", "p90", "cv", "ci_low", "ci_high"}
+        assert t.user_attrs["noisy"] == (t.user_attrs["stopped_because"] != "precise")
+        assert t.user_attrs["setup_s"] > 0
         assert t.user_attrs["kv_cache_mb"] > 0
     assert "machine" in study.user_attrs and "config" in study.user_attrs
     first_values = [t.values for t in trials]

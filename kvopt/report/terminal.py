@@ -12,7 +12,14 @@ from rich.table import Table
 
 from kvopt.select import Recommendation, Result
 
-__all__ = ["StudyProgress", "print_plan", "print_summary", "format_gains", "paste_snippet"]
+__all__ = [
+    "StudyProgress",
+    "print_plan",
+    "print_summary",
+    "print_confirmation",
+    "format_gains",
+    "paste_snippet",
+]
 
 _GAIN_LABELS = {"ttft_ms": "TTFT", "decode_tok_s": "decode", "peak_mem_mb": "memory"}
 
@@ -59,8 +66,51 @@ class StudyProgress:
         self.progress.update(self.task, advance=1, best=f"best: {best}{left}")
 
 
-def format_gains(gains: dict[str, float]) -> str:
-    return ", ".join(f"{_GAIN_LABELS[m]} {g:+.1f}%" for m, g in gains.items())
+def format_gains(gains: dict[str, float], cis: dict[str, dict[str, Any]] | None = None) -> str:
+    parts = []
+    for m, g in gains.items():
+        ci = (cis or {}).get(m) or {}
+        if ci.get("ci_low") is not None:
+            parts.append(f"{_GAIN_LABELS[m]} {g:+.1f}% [{ci['ci_low']:+.1f}, {ci['ci_high']:+.1f}]")
+        else:
+            parts.append(f"{_GAIN_LABELS[m]} {g:+.1f}%")
+    return ", ".join(parts)
+
+
+def _ci_cell(gain: Any) -> str:
+    if gain.low is None:
+        return f"{gain.pct:+.0f}%"
+    return f"{gain.pct:+.0f}% [{gain.low:+.0f},{gain.high:+.0f}]"
+
+
+def print_confirmation(console: Console, confirmation: Any) -> None:
+    """Confirmed gains of every finalist over the baseline, with their CIs."""
+    coverage = min(
+        (g.coverage for gains in confirmation.gains.values() for g in gains.values() if g.coverage),
+        default=0.0,
+    )
+    table = Table(
+        title=f"confirmed over {confirmation.rounds} interleaved rounds "
+        f"(gain vs baseline, {coverage:.0%} CI)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right")
+    table.add_column("candidate", no_wrap=True)
+    table.add_column("TTFT", justify="right", no_wrap=True)
+    table.add_column("decode", justify="right", no_wrap=True)
+    table.add_column("memory", justify="right", no_wrap=True)
+    for r in confirmation.finalists:
+        if r.is_baseline:
+            continue
+        g = confirmation.gains[r.number]
+        style = "bold green" if r.number == confirmation.recommended.number else None
+        table.add_row(
+            str(r.number), r.label, _ci_cell(g["ttft_ms"]), _ci_cell(g["decode_tok_s"]),
+            _ci_cell(g["peak_mem_mb"]), style=style,
+        )
+    console.print(table)
 
 
 def _values_row(r: Result) -> list[str]:
@@ -107,7 +157,7 @@ def print_summary(
     table.add_column("TTFT ms", justify="right")
     table.add_column("tok/s", justify="right")
     table.add_column("mem MB", justify="right")
-    table.add_column("", justify="left")
+    table.add_column("", justify="left", no_wrap=True)
     rec_number = recommendation.result.number if recommendation else None
     shown = list(front)
     if baseline is not None and baseline not in shown:
@@ -117,19 +167,28 @@ def print_summary(
         if r.number == rec_number:
             mark.append("recommended")
         if r.is_baseline:
-            mark.append("baseline")
-        if r not in front:
-            mark.append("dominated")
+            mark.append("baseline" if r in front else "baseline (dominated)")
         style = "bold green" if r.number == rec_number else None
-        table.add_row(str(r.number), r.label, *_values_row(r), " ".join(mark), style=style)
+        table.add_row(str(r.number), r.label, *_values_row(r), " = ".join(mark), style=style)
     console.print(table)
     if recommendation is None:
         return
     rec = recommendation.result
     console.print(f"[bold green]recommended[/bold green]: {rec.label} (trial #{rec.number})", highlight=False)
     if recommendation.gains_pct is not None:
+        how = "from the study, unconfirmed"
+        if recommendation.confirmed_rounds:
+            coverage = min(
+                (c["ci_coverage"] for c in (recommendation.gains_ci or {}).values() if c["ci_coverage"]),
+                default=0.0,
+            )
+            how = (
+                f"confirmed: median [{coverage:.0%} CI] of "
+                f"{recommendation.confirmed_rounds} paired rounds"
+            )
         console.print(
-            "gain over baseline (positive = better): " + format_gains(recommendation.gains_pct),
+            f"gain over baseline ({how}; positive = better): "
+            + format_gains(recommendation.gains_pct, recommendation.gains_ci),
             highlight=False,
         )
     if recommendation.note:

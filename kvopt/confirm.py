@@ -1,0 +1,217 @@
+"""Confirmation: re-measure the finalists and the baseline side by side before deciding.
+
+A study ranks candidates measured minutes apart on a shared, drifting machine. Here the
+recommendation, the next ``top_k`` candidates and the baseline are measured again in the
+same process, in interleaved rounds whose order rotates (A B C, B C A, C A B, …), so
+drift and position (warm caches, thermals) hit every candidate alike. Each round pairs a
+candidate with the baseline of the same round; the gain is the median of those paired
+ratios with its distribution-free 95% confidence interval. If the confirmed numbers rank
+another finalist first, the recommendation follows them and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kvopt.config import ConfirmConfig, ModelConfig, ProfileConfig
+from kvopt.engine.generation import timed_generate
+from kvopt.engine.loading import ModelLoader, WeightsSource
+from kvopt.engine.workload import Workload, make_inputs
+from kvopt.measure.adaptive import median_ci
+from kvopt.select import Result, pareto_front, profile_score, slo_violations
+from kvopt.space import SearchSpace
+
+__all__ = ["Gain", "Confirmation", "choose_finalists", "confirm", "confirmed_gains"]
+
+
+@dataclass(frozen=True)
+class Gain:
+    """Gain over the baseline in percent (positive = better) with its confidence interval."""
+
+    pct: float
+    low: float | None
+    high: float | None
+    coverage: float | None  # None: an exact figure (memory is measured, not sampled)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pct": self.pct, "ci_low": self.low, "ci_high": self.high, "ci_coverage": self.coverage}
+
+
+@dataclass
+class Confirmation:
+    rounds: int
+    finalists: list[Result]
+    samples: dict[int, dict[str, list[float]]]  # trial number -> metric -> per-round values
+    gains: dict[int, dict[str, Gain]]
+    recommended: Result
+    study_recommended: Result
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reversed(self) -> bool:
+        return self.recommended.number != self.study_recommended.number
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "seconds": self.seconds,
+            "finalists": [r.number for r in self.finalists],
+            "samples": {str(k): v for k, v in self.samples.items()},
+            "gains": {str(k): {m: g.as_dict() for m, g in v.items()} for k, v in self.gains.items()},
+            "recommended": self.recommended.number,
+            "study_recommended": self.study_recommended.number,
+            "reversed": self.reversed,
+            "notes": self.notes,
+        }
+
+
+def choose_finalists(
+    results: list[Result], recommended: Result, profile: ProfileConfig, top_k: int
+) -> list[Result]:
+    """The recommendation, the next ``top_k`` SLO-meeting front members by score, the baseline."""
+    baseline = next(r for r in results if r.is_baseline)
+    front = [r for r in pareto_front(results) if not slo_violations(r.values, profile.slo)]
+    others = sorted(
+        (r for r in front if r.number not in (recommended.number, baseline.number)),
+        key=lambda r: profile_score(r, baseline.values, profile.weights),
+        reverse=True,
+    )
+    chosen = [recommended, *others[:top_k]]
+    if baseline.number not in {r.number for r in chosen}:
+        chosen.append(baseline)
+    return chosen
+
+
+def _gain_from_ratios(ratios: list[float], higher_is_better: bool) -> Gain:
+    """Per-round ratios (candidate over baseline) to a gain in percent with a CI."""
+    ci = median_ci(ratios)
+
+    def pct(ratio: float) -> float:
+        return (ratio - 1.0) * 100.0 if higher_is_better else (1.0 - ratio) * 100.0
+
+    low, high = sorted((pct(ci.low), pct(ci.high)))
+    return Gain(pct=pct(ci.median), low=low, high=high, coverage=ci.coverage)
+
+
+def confirmed_gains(
+    samples: dict[str, list[float]], baseline: dict[str, list[float]], memory_ratio: float
+) -> dict[str, Gain]:
+    """Paired-round gains of one finalist over the baseline measured in the same rounds."""
+    ttft = [c / b for c, b in zip(samples["ttft_ms"], baseline["ttft_ms"])]
+    tput = [c / b for c, b in zip(samples["decode_tok_s"], baseline["decode_tok_s"])]
+    return {
+        "ttft_ms": _gain_from_ratios(ttft, higher_is_better=False),
+        "decode_tok_s": _gain_from_ratios(tput, higher_is_better=True),
+        "peak_mem_mb": Gain(pct=(1.0 - memory_ratio) * 100.0, low=None, high=None, coverage=None),
+    }
+
+
+def confirm(
+    finalists: list[Result],
+    *,
+    space: SearchSpace,
+    model_cfg: ModelConfig,
+    weights: WeightsSource,
+    workload: Workload,
+    device: torch.device,
+    profile: ProfileConfig,
+    cfg: ConfirmConfig,
+    seed: int,
+    on_round: Callable[[int, float], None] | None = None,
+) -> Confirmation:
+    """Measure the finalists in rotating interleaved rounds and decide on confirmed numbers."""
+    baseline = next(r for r in finalists if r.is_baseline)
+    candidates = {r.number: space.make_candidate(r.params) for r in finalists}
+    # One loader per (dtype, attention): every finalist's model stays loaded for the rounds.
+    loaders: dict[tuple[str, str], ModelLoader] = {}
+    runners: dict[int, Callable[[], dict[str, float]]] = {}
+    for number, cand in candidates.items():
+        key = (cand.dtype, cand.attn_implementation)
+        if key not in loaders:
+            loaders[key] = ModelLoader(model_cfg, weights, device, seed)
+        model = loaders[key].get(*key)[0].model
+        inputs = make_inputs(workload, cand.batch_size, model.config.vocab_size, seed, device)
+
+        def once(model: Any = model, inputs: Any = inputs, cand: Any = cand) -> dict[str, float]:
+            run = timed_generate(model, inputs, cand, workload.new_tokens, device)
+            return {
+                "ttft_ms": run.ttft_s * 1000.0,
+                "decode_tok_s": cand.batch_size * (run.new_tokens - 1) / run.decode_s,
+            }
+
+        runners[number] = once
+    for once in runners.values():  # warm every finalist before the first timed round
+        for _ in range(profile.warmup):
+            once()
+
+    order = [r.number for r in finalists]
+    samples: dict[int, dict[str, list[float]]] = {n: {"ttft_ms": [], "decode_tok_s": []} for n in order}
+    start = time.monotonic()
+    rounds = 0
+    notes: list[str] = []
+    while rounds < cfg.rounds:
+        shift = rounds % len(order)
+        for number in order[shift:] + order[:shift]:
+            for metric, value in runners[number]().items():
+                samples[number][metric].append(value)
+        rounds += 1
+        if on_round is not None:
+            on_round(rounds, time.monotonic() - start)
+        if time.monotonic() - start >= cfg.max_seconds and rounds < cfg.rounds:
+            notes.append(f"stopped after {rounds} of {cfg.rounds} rounds: confirm.max_seconds reached")
+            break
+    for loader in loaders.values():
+        loader.release()
+
+    gains = {
+        r.number: confirmed_gains(
+            samples[r.number], samples[baseline.number],
+            r.values["peak_mem_mb"] / baseline.values["peak_mem_mb"],
+        )
+        for r in finalists
+    }
+    recommended = _decide(finalists, samples, baseline, profile)
+    if recommended.number != finalists[0].number:
+        notes.append(
+            f"confirmation reversed the study's ranking: #{finalists[0].number} {finalists[0].label} "
+            f"-> #{recommended.number} {recommended.label}"
+        )
+    return Confirmation(
+        rounds=rounds,
+        finalists=finalists,
+        samples=samples,
+        gains=gains,
+        recommended=recommended,
+        study_recommended=finalists[0],
+        seconds=time.monotonic() - start,
+        notes=notes,
+    )
+
+
+def _decide(
+    finalists: list[Result],
+    samples: dict[int, dict[str, list[float]]],
+    baseline: Result,
+    profile: ProfileConfig,
+) -> Result:
+    """The finalist with the best profile score on confirmed medians, among SLO-meeting ones."""
+
+    def confirmed(r: Result) -> Result:
+        values = {
+            "ttft_ms": median_ci(samples[r.number]["ttft_ms"]).median,
+            "decode_tok_s": median_ci(samples[r.number]["decode_tok_s"]).median,
+            "peak_mem_mb": r.values["peak_mem_mb"],
+        }
+        return Result(r.number, r.params, r.label, values, r.is_baseline, r.user_attrs)
+
+    rescored = [confirmed(r) for r in finalists]
+    reference = next(r for r in rescored if r.is_baseline).values
+    feasible = [r for r in rescored if not slo_violations(r.values, profile.slo)] or rescored
+    best = max(feasible, key=lambda r: profile_score(r, reference, profile.weights))
+    return next(r for r in finalists if r.number == best.number)

@@ -1,0 +1,124 @@
+"""Running one trial in a fresh spawned process with a hard timeout.
+
+A segfault, a poisoned CUDA context, a leak or a hang then costs one trial, not the
+study. The child loads the model, measures the candidate, and sends the measurement
+back through a pipe; the parent waits at most ``timeout_s`` and kills it after that.
+In the child, the peak RSS of the fresh process over the measured runs is recorded too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+from optuna.trial import TrialState
+
+from kvopt.config import MeasureConfig, ModelConfig
+from kvopt.engine.loading import ModelLoader, WeightsSource
+from kvopt.engine.workload import Workload
+from kvopt.failures import failure_reason
+from kvopt.measure.memory import MB
+from kvopt.measure.rss import PeakRSS
+from kvopt.protocol import Measurement, measure_candidate
+from kvopt.space import Candidate
+
+__all__ = ["TrialJob", "IsolatedFailure", "run_isolated"]
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """Everything a fresh process needs to measure one candidate (picklable)."""
+
+    model: ModelConfig
+    weights: WeightsSource
+    device: str
+    candidate: Candidate
+    workload: Workload
+    warmup: int
+    repetitions: int
+    seed: int
+    measure: MeasureConfig
+
+
+class IsolatedFailure(Exception):
+    """The trial process failed; ``state`` is FAIL or PRUNED and ``reason`` says why."""
+
+    def __init__(self, state: TrialState, reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+
+
+def _child(job: TrialJob, conn: Connection) -> None:
+    from kvopt.cli import quiet_libraries
+
+    try:
+        quiet_libraries()
+        device = torch.device(job.device)
+        loader = ModelLoader(job.model, job.weights, device, job.seed)
+        loaded, _ = loader.get(job.candidate.dtype, job.candidate.attn_implementation)
+        with PeakRSS() as peak:
+            measurement = measure_candidate(
+                loaded, job.candidate, job.workload, device,
+                warmup=job.warmup, repetitions=job.repetitions, seed=job.seed, measure=job.measure,
+            )
+        measurement.extra.update(
+            {
+                "peak_rss_mb": peak.bytes / MB,
+                "rss_after_load_mb": peak.start_bytes / MB,
+                "peak_rss_method": peak.method,
+            }
+        )
+        conn.send(("ok", measurement, loaded.load_s))
+    except BaseException as exc:  # report everything; the parent decides
+        state, reason = failure_reason(exc)
+        conn.send(("error", state.name, reason))
+    finally:
+        conn.close()
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"trial process killed by {name}"
+    return f"trial process exited with status {exitcode} without a result"
+
+
+def run_isolated(job: TrialJob, timeout_s: float) -> tuple[Measurement, float]:
+    """Measure in a fresh process; return (measurement, load seconds) or raise IsolatedFailure."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(job, sender), name="kvopt-trial", daemon=True)
+    process.start()
+    sender.close()  # only the child writes: EOF here means the child is gone
+    message: Any = None
+    try:
+        if receiver.poll(timeout_s):
+            try:
+                message = receiver.recv()
+            except EOFError:
+                message = None
+        else:
+            process.kill()
+            process.join()
+            raise IsolatedFailure(
+                TrialState.FAIL, f"trial exceeded trial.timeout_s={timeout_s:g} s and was killed"
+            )
+    finally:
+        receiver.close()
+    process.join(timeout=30)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    if message is None:
+        raise IsolatedFailure(TrialState.FAIL, _death_reason(process.exitcode))
+    if message[0] == "error":
+        raise IsolatedFailure(TrialState[message[1]], message[2])
+    return message[1], message[2]
