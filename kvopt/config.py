@@ -33,6 +33,9 @@ __all__ = [
     "MeasureConfig",
     "TrialConfig",
     "ConfirmConfig",
+    "PruningConfig",
+    "ScaleConfig",
+    "SHARED_DEVICE_POLICIES",
     "KvoptConfig",
     "validate",
 ]
@@ -41,11 +44,13 @@ __all__ = [
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 DTYPES = ("float32", "bfloat16", "float16")
-QUANTIZED_BACKENDS = ("quanto", "hqq")
+QUANTIZED_BACKENDS = ("fp8", "quanto", "hqq")
 SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
 STORAGE_BACKENDS = ("rdb", "journal", "memory")
 WEIGHTS_MODES = ("auto", "pretrained", "random")
 ISOLATION_MODES = ("inline", "process")
+# What a worker does when another kvopt process measures on the same host and device.
+SHARED_DEVICE_POLICIES = ("wait", "refuse", "flag")
 # The study's objectives, in Optuna's order, with their directions.
 METRICS = ("ttft_ms", "decode_tok_s", "peak_mem_mb")
 DIRECTIONS = ("minimize", "maximize", "minimize")
@@ -87,8 +92,12 @@ class SearchSpaceConfig:
     attn_implementation: tuple[str, ...]
     dtype: tuple[str, ...]
     batch_size: tuple[int, ...]
-    quantized_backend: str = "quanto"
-    quantized_nbits: int = 4
+    # Quantized cache: backends to sample ("auto": every one installed here) and the nbits
+    # to sample for backends that take them; static caches: torch.compile off/on.
+    quantized_backends: tuple[str, ...] = ("fp8",)
+    quantized_backends_auto: bool = True
+    quantized_nbits: tuple[int, ...] = (4,)
+    static_compile: tuple[bool, ...] = (False,)
     max_dtype_slowdown: float | None = None
 
 
@@ -131,12 +140,20 @@ class TrialConfig:
 
 
 @dataclass(frozen=True)
+class PruningConfig:
+    """Skip candidates that cannot fit (before loading) or cannot win (while measuring)."""
+
+    memory_budget_mb: float | None = None  # None: what the device has free at the start
+    dominated: bool = True
+
+
+@dataclass(frozen=True)
 class ConfirmConfig:
     """Re-measure the recommendation, the next top_k and the baseline, interleaved."""
 
     top_k: int = 3
     rounds: int = 6
-    max_seconds: float = 180.0
+    max_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +169,10 @@ class KvoptConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    # This process's index among workers sharing a study; never part of the study name.
+    worker: int = 0
+    scale: ScaleConfig = field(default_factory=lambda: ScaleConfig())
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -298,12 +319,31 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
         else:
             batches = tuple(sorted(set(batches_in)))
     quant = s.get("quantized") or {}
-    backend = quant.get("backend", "quanto")
-    if backend not in QUANTIZED_BACKENDS:
-        problems.add("search_space.quantized.backend", backend, ", ".join(QUANTIZED_BACKENDS))
-    nbits = quant.get("nbits", 4)
-    if nbits not in (2, 4, 8):
-        problems.add("search_space.quantized.nbits", nbits, "2, 4 or 8")
+    backends_in = quant.get("backends", "auto")
+    auto = backends_in == "auto"
+    backends = QUANTIZED_BACKENDS if auto else backends_in
+    if isinstance(backends, str):
+        backends = [backends]
+    if not isinstance(backends, (list, tuple)) or not backends or any(b not in QUANTIZED_BACKENDS for b in backends):
+        problems.add("search_space.quantized.backends", backends_in, f"auto, or a list of {', '.join(QUANTIZED_BACKENDS)}")
+        backends = ("fp8",)
+    nbits_in = quant.get("nbits", [4])
+    nbits = [nbits_in] if _is_int(nbits_in) else nbits_in
+    if not isinstance(nbits, (list, tuple)) or not nbits or any(n not in (1, 2, 3, 4, 8) for n in nbits):
+        problems.add("search_space.quantized.nbits", nbits_in, "a list of 1, 2, 3, 4, 8 (quanto takes 2 and 4)")
+        nbits = [4]
+    compile_in = (s.get("static") or {}).get("compile", [False])
+    compile_choices = [compile_in] if isinstance(compile_in, bool) else compile_in
+    if not isinstance(compile_choices, (list, tuple)) or not compile_choices or any(
+        not isinstance(c, bool) for c in compile_choices
+    ):
+        problems.add("search_space.static.compile", compile_in, "a list of true/false")
+        compile_choices = [False]
+    if any(compile_choices) and not any(c in caches for c in ("static", "offloaded_static")):
+        problems.add(
+            "search_space.static.compile", compile_in,
+            "[false] unless cache_implementation lists static or offloaded_static (compile applies to static caches)",
+        )
     slowdown = s.get("max_dtype_slowdown")
     if slowdown is not None and (not _is_number(slowdown) or slowdown <= 1):
         problems.add("search_space.max_dtype_slowdown", slowdown, "null or a number > 1")
@@ -314,8 +354,10 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
         attn_implementation=attns,
         dtype=dtypes,
         batch_size=batches,
-        quantized_backend=str(backend),
-        quantized_nbits=int(nbits) if _is_int(nbits) else 4,
+        quantized_backends=tuple(dict.fromkeys(backends)),
+        quantized_backends_auto=auto,
+        quantized_nbits=tuple(dict.fromkeys(nbits)),
+        static_compile=tuple(dict.fromkeys(compile_choices)),
         max_dtype_slowdown=None if slowdown is None else float(slowdown),
     )
 
@@ -401,6 +443,18 @@ def _trial(problems: _Problems, t: Mapping[str, Any]) -> TrialConfig:
     return TrialConfig(isolation=str(isolation), timeout_s=timeout)
 
 
+def _pruning(problems: _Problems, p: Mapping[str, Any]) -> PruningConfig:
+    budget = p.get("memory_budget_mb")
+    if budget is not None and (not _is_number(budget) or budget <= 0):
+        problems.add("pruning.memory_budget_mb", budget, "null (what the device has free) or a number of MB > 0")
+        budget = None
+    dominated = p.get("dominated", True)
+    if not isinstance(dominated, bool):
+        problems.add("pruning.dominated", dominated, "true or false")
+        dominated = True
+    return PruningConfig(memory_budget_mb=None if budget is None else float(budget), dominated=dominated)
+
+
 def _confirm(problems: _Problems, c: Mapping[str, Any]) -> ConfirmConfig:
     top_k = c.get("top_k", 3)
     if not _is_int(top_k) or top_k < 0:
@@ -413,7 +467,52 @@ def _confirm(problems: _Problems, c: Mapping[str, Any]) -> ConfirmConfig:
     return ConfirmConfig(
         top_k=int(top_k),
         rounds=int(rounds),
-        max_seconds=_positive_number(problems, "confirm.max_seconds", c.get("max_seconds", 180.0), 180.0),
+        max_seconds=_positive_number(problems, "confirm.max_seconds", c.get("max_seconds", 120.0), 120.0),
+    )
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Many workers on one study: device turns and recovery from dead workers."""
+
+    shared_device: str = "wait"
+    # Host-local folder for the device locks; None: the system's temp folder.
+    lock_dir: str | None = None
+    # RDB storages: a running trial records a heartbeat every heartbeat_s seconds; one
+    # silent for grace_s is failed by any worker and its candidate re-queued.
+    heartbeat_s: int = 10
+    grace_s: int = 60
+    # How many times a trial whose worker died is re-queued (0: never).
+    max_retry: int = 1
+
+
+def _worker(problems: _Problems, value: Any) -> int:
+    if not _is_int(value) or value < 0:
+        problems.add("worker", value, "an integer >= 0 (this worker's index)")
+        return 0
+    return int(value)
+
+
+def _scale(problems: _Problems, s: Mapping[str, Any]) -> ScaleConfig:
+    policy = s.get("shared_device", "wait")
+    if policy not in SHARED_DEVICE_POLICIES:
+        problems.add("scale.shared_device", policy, ", ".join(SHARED_DEVICE_POLICIES))
+        policy = "wait"
+    lock_dir = s.get("lock_dir")
+    if lock_dir is not None and (not isinstance(lock_dir, str) or not lock_dir):
+        problems.add("scale.lock_dir", lock_dir, "null (the system temp folder) or a folder path")
+        lock_dir = None
+    heartbeat = _positive_int(problems, "scale.heartbeat_s", s.get("heartbeat_s", 10))
+    grace = _positive_int(problems, "scale.grace_s", s.get("grace_s", 60))
+    if grace <= heartbeat:
+        problems.add("scale.grace_s", grace, f"more seconds than scale.heartbeat_s ({heartbeat})")
+    retry = s.get("max_retry", 1)
+    if not _is_int(retry) or retry < 0:
+        problems.add("scale.max_retry", retry, "an integer >= 0 (0: never re-queue)")
+        retry = 1
+    return ScaleConfig(
+        shared_device=str(policy), lock_dir=lock_dir, heartbeat_s=heartbeat,
+        grace_s=grace, max_retry=int(retry),
     )
 
 
@@ -454,6 +553,9 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
         measure=_measure(problems, raw.get("measure") or {}),
         trial=_trial(problems, raw.get("trial") or {}),
         confirm=_confirm(problems, raw.get("confirm") or {}),
+        pruning=_pruning(problems, raw.get("pruning") or {}),
+        worker=_worker(problems, raw.get("worker", 0)),
+        scale=_scale(problems, raw.get("scale") or {}),
         raw=raw,
     )
     problems.raise_if_any()

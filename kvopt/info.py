@@ -7,7 +7,7 @@ from hydra.errors import HydraException
 from rich.console import Console
 from rich.table import Table
 
-from kvopt.config import ATTN_IMPLEMENTATIONS, CACHE_IMPLEMENTATIONS, DTYPES, validate
+from kvopt.config import ATTN_IMPLEMENTATIONS, CACHE_IMPLEMENTATIONS, DTYPES, QUANTIZED_BACKENDS, validate
 from kvopt.errors import KvoptError
 from kvopt.machine import machine_info, resolve_device
 from kvopt.probe import default_attn_implementation, probe
@@ -51,7 +51,7 @@ def info_command(overrides: list[str]) -> int:
     }
     result = probe(
         cfg.model, device, choices, baseline,
-        cfg.search_space.quantized_backend, cfg.search_space.max_dtype_slowdown,
+        QUANTIZED_BACKENDS, cfg.search_space.max_dtype_slowdown,
     )
     table = Table(
         title=f"what runs here for {cfg.model.name} on {device} (baseline: {baseline.label})",

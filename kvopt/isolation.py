@@ -24,6 +24,7 @@ from kvopt.failures import failure_reason
 from kvopt.measure.memory import MB
 from kvopt.measure.rss import PeakRSS
 from kvopt.protocol import Measurement, measure_candidate
+from kvopt.select import Result, can_win_check
 from kvopt.space import Candidate
 
 __all__ = ["TrialJob", "IsolatedFailure", "run_isolated"]
@@ -42,6 +43,8 @@ class TrialJob:
     repetitions: int
     seed: int
     measure: MeasureConfig
+    # The study's front when the trial started: lets the child stop a candidate that cannot win.
+    front: tuple[Result, ...] = ()
 
 
 class IsolatedFailure(Exception):
@@ -65,6 +68,7 @@ def _child(job: TrialJob, conn: Connection) -> None:
             measurement = measure_candidate(
                 loaded, job.candidate, job.workload, device,
                 warmup=job.warmup, repetitions=job.repetitions, seed=job.seed, measure=job.measure,
+                can_win=can_win_check(list(job.front), job.measure.rel_precision) if job.front else None,
             )
         measurement.extra.update(
             {

@@ -12,7 +12,14 @@ import torch
 
 from kvopt.errors import DeviceError
 
-__all__ = ["resolve_device", "device_label", "machine_info", "library_versions", "kvopt_version"]
+__all__ = [
+    "resolve_device",
+    "device_label",
+    "machine_info",
+    "library_versions",
+    "kvopt_version",
+    "memory_budget_bytes",
+]
 
 _LIBRARIES = ("torch", "transformers", "accelerate", "optuna", "optuna-dashboard", "hydra-core")
 
@@ -59,6 +66,18 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda{device.index or 0}"
     return device.type
+
+
+def memory_budget_bytes(budget_mb: float | None, device: torch.device) -> int | None:
+    """The configured budget, or what the device has free now (CUDA: free device memory;
+    CPU: available system memory). None where the device cannot tell (MPS)."""
+    if budget_mb is not None:
+        return int(budget_mb * 2**20)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        return int(psutil.virtual_memory().available)
+    return None
 
 
 def _cpu_name() -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,7 +24,14 @@ from kvopt.engine.loading import build_config
 from kvopt.measure.timing import synchronize
 from kvopt.space import PARAM_NAMES, Candidate
 
-__all__ = ["ProbeResult", "probe", "default_attn_implementation", "rule_out", "dtype_slowdown"]
+__all__ = [
+    "ProbeResult",
+    "probe",
+    "default_attn_implementation",
+    "rule_out",
+    "backend_missing",
+    "dtype_slowdown",
+]
 
 _PROBE_VOCAB = 1024
 
@@ -44,15 +51,24 @@ def _has_module(name: str) -> bool:
         return False
 
 
-def rule_out(param: str, value: Any, device: torch.device, quantized_backend: str) -> str | None:
+BACKEND_MODULES = {"quanto": "optimum.quanto", "hqq": "hqq"}  # fp8 is built into transformers
+
+
+def backend_missing(backend: str) -> str | None:
+    """Why a quantized-cache backend cannot run here (its package is absent), else None."""
+    module = BACKEND_MODULES.get(backend)
+    if module is not None and not _has_module(module):
+        return f"the quantized cache's {backend} backend needs the {module} package, which is not installed"
+    return None
+
+
+def rule_out(param: str, value: Any, device: torch.device) -> str | None:
     """A reason this choice cannot run here that needs no model to find, else None."""
+    if param == "quantized_backend":
+        return backend_missing(value)
     if param == "cache_implementation":
         if value.startswith("offloaded") and device.type != "cuda":
             return "offloaded caches move layers between GPU and CPU: they need a CUDA device"
-        if value == "quantized":
-            module = {"quanto": "optimum.quanto", "hqq": "hqq"}[quantized_backend]
-            if not _has_module(module):
-                return f"the quantized cache's {quantized_backend} backend needs the {module} package"
     if param == "attn_implementation":
         if value.startswith("flash_attention"):
             package = "flash_attn" if value == "flash_attention_2" else "flash_attn_interface"
@@ -144,7 +160,7 @@ def probe(
     device: torch.device,
     choices: dict[str, list[Any]],
     baseline: Candidate,
-    quantized_backend: str = "quanto",
+    quantized_backends: tuple[str, ...] = ("fp8",),
     max_dtype_slowdown: float | None = None,
 ) -> ProbeResult:
     """Check every choice (others at the baseline) and say which cannot run, and why.
@@ -153,31 +169,35 @@ def probe(
     baseline's dtype here is dropped too: it runs, but cannot win, and would eat the budget.
     """
     result = ProbeResult()
-    for param in PARAM_NAMES:
-        if param == "batch_size":
-            continue  # batch size limits are memory limits: found per trial
-        for value in choices.get(param, []):
-            key = f"{param}={value}"
-            reason = rule_out(param, value, device, quantized_backend)
-            if reason is None:
-                params = {**baseline.params(), param: value}
-                quantized = params["cache_implementation"] == "quantized"
-                candidate = Candidate(
-                    **params,
-                    quantized_backend=quantized_backend if quantized else None,
-                    quantized_nbits=4 if quantized else None,
-                )
-                reason = _try(model_cfg, candidate, device)
-            if reason is None and param == "dtype" and value != baseline.dtype and max_dtype_slowdown:
-                slowdown = dtype_slowdown(model_cfg, value, baseline.dtype, device)
-                if slowdown > max_dtype_slowdown:
-                    reason = (
-                        f"its matmuls run {slowdown:.0f}x slower than {baseline.dtype} on this "
-                        f"{device.type} (no native kernels; limit "
-                        f"search_space.max_dtype_slowdown={max_dtype_slowdown:g})"
-                    )
-            if reason is None:
-                result.available.append(key)
+    wants_quantized = "quantized" in choices.get("cache_implementation", [])
+    items = [(p, v) for p in PARAM_NAMES if p != "batch_size" for v in choices.get(p, [])]
+    # batch size limits are memory limits: found per trial. Quantized backends: each on its own.
+    items += [("quantized_backend", b) for b in (quantized_backends if wants_quantized else ())]
+    for param, value in items:
+        if param == "cache_implementation" and value == "quantized":
+            continue  # decided by its backends below
+        key = f"{param}={value}"
+        reason = rule_out(param, value, device)
+        if reason is None:
+            if param == "quantized_backend":
+                nbits = 4 if value == "quanto" or value == "hqq" else None
+                candidate = replace(baseline, cache_implementation="quantized",
+                                    quantized_backend=value, quantized_nbits=nbits)
             else:
-                result.unavailable[key] = reason
+                candidate = replace(baseline, **{param: value})
+            reason = _try(model_cfg, candidate, device)
+        if reason is None and param == "dtype" and value != baseline.dtype and max_dtype_slowdown:
+            slowdown = dtype_slowdown(model_cfg, value, baseline.dtype, device)
+            if slowdown > max_dtype_slowdown:
+                reason = (
+                    f"its matmuls run {slowdown:.0f}x slower than {baseline.dtype} on this "
+                    f"{device.type} (no native kernels; limit "
+                    f"search_space.max_dtype_slowdown={max_dtype_slowdown:g})"
+                )
+        if reason is None:
+            result.available.append(key)
+        else:
+            result.unavailable[key] = reason
+    if wants_quantized and not any(k.startswith("quantized_backend=") for k in result.available):
+        result.unavailable["cache_implementation=quantized"] = "none of its backends runs here"
     return result

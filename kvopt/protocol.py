@@ -16,6 +16,7 @@ Order of one trial:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from kvopt.config import MeasureConfig
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import LoadedModel
 from kvopt.engine.workload import Workload, make_inputs
-from kvopt.measure.adaptive import AdaptiveResult, StopRule, median_ci, repeat_until_precise
+from kvopt.measure.adaptive import StopRule, median_ci, repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MB, MemoryReading, cache_bytes, measure_peak, storage_bytes, weights_bytes
 from kvopt.measure.stats import summarize
 from kvopt.space import Candidate
@@ -44,6 +45,7 @@ class Measurement:
     first_call_s: float
     stopped_because: str = "fixed"
     noisy: bool = False
+    pruned_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,8 +102,13 @@ def measure_candidate(
     repetitions: int,
     seed: int,
     measure: MeasureConfig | None = None,
+    can_win: Callable[[dict[str, list[float]], float], str | None] | None = None,
 ) -> Measurement:
-    """Measure one candidate; ``measure=None`` or not adaptive: exactly ``repetitions`` runs."""
+    """Measure one candidate; ``measure=None`` or not adaptive: exactly ``repetitions`` runs.
+
+    ``can_win(samples, peak_mem_mb)`` is asked after every timed run; a reason it returns
+    ends the repetitions (the measurement then carries ``pruned_reason``).
+    """
     model = loaded.model
     inputs = make_inputs(workload, candidate.batch_size, model.config.vocab_size, seed, device)
     weights = weights_bytes(model)
@@ -127,13 +134,17 @@ def measure_candidate(
             "decode_tok_s": candidate.batch_size * (result.new_tokens - 1) / result.decode_s,
         }
 
+    check = None
+    if can_win is not None:
+        peak_mb = memory.peak_bytes / MB
+
+        def check(samples: dict[str, list[float]]) -> str | None:
+            return can_win(samples, peak_mb)
+
     if measure is not None and measure.adaptive:
-        adaptive = repeat_until_precise(once, stop_rule(measure, repetitions))
+        adaptive = repeat_until_precise(once, stop_rule(measure, repetitions), check=check)
     else:
-        adaptive = AdaptiveResult(stopped_because=f"fixed ({repetitions} runs)")
-        for _ in range(repetitions):
-            for name, value in once().items():
-                adaptive.samples.setdefault(name, []).append(value)
+        adaptive = repeat_fixed(once, repetitions, check=check)
     return Measurement(
         candidate=candidate,
         ttft_ms=adaptive.samples["ttft_ms"],
@@ -144,4 +155,5 @@ def measure_candidate(
         first_call_s=first_call_s,
         stopped_because=adaptive.stopped_because,
         noisy=adaptive.noisy,
+        pruned_reason=adaptive.pruned_reason,
     )

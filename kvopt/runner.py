@@ -6,6 +6,9 @@ created or altered; :func:`tune` then runs trials until the budget is spent.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +20,13 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from rich.console import Console
 
-from kvopt.config import METRICS, KvoptConfig
+from kvopt.config import METRICS, QUANTIZED_BACKENDS, KvoptConfig
+from kvopt.errors import ConfigError
 from kvopt.confirm import Confirmation, choose_finalists, confirm
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
-from kvopt.machine import device_label, machine_info, resolve_device
-from kvopt.probe import default_attn_implementation, probe
+from kvopt.machine import device_label, machine_info, memory_budget_bytes, resolve_device
+from kvopt.probe import backend_missing, default_attn_implementation, probe
 from kvopt.report.results import trial_records, write_json
 from kvopt.report.terminal import (
     StudyProgress,
@@ -33,9 +37,25 @@ from kvopt.report.terminal import (
 )
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
 from kvopt.space import Candidate, SearchSpace
-from kvopt.storage import describe_storage, open_storage
-from kvopt.study import check_compatible, enqueue_baseline, make_sampler, open_study, study_name
-from kvopt.trial import CandidateFailed, Objective, TrialOutcome, outcome_of
+from kvopt.storage import describe_storage, open_storage, study_lock
+from kvopt.study import (
+    check_compatible,
+    enqueue_baseline,
+    make_sampler,
+    open_study,
+    study_device_label,
+    study_name,
+)
+from kvopt.workers import (
+    DeviceLock,
+    Requeue,
+    WorkerIdentity,
+    WorkerObjective,
+    open_device_lock,
+    recover_dead_trials,
+    worker_identity,
+)
+from kvopt.trial import Objective, TrialOutcome, outcome_of
 
 __all__ = ["Prepared", "StudyResult", "prepare", "tune"]
 
@@ -52,6 +72,16 @@ class Prepared:
     storage_label: str
     name: str
     existing_trials: int
+    memory_budget_bytes: int | None = None
+    # Who this worker is, and its host-local device lock (None with scale.shared_device=flag).
+    identity: WorkerIdentity | None = None
+    device_lock: DeviceLock | None = None
+    # perf_counter() when prepare() began: the job's wall time counts the probe too.
+    started: float | None = None
+
+    def device_turn(self) -> contextlib.AbstractContextManager[float]:
+        """Hold the device while timing outside a trial (confirmation), if waiting is the policy."""
+        return _turn(self.device_lock, self.cfg)
 
 
 @dataclass
@@ -65,11 +95,13 @@ class StudyResult:
     outcomes: list[TrialOutcome] = field(default_factory=list)
     stopped_because: str = "n_trials reached"
     confirmation: Confirmation | None = None
+    wall_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         rec = self.recommendation
         return {
             "study_name": self.study_name,
+            "wall_s": self.wall_s,
             "storage": self.storage,
             "metrics": list(METRICS),
             "stopped_because": self.stopped_because,
@@ -96,10 +128,20 @@ def _result_dict(r: Result) -> dict[str, Any]:
 
 def prepare(cfg: KvoptConfig) -> Prepared:
     """Resolve device, weights, storage and search space; raise KvoptError on bad input."""
+    started = time.perf_counter()
     device = resolve_device(cfg.device)
     weights = resolve_weights(cfg.model)
-    storage = open_storage(cfg.storage)
-    name = study_name(cfg, device_label(device))
+    scale = cfg.scale
+    # RDB heartbeats: another worker fails a trial whose worker fell silent, and re-queues it.
+    storage = open_storage(
+        cfg.storage, heartbeat_s=scale.heartbeat_s, grace_s=scale.grace_s, on_stale=Requeue(scale.max_retry)
+    )
+    # The study name holds the device kind, not its index, so workers pinned to
+    # cuda:0, cuda:1, ... (device=cuda:${worker}) share one study.
+    name = study_name(cfg, study_device_label(device))
+    identity = worker_identity(cfg.worker, device)
+    device_lock = open_device_lock(scale, identity, name)
+    _check_backends_installed(cfg)
     baseline = Candidate(
         cache_implementation="dynamic",
         attn_implementation=default_attn_implementation(cfg.model, device),
@@ -111,10 +153,11 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         "attn_implementation": list(cfg.search_space.attn_implementation),
         "dtype": list(cfg.search_space.dtype),
     }
-    probed = probe(
-        cfg.model, device, choices, baseline,
-        cfg.search_space.quantized_backend, cfg.search_space.max_dtype_slowdown,
-    )
+    with _turn(device_lock, cfg):  # the probe times dtype matmuls: not beside another worker's trial
+        probed = probe(
+            cfg.model, device, choices, baseline,
+            cfg.search_space.quantized_backends, cfg.search_space.max_dtype_slowdown,
+        )
     space = SearchSpace.from_config(cfg.search_space, baseline, probed.unavailable)
     existing = check_compatible(storage, name, space)
     return Prepared(
@@ -127,12 +170,36 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         storage_label=describe_storage(cfg.storage),
         name=name,
         existing_trials=existing,
+        identity=identity,
+        device_lock=device_lock,
+        started=started,
     )
+
+
+def _turn(lock: DeviceLock | None, cfg: KvoptConfig) -> contextlib.AbstractContextManager[float]:
+    if lock is not None and cfg.scale.shared_device == "wait":
+        return lock.turn()
+    return contextlib.nullcontext(0.0)
+
+
+def _check_backends_installed(cfg: KvoptConfig) -> None:
+    """Backends named explicitly must be installed (``auto`` just skips missing ones)."""
+    space = cfg.search_space
+    if space.quantized_backends_auto or "quantized" not in space.cache_implementation:
+        return
+    missing = {b: why for b in space.quantized_backends if (why := backend_missing(b))}
+    if missing:
+        installed = [b for b in QUANTIZED_BACKENDS if not backend_missing(b)]
+        raise ConfigError([
+            f"search_space.quantized.backends: got {b!r} but {why}; allowed here: "
+            f"auto, {', '.join(installed)}"
+            for b, why in missing.items()
+        ])
 
 
 def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
     cfg, w = p.cfg, p.workload
-    choices = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in p.space.choices().items())
+    choices = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in p.space.all_choices().items())
     resume = f" (continuing: {p.existing_trials} trials stored)" if p.existing_trials else ""
     return [
         ("study", f"{p.name}{resume}"),
@@ -142,7 +209,13 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
         (
             "workload",
             f"{cfg.profile.name}: {w.prompt_tokens} prompt + {w.new_tokens} new tokens, "
-            f"{cfg.profile.warmup} warm-up + {cfg.profile.repetitions} measured runs",
+            f"{cfg.profile.warmup} warm-up + "
+            + (
+                f"{cfg.profile.repetitions}–{max(cfg.measure.max_repetitions, cfg.profile.repetitions)} timed runs "
+                f"(until ±{cfg.measure.rel_precision:.0%} at 95%, at most {cfg.measure.max_seconds:g} s)"
+                if cfg.measure.adaptive
+                else f"{cfg.profile.repetitions} timed runs"
+            ),
         ),
         ("search space", f"{choices} ({p.space.size} candidates)"),
         ("baseline", p.space.baseline.label),
@@ -204,16 +277,29 @@ def tune(
     if p.workload.note:
         console.print(f"[yellow]note[/yellow]          {p.workload.note}", highlight=False)
 
-    # A re-run reseeds by the stored trial count, so it does not replay the first run's draws.
-    sampler = make_sampler(cfg.sampler, cfg.seed + p.existing_trials, p.space)
+    started = p.started or time.perf_counter()
+    # A re-run reseeds by the stored trial count, so it does not replay the first run's
+    # draws; workers started together reseed by their index, so they do not draw alike.
+    sampler = make_sampler(cfg.sampler, cfg.seed + p.existing_trials + 7919 * cfg.worker, p.space)
     attrs = _study_attrs(p)
-    study = open_study(p.storage, p.name, sampler, attrs)
-    enqueue_baseline(study, p.space)
+    identity = p.identity or worker_identity(cfg.worker, p.device)
+    requeue = Requeue(cfg.scale.max_retry)
+    # One worker at a time creates the study, fails dead workers' trials and queues the baseline.
+    with study_lock(cfg.storage, p.storage, p.name):
+        study = open_study(p.storage, p.name, sampler, attrs)
+        for number in recover_dead_trials(study, identity, requeue):
+            console.print(f"trial #{number} was left running by a worker that stopped: marked failed", highlight=False)
+        enqueue_baseline(study, p.space)
     loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
     objective = Objective(
         p.space, loader, p.workload, p.device,
         warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=cfg.seed,
-        measure=cfg.measure, trial=cfg.trial,
+        measure=cfg.measure, trial=cfg.trial, slo=cfg.profile.slo,
+        memory_budget_bytes=p.memory_budget_bytes, dominance_pruning=cfg.pruning.dominated,
+    )
+    shared = WorkerObjective(
+        objective, p.space, identity, cfg.scale, p.device_lock, requeue,
+        wait_timeout_s=cfg.trial.timeout_s + cfg.scale.grace_s,
     )
     outcomes: list[TrialOutcome] = []
     stopped: list[str] = []
@@ -225,6 +311,8 @@ def tune(
             outcome = outcome_of(trial, p.space)
             outcomes.append(outcome)
             progress.log(_describe(outcome))
+            for number in recover_dead_trials(study, identity, requeue):
+                progress.log(f"trial #{number} was left running by a worker that stopped: marked failed")
             rec = recommend(collect_results(study), cfg.profile)
             progress.advance(rec.result.label if rec else "-")
             if len(_seen_candidates(study)) >= p.space.size:
@@ -233,10 +321,9 @@ def tune(
 
         try:
             study.optimize(
-                objective,
+                shared,
                 n_trials=cfg.study.n_trials,
                 timeout=cfg.study.timeout,
-                catch=(CandidateFailed,),
                 callbacks=[after_trial],
                 gc_after_trial=False,
             )
@@ -258,6 +345,7 @@ def tune(
         recommendation=recommend(results, cfg.profile),
         outcomes=outcomes,
         stopped_because=stopped[0],
+        wall_s=time.perf_counter() - started,
     )
     console.print(f"stopped: {result.stopped_because}", highlight=False)
     if not interrupted:
@@ -295,12 +383,13 @@ def _confirm_recommendation(
         highlight=False,
     )
     try:
-        confirmation = confirm(
-            finalists, space=p.space, model_cfg=cfg.model, weights=p.weights,
-            workload=p.workload, device=p.device, profile=cfg.profile, cfg=cfg.confirm,
-            seed=cfg.seed,
-            on_round=lambda n, s: console.print(f"  round {n} done ({s:.1f} s)", highlight=False),
-        )
+        with p.device_turn():  # interleaved rounds time the finalists: the device is ours meanwhile
+            confirmation = confirm(
+                finalists, space=p.space, model_cfg=cfg.model, weights=p.weights,
+                workload=p.workload, device=p.device, profile=cfg.profile, cfg=cfg.confirm,
+                seed=cfg.seed,
+                on_round=lambda n, s: console.print(f"  round {n} done ({s:.1f} s)", highlight=False),
+            )
     except Exception as exc:  # the study's own result stands if confirmation cannot run
         console.print(f"[yellow]confirmation failed[/yellow]: {type(exc).__name__}: {exc}", highlight=False)
         return
@@ -339,6 +428,11 @@ def _write_outputs(
         "workload": attrs["workload"],
         "search_space": {"choices": p.space.choices(), "dropped": p.space.dropped},
         "machine": attrs["machine"],
+        # For sweep summaries and workers sharing a study.
+        "worker": p.cfg.worker,
+        "host": p.identity.host if p.identity else None,
+        "trials_this_run": len(result.outcomes),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "trials": trial_records(study),
     }
     write_json(output_dir / "results.json", payload)

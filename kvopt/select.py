@@ -30,6 +30,8 @@ __all__ = [
     "profile_score",
     "slo_violations",
     "recommend",
+    "dominated_by",
+    "can_win_check",
 ]
 
 _SIGN = {"ttft_ms": -1.0, "decode_tok_s": 1.0, "peak_mem_mb": -1.0}  # +1: higher is better
@@ -125,6 +127,47 @@ def slo_violations(values: dict[str, float], slo: dict[str, float | None]) -> li
     if slo.get("max_mem_mb") is not None and values["peak_mem_mb"] > slo["max_mem_mb"]:
         out.append(f"memory {values['peak_mem_mb']:.1f} MB > {slo['max_mem_mb']:g} MB")
     return out
+
+
+def dominated_by(
+    front: list[Result],
+    samples: dict[str, list[float]],
+    peak_mem_mb: float,
+    *,
+    margin: float,
+    min_runs: int = 3,
+) -> Result | None:
+    """A measured result that beats this candidate even at its best observed values.
+
+    Conservative on purpose: the candidate is credited with its *best* run (lowest TTFT,
+    highest throughput), not its median, and the dominating result must beat that by
+    ``margin`` (relative) on both timings and need no more memory. Memory is exact after
+    the memory run, so it needs no margin. Returns None until ``min_runs`` timed runs.
+    """
+    if len(samples.get("ttft_ms", [])) < min_runs:
+        return None
+    best_ttft = min(samples["ttft_ms"])
+    best_tput = max(samples["decode_tok_s"])
+    for r in front:
+        if (
+            r.values["ttft_ms"] * (1.0 + margin) <= best_ttft
+            and r.values["decode_tok_s"] >= best_tput * (1.0 + margin)
+            and r.values["peak_mem_mb"] <= peak_mem_mb
+        ):
+            return r
+    return None
+
+
+def can_win_check(front: list[Result], margin: float):  # -> Callable[[samples, mem], str | None]
+    """The per-run check a trial uses to stop measuring a candidate that cannot win."""
+
+    def check(samples: dict[str, list[float]], peak_mem_mb: float) -> str | None:
+        winner = dominated_by(front, samples, peak_mem_mb, margin=margin)
+        if winner is None:
+            return None
+        return f"dominated by trial #{winner.number} ({winner.label}) even at its best run"
+
+    return check
 
 
 def _reference(results: list[Result], baseline: Result | None) -> dict[str, float]:

@@ -10,12 +10,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
+from transformers import CompileConfig
 
 from kvopt.config import SearchSpaceConfig
 
-__all__ = ["Candidate", "SearchSpace", "PARAM_NAMES"]
+__all__ = ["Candidate", "SearchSpace", "PARAM_NAMES", "BACKEND_NBITS", "STATIC_CACHES"]
 
 PARAM_NAMES = ("cache_implementation", "attn_implementation", "dtype", "batch_size")
+# Which nbits each quantized-cache backend takes (fp8 quantizes per tensor: none).
+BACKEND_NBITS: dict[str, tuple[int, ...]] = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}
+STATIC_CACHES = ("static", "offloaded_static")
 
 
 @dataclass(frozen=True)
@@ -26,20 +30,31 @@ class Candidate:
     attn_implementation: str
     dtype: str
     batch_size: int
-    # Options of the quantized cache; None for every other cache.
+    # Conditional options: only set for the cache that takes them.
     quantized_backend: str | None = None
     quantized_nbits: int | None = None
+    compile: bool | None = None  # static caches: torch.compile of the decode step
 
     @property
     def label(self) -> str:
         cache = self.cache_implementation
         if cache == "quantized":
-            cache = f"quantized-{self.quantized_backend}-{self.quantized_nbits}bit"
+            bits = f"-{self.quantized_nbits}bit" if self.quantized_nbits else ""
+            cache = f"quantized-{self.quantized_backend}{bits}"
+        elif self.compile:
+            cache = f"{cache}+compile"
         return f"{cache}/{self.attn_implementation}/{self.dtype}/b{self.batch_size}"
 
     def params(self) -> dict[str, Any]:
-        """The Optuna parameters of this candidate (sampled ones only)."""
-        return {name: getattr(self, name) for name in PARAM_NAMES}
+        """The Optuna parameters of this candidate (conditional ones only when active)."""
+        params: dict[str, Any] = {name: getattr(self, name) for name in PARAM_NAMES}
+        if self.cache_implementation == "quantized":
+            params["quantized_backend"] = self.quantized_backend
+            if self.quantized_nbits is not None:
+                params[f"quantized_nbits_{self.quantized_backend}"] = self.quantized_nbits
+        if self.cache_implementation in STATIC_CACHES and self.compile is not None:
+            params["static_compile"] = self.compile
+        return params
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -49,13 +64,20 @@ class Candidate:
         return {"dtype": self.dtype, "attn_implementation": self.attn_implementation}
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate`` that select the KV cache."""
+        """Keyword arguments for ``model.generate`` that select the KV cache and its options."""
         kwargs: dict[str, Any] = {"cache_implementation": self.cache_implementation}
         if self.cache_implementation == "quantized":
-            kwargs["cache_config"] = {
-                "backend": self.quantized_backend,
-                "nbits": self.quantized_nbits,
-            }
+            kwargs["cache_config"] = {"backend": self.quantized_backend}
+            if self.quantized_nbits is not None:
+                kwargs["cache_config"]["nbits"] = self.quantized_nbits
+        if self.cache_implementation in STATIC_CACHES and self.compile is not None:
+            if self.compile:
+                config = CompileConfig(fullgraph=False)
+                # Transformers compiles static caches on CUDA only unless told otherwise.
+                config._compile_all_devices = True
+                kwargs["compile_config"] = config
+            else:
+                kwargs["disable_compile"] = True
         return kwargs
 
 
@@ -67,9 +89,10 @@ class SearchSpace:
     attn_implementation: list[str]
     dtype: list[str]
     batch_size: list[int]
-    quantized_backend: str
-    quantized_nbits: int
     baseline: Candidate
+    quantized_backends: list[str] = field(default_factory=lambda: ["fp8"])
+    quantized_nbits: list[int] = field(default_factory=lambda: [4])
+    static_compile: list[bool] = field(default_factory=lambda: [False])
     # "param=value" -> one-line reason it cannot run here.
     dropped: dict[str, str] = field(default_factory=dict)
 
@@ -86,47 +109,86 @@ class SearchSpace:
                 kept.insert(0, base)
             return kept
 
+        backends = [b for b in cfg.quantized_backends if f"quantized_backend={b}" not in dropped]
+        caches = keep("cache_implementation", cfg.cache_implementation)
+        if not backends and "quantized" in caches:
+            caches.remove("quantized")
         return cls(
-            cache_implementation=keep("cache_implementation", cfg.cache_implementation),
+            cache_implementation=caches,
             attn_implementation=keep("attn_implementation", cfg.attn_implementation),
             dtype=keep("dtype", cfg.dtype),
             batch_size=sorted(keep("batch_size", cfg.batch_size)),
-            quantized_backend=cfg.quantized_backend,
-            quantized_nbits=cfg.quantized_nbits,
             baseline=baseline,
+            quantized_backends=backends,
+            quantized_nbits=list(cfg.quantized_nbits),
+            static_compile=list(cfg.static_compile),
             dropped=dict(dropped),
         )
 
     def choices(self) -> dict[str, list[Any]]:
+        """The four main parameters' choices."""
         return {name: list(getattr(self, name)) for name in PARAM_NAMES}
+
+    def nbits_for(self, backend: str) -> list[int]:
+        return [n for n in self.quantized_nbits if n in BACKEND_NBITS[backend]]
+
+    def all_choices(self) -> dict[str, list[Any]]:
+        """Every parameter, conditional ones included (for the grid sampler and checks)."""
+        out = self.choices()
+        if "quantized" in self.cache_implementation:
+            out["quantized_backend"] = list(self.quantized_backends)
+            for backend in self.quantized_backends:
+                if self.nbits_for(backend):
+                    out[f"quantized_nbits_{backend}"] = self.nbits_for(backend)
+        if any(c in STATIC_CACHES for c in self.cache_implementation):
+            out["static_compile"] = list(self.static_compile)
+        return out
+
+    def _cache_variants(self, cache: str) -> int:
+        if cache == "quantized":
+            return sum(max(1, len(self.nbits_for(b))) for b in self.quantized_backends)
+        if cache in STATIC_CACHES:
+            return len(self.static_compile)
+        return 1
 
     @property
     def size(self) -> int:
-        n = 1
-        for values in self.choices().values():
-            n *= len(values)
-        return n
+        """How many distinct candidates the space holds."""
+        caches = sum(self._cache_variants(c) for c in self.cache_implementation)
+        return caches * len(self.attn_implementation) * len(self.dtype) * len(self.batch_size)
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {
             name: optuna.distributions.CategoricalDistribution(values)
-            for name, values in self.choices().items()
+            for name, values in self.all_choices().items()
         }
 
     def make_candidate(self, params: dict[str, Any]) -> Candidate:
-        quantized = params["cache_implementation"] == "quantized"
+        cache = params["cache_implementation"]
+        backend = params.get("quantized_backend") if cache == "quantized" else None
         return Candidate(
-            cache_implementation=params["cache_implementation"],
+            cache_implementation=cache,
             attn_implementation=params["attn_implementation"],
             dtype=params["dtype"],
             batch_size=int(params["batch_size"]),
-            quantized_backend=self.quantized_backend if quantized else None,
-            quantized_nbits=self.quantized_nbits if quantized else None,
+            quantized_backend=backend,
+            quantized_nbits=params.get(f"quantized_nbits_{backend}") if backend else None,
+            compile=params.get("static_compile") if cache in STATIC_CACHES else None,
         )
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
+        """Sample the main parameters, then the options of the chosen cache only."""
         params = {
             name: trial.suggest_categorical(name, values)
             for name, values in self.choices().items()
         }
+        cache = params["cache_implementation"]
+        if cache == "quantized":
+            backend = trial.suggest_categorical("quantized_backend", self.quantized_backends)
+            params["quantized_backend"] = backend
+            if self.nbits_for(backend):
+                key = f"quantized_nbits_{backend}"
+                params[key] = trial.suggest_categorical(key, self.nbits_for(backend))
+        if cache in STATIC_CACHES:
+            params["static_compile"] = trial.suggest_categorical("static_compile", self.static_compile)
         return self.make_candidate(params)

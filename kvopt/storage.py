@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -11,7 +16,7 @@ from optuna.storages.journal import JournalFileBackend
 from kvopt.config import StorageConfig
 from kvopt.errors import StorageError
 
-__all__ = ["open_storage", "mask_url", "describe_storage"]
+__all__ = ["open_storage", "mask_url", "mask_urls", "describe_storage", "study_lock"]
 
 _ALLOWED = "sqlite:///file.db, postgresql://user@host/db, mysql://…, or storage=journal / storage=memory"
 
@@ -20,7 +25,13 @@ def mask_url(url: str | None) -> str:
     """The URL with any password replaced, safe to print, log or write into a report."""
     if not url:
         return "(in memory)"
-    return re.sub(r"(://[^/@:]*):[^@/]*@", r"\1:***@", url)
+    return mask_urls(url)
+
+
+def mask_urls(text: str) -> str:
+    """Every ``scheme://user:password@`` in ``text`` with the password replaced."""
+    # No whitespace inside a URL: a match never spans two lines of a log or a YAML file.
+    return re.sub(r"(://[^/@:\s]*):[^@/\s]*@", r"\1:***@", text)
 
 
 def describe_storage(cfg: StorageConfig) -> str:
@@ -34,16 +45,39 @@ def describe_storage(cfg: StorageConfig) -> str:
     return mask_url(url)
 
 
+def _driver_url(url: str) -> str:
+    """``postgresql://`` with the driver kvopt ships (psycopg2-binary).
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, older ones to psycopg2; name
+    psycopg2 unless psycopg 3 is installed. An explicit ``postgresql+driver://`` is kept.
+    """
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
 def _check_parent(path: Path, key: str, given: str) -> None:
     if not path.parent.is_dir():
         raise StorageError(
-            f"{key}: got {given!r} but the folder {str(path.parent)!r} does not exist; "
+            f"{key}: got {mask_urls(given)!r} but the folder {mask_urls(str(path.parent))!r} does not exist; "
             f"allowed: a file in an existing folder"
         )
 
 
-def open_storage(cfg: StorageConfig) -> BaseStorage:
-    """Open (or create) the storage; raise :class:`StorageError` naming what to fix."""
+def open_storage(
+    cfg: StorageConfig,
+    *,
+    heartbeat_s: int | None = None,
+    grace_s: int | None = None,
+    on_stale: Callable[[Any, Any], None] | None = None,
+) -> BaseStorage:
+    """Open (or create) the storage; raise :class:`StorageError` naming what to fix.
+
+    With ``heartbeat_s``, an RDB storage records a heartbeat for each running trial, and
+    any worker fails a trial silent for ``grace_s`` seconds and calls ``on_stale`` with it
+    (Optuna's heartbeat; the journal storage has none, see :mod:`kvopt.workers`).
+    """
     if cfg.backend == "memory":
         return InMemoryStorage()
     url = str(cfg.url)
@@ -60,8 +94,15 @@ def open_storage(cfg: StorageConfig) -> BaseStorage:
     elif url.startswith(("postgresql", "mysql")):
         # Fail within seconds when the server is unreachable, instead of the driver's default.
         engine_kwargs["connect_args"] = {"connect_timeout": 5}
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_s is not None:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_s,
+            "grace_period": grace_s,
+            "heartbeat_stale_trial_callback": on_stale,
+        }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        return RDBStorage(_driver_url(url), engine_kwargs=engine_kwargs, **heartbeat)
     except ModuleNotFoundError as exc:
         raise StorageError(
             f"storage.url: {mask_url(url)!r} needs the database driver {exc.name!r}; "
@@ -69,10 +110,71 @@ def open_storage(cfg: StorageConfig) -> BaseStorage:
         ) from None
     except Exception as exc:  # SQLAlchemy raises many types; all mean "cannot open"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        reason = reason.replace(url, mask_url(url))
+        reason = mask_urls(reason.replace(url, mask_url(url)))
         if "DB access module" in reason:
             reason += " For PostgreSQL: pip install psycopg2-binary."
         raise StorageError(
             f"storage.url: cannot open {mask_url(url)!r} ({reason[:200]}); allowed: {_ALLOWED}"
         ) from None
 
+
+
+def _lock_key(name: str) -> int:
+    # A signed 64-bit key from the study name, for database advisory locks.
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl  # POSIX; the kernel drops the lock if the process dies
+
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def study_lock(cfg: StorageConfig, storage: BaseStorage, name: str) -> Iterator[None]:
+    """Hold a lock on study ``name`` across every worker that shares the storage.
+
+    Racing workers create the study, set its attrs and queue the baseline one at a time,
+    so the baseline is queued once. PostgreSQL and MySQL: a database advisory lock (works
+    across hosts, released if the connection drops); SQLite and journal files: a file lock
+    beside the file (one host); memory: nothing to share.
+    """
+    if cfg.backend == "memory":
+        yield
+        return
+    url = str(cfg.url)
+    if cfg.backend == "journal":
+        with _file_lock(Path(url).expanduser().with_name(Path(url).name + ".kvopt-lock")):
+            yield
+        return
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///") :]).expanduser()
+        with _file_lock(db.with_name(db.name + ".kvopt-lock")):
+            yield
+        return
+    if not url.startswith(("postgresql", "mysql")) or not isinstance(storage, RDBStorage):
+        yield  # another database: no portable lock; Optuna's own transactions apply
+        return
+    import sqlalchemy
+
+    postgres = url.startswith("postgresql")
+    with storage.engine.connect() as conn:
+        if postgres:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(name)})
+        else:
+            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": f"kvopt:{name}"[:64]})
+        conn.commit()
+        try:
+            yield
+        finally:
+            if postgres:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
+            else:
+                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"kvopt:{name}"[:64]})
+            conn.commit()

@@ -14,6 +14,7 @@ from kvopt.space import SearchSpace
 
 __all__ = [
     "study_name",
+    "study_device_label",
     "make_sampler",
     "open_study",
     "check_compatible",
@@ -29,12 +30,24 @@ def study_name(cfg: KvoptConfig, device_label: str) -> str:
     return cfg.study.name or f"{cfg.model.name}-{cfg.profile.name}-{device_label}"
 
 
+def study_device_label(device: object) -> str:
+    """The device part of a derived study name: its kind (``cpu``, ``cuda``, ``mps``).
+
+    Not its index: workers pinned to ``cuda:0``, ``cuda:1``, … of one machine are the
+    same kind of hardware and must share one study.
+    """
+    return str(getattr(device, "type", device))
+
+
 def make_sampler(cfg: SamplerConfig, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if cfg.name == "tpe":
+            # constant_liar: trials running in other workers count as bad results, so
+            # workers sharing a study do not all sample the same promising point.
             return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=cfg.n_startup_trials or 5, multivariate=True
+                seed=seed, n_startup_trials=cfg.n_startup_trials or 5, multivariate=True,
+                constant_liar=True,
             )
         if cfg.name == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials or 5)
@@ -43,7 +56,7 @@ def make_sampler(cfg: SamplerConfig, seed: int, space: SearchSpace) -> optuna.sa
         if cfg.name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if cfg.name == "grid":
-            return optuna.samplers.GridSampler(space.choices(), seed=seed)
+            return optuna.samplers.GridSampler(space.all_choices(), seed=seed)
     raise ValueError(f"unknown sampler {cfg.name!r}")  # validate() makes this unreachable
 
 

@@ -1,8 +1,9 @@
 """One trial, start to end: sample a candidate, measure it (or reuse), tell the study.
 
-A candidate that fails never stops the study: the trial ends PRUNED (out of memory) or
-FAIL (anything else) with a one-line ``reason`` in its user attrs, memory is released,
-and the next trial starts. The objective runs under ``Study.optimize``, so samplers that
+A candidate that fails never stops the study: the trial ends PRUNED with a one-line
+``reason`` in its user attrs and the constraint ``runs`` = 1 (infeasible), so samplers
+learn to avoid it; memory is released and the next trial starts. Ctrl-C ends the
+current trial FAIL. The objective runs under ``Study.optimize``, so samplers that
 stop a study themselves (grid) and Optuna's timeout work as designed.
 """
 
@@ -16,16 +17,19 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from kvopt.config import MeasureConfig, TrialConfig
+from kvopt.config import METRICS, MeasureConfig, TrialConfig
 from kvopt.engine.loading import ModelLoader, free_device_memory
 from kvopt.engine.workload import Workload
 from kvopt.failures import failure_reason
 from kvopt.isolation import IsolatedFailure, TrialJob, run_isolated
+from kvopt.measure.memory import MB
+from kvopt.predict import predict_memory
 from kvopt.protocol import Measurement, measure_candidate
+from kvopt.select import Result, can_win_check, collect_results, pareto_front
 from kvopt.space import Candidate, SearchSpace
 from kvopt.study import BASELINE_ATTR
 
-__all__ = ["TrialOutcome", "Objective", "CandidateFailed", "outcome_of"]
+__all__ = ["TrialOutcome", "Objective", "outcome_of", "slo_constraints", "RUNS"]
 
 
 @dataclass
@@ -37,10 +41,6 @@ class TrialOutcome:
     reason: str | None = None
     reused_from: int | None = None
     is_baseline: bool = False
-
-
-class CandidateFailed(Exception):
-    """A candidate could not be measured; Optuna records the trial as FAIL and goes on."""
 
 
 def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutcome:
@@ -56,8 +56,35 @@ def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutc
     )
 
 
+# Constraint names (Optuna: value <= 0 is feasible). "runs" > 0 means the candidate
+# cannot run here (out of memory, unsupported, crashed): samplers learn to avoid it.
+RUNS = "runs"
+_SLO_CONSTRAINTS = {
+    "max_ttft_ms": ("ttft_ms", +1.0),
+    "min_decode_tok_s": ("decode_tok_s", -1.0),
+    "max_mem_mb": ("peak_mem_mb", +1.0),
+}
+
+
+def slo_constraints(values: tuple[float, float, float], slo: dict[str, float | None]) -> dict[str, float]:
+    """Constraint values for the profile's SLOs: how far past each limit (<= 0: met)."""
+    named = dict(zip(METRICS, values))
+    out = {RUNS: 0.0}
+    for key, (metric, sign) in _SLO_CONSTRAINTS.items():
+        limit = slo.get(key)
+        if limit is not None:
+            out[f"slo_{key}"] = sign * (named[metric] - limit)
+    return out
+
+
 class Objective:
-    """The study's objective: measure one sampled candidate (or reuse its earlier result)."""
+    """The study's objective: measure one sampled candidate, or decide it need not be.
+
+    Before measuring: an identical candidate measured before is reused; one that failed
+    before fails again at once; a larger batch than one that ran out of memory, or a
+    candidate whose predicted memory exceeds the budget, is pruned before any load.
+    While measuring: a candidate that cannot reach the front is pruned early.
+    """
 
     def __init__(
         self,
@@ -71,6 +98,9 @@ class Objective:
         seed: int,
         measure: MeasureConfig | None = None,
         trial: TrialConfig | None = None,
+        slo: dict[str, float | None] | None = None,
+        memory_budget_bytes: int | None = None,
+        dominance_pruning: bool = True,
     ) -> None:
         self.space = space
         self.loader = loader
@@ -81,6 +111,9 @@ class Objective:
         self.seed = seed
         self.measure = measure or MeasureConfig(adaptive=False)
         self.trial = trial or TrialConfig()
+        self.slo = slo or {}
+        self.memory_budget_bytes = memory_budget_bytes
+        self.dominance_pruning = dominance_pruning
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = self.space.suggest(trial)
@@ -91,7 +124,10 @@ class Objective:
             if earlier is not None and earlier.state == TrialState.COMPLETE:
                 return self._reuse(trial, earlier)
             if earlier is not None:
-                return self._fail_like(trial, earlier)
+                self._fail_like(trial, earlier)
+            reason = self._cannot_fit(trial, candidate)
+            if reason is not None:
+                self._infeasible(trial, reason)
             return self._measure(trial, candidate)
         except KeyboardInterrupt:
             trial.set_user_attr("reason", "interrupted by the user (Ctrl-C)")
@@ -100,32 +136,66 @@ class Objective:
     def _reuse(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
         # The same settings measured again would only add cost: reuse, and say so.
         trial.set_user_attr("reused_from", earlier.number)
-        for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb", "noisy"):
+        for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb", "noisy", "constraints"):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
+        for key, value in earlier.constraints.items():
+            trial.set_constraint(key, value)
         return tuple(earlier.values)  # type: ignore[return-value]
 
-    def _fail_like(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
-        # Failures are deterministic here (unsupported combination, out of memory): say so, do not rerun.
+    def _fail_like(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> NoReturn:
+        # Failures are deterministic here (unsupported, out of memory): say so, do not rerun.
         reason = f"same candidate as trial #{earlier.number}: {earlier.user_attrs.get('reason')}"
-        trial.set_user_attr("reason", reason)
         trial.set_user_attr("reused_from", earlier.number)
-        if earlier.state == TrialState.PRUNED:
-            raise optuna.TrialPruned(reason)
-        raise CandidateFailed(reason)
+        if earlier.constraints.get(RUNS, 0.0) > 0:
+            self._infeasible(trial, reason)
+        trial.set_user_attr("reason", reason)
+        raise optuna.TrialPruned(reason)
+
+    def _infeasible(self, trial: optuna.Trial, reason: str) -> NoReturn:
+        """End the trial PRUNED and tell the sampler this candidate cannot run here."""
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("constraints", {RUNS: 1.0})
+        trial.set_constraint(RUNS, 1.0)
+        free_device_memory(self.device)
+        raise optuna.TrialPruned(reason)
+
+    def _cannot_fit(self, trial: optuna.Trial, candidate: Candidate) -> str | None:
+        """A reason this candidate cannot fit in memory, found without loading anything."""
+        smaller = _oom_at_smaller_batch(trial, candidate)
+        if smaller is not None:
+            return (
+                f"batch {candidate.batch_size} >= batch {smaller.params['batch_size']}, which ran "
+                f"out of memory with the same settings in trial #{smaller.number}"
+            )
+        prediction = predict_memory(self.loader.model_cfg, candidate, self.workload)
+        for key, value in prediction.as_dict().items():
+            trial.set_user_attr(key, value)
+        budget = self.memory_budget_bytes
+        if budget is not None and prediction.total_bytes > budget:
+            return (
+                f"predicted {prediction.total_mb:.1f} MB > memory budget {budget / MB:.1f} MB "
+                "(memory.budget_mb); not loaded"
+            )
+        return None
+
+    def _front(self, trial: optuna.Trial) -> list[Result]:
+        results = [r for r in collect_results(trial.study) if r.user_attrs.get("constraints", {}).get(RUNS, 0) <= 0]
+        return pareto_front(results)
 
     def _measure(self, trial: optuna.Trial, candidate: Candidate) -> tuple[float, float, float]:
         start = time.perf_counter()
+        front = self._front(trial) if self.dominance_pruning else []
         try:
             if self.trial.isolation == "process":
-                measurement, load_s = self._measure_in_process(candidate)
+                measurement, load_s = self._measure_in_process(candidate, front)
                 reused_model = False
             else:
-                measurement, load_s, reused_model = self._measure_inline(candidate)
+                measurement, load_s, reused_model = self._measure_inline(candidate, front)
         except IsolatedFailure as failure:
-            self._record_failure(trial, start, failure.state, failure.reason)
+            self._record_failure(trial, start, failure.reason)
         except Exception as exc:  # a failing candidate must never stop the study
-            self._record_failure(trial, start, *failure_reason(exc))
+            self._record_failure(trial, start, failure_reason(exc)[1])
         attrs: dict[str, Any] = measurement.to_attrs()
         attrs.update(
             {
@@ -138,19 +208,35 @@ class Objective:
                 "trial_s": time.perf_counter() - start,
             }
         )
+        predicted = trial.user_attrs.get("predicted_mem_mb")
+        if predicted:
+            attrs["predicted_mem_error_pct"] = (predicted / measurement.values[2] - 1.0) * 100.0
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        if measurement.pruned_reason is not None:
+            # Stopped early: it cannot reach the front. Feasible, just not worth measuring.
+            trial.set_user_attr("reason", measurement.pruned_reason)
+            trial.set_constraint(RUNS, 0.0)
+            raise optuna.TrialPruned(measurement.pruned_reason)
+        constraints = slo_constraints(measurement.values, self.slo)
+        trial.set_user_attr("constraints", constraints)
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
         return measurement.values
 
-    def _measure_inline(self, candidate: Candidate) -> tuple[Measurement, float, bool]:
+    def _can_win(self, front: list[Result]) -> Any:
+        return can_win_check(front, self.measure.rel_precision) if front else None
+
+    def _measure_inline(self, candidate: Candidate, front: list[Result]) -> tuple[Measurement, float, bool]:
         loaded, reused_model = self.loader.get(candidate.dtype, candidate.attn_implementation)
         measurement = measure_candidate(
             loaded, candidate, self.workload, self.device,
             warmup=self.warmup, repetitions=self.repetitions, seed=self.seed, measure=self.measure,
+            can_win=self._can_win(front),
         )
         return measurement, 0.0 if reused_model else loaded.load_s, reused_model
 
-    def _measure_in_process(self, candidate: Candidate) -> tuple[Measurement, float]:
+    def _measure_in_process(self, candidate: Candidate, front: list[Result]) -> tuple[Measurement, float]:
         job = TrialJob(
             model=self.loader.model_cfg,
             weights=self.loader.source,
@@ -161,16 +247,26 @@ class Objective:
             repetitions=self.repetitions,
             seed=self.seed,
             measure=self.measure,
+            front=tuple(front),
         )
         return run_isolated(job, self.trial.timeout_s)
 
-    def _record_failure(self, trial: optuna.Trial, start: float, state: TrialState, reason: str) -> NoReturn:
-        trial.set_user_attr("reason", reason)
+    def _record_failure(self, trial: optuna.Trial, start: float, reason: str) -> NoReturn:
         trial.set_user_attr("trial_s", time.perf_counter() - start)
-        free_device_memory(self.device)
-        if state == TrialState.PRUNED:
-            raise optuna.TrialPruned(reason)
-        raise CandidateFailed(reason)
+        self._infeasible(trial, reason)
+
+
+def _oom_at_smaller_batch(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:
+    """An earlier trial with the same settings that ran out of memory at a batch <= this one."""
+    others = {k: v for k, v in candidate.params().items() if k != "batch_size"}
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        reason = str(t.user_attrs.get("reason", ""))
+        if not reason.startswith("out of memory"):
+            continue
+        same = {k: v for k, v in t.params.items() if k != "batch_size"} == others
+        if same and t.params.get("batch_size", 0) <= candidate.batch_size:
+            return t
+    return None
 
 
 def _finished_before(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:

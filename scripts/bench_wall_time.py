@@ -26,7 +26,7 @@ from kvopt.machine import machine_info
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_case(model: str, profile: str, extra: list[str]) -> dict:
+def run_case(model: str, profile: str, extra: list[str], log_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
         proc = subprocess.run(
@@ -36,6 +36,11 @@ def run_case(model: str, profile: str, extra: list[str]) -> dict:
         wall = time.perf_counter() - start
         results = list(Path(work).glob("outputs/*/*/results.json"))
         payload = json.loads(results[0].read_text()) if results else {}
+        # Keep what the user saw and the full results, next to the timing.
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"{model}-{profile}.out.txt").write_text(proc.stdout)
+        if results:
+            (log_dir / f"{model}-{profile}.results.json").write_text(results[0].read_text())
     if proc.returncode != 0:
         raise SystemExit(f"{model}/{profile} failed:\n{proc.stderr[-2000:]}")
     states = [t["state"] for t in payload.get("trials", [])]
@@ -65,7 +70,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for case in args.case:
         model, profile = case.split(":")
-        runs = [run_case(model, profile, args.extra) for _ in range(args.repeats)]
+        runs = [run_case(model, profile, args.extra, args.out.parent / "runs") for _ in range(args.repeats)]
         walls = [r["wall_s"] for r in runs]
         entry = {"model": model, "profile": profile, "runs": runs, "median_wall_s": statistics.median(walls)}
         report["cases"].append(entry)

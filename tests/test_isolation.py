@@ -70,7 +70,7 @@ def test_a_killed_trial_process_is_recorded_and_the_study_goes_on(tmp_path):
     finally:
         stop.set()
     first = result.outcomes[0]
-    assert first.state == TrialState.FAIL
+    assert first.state == TrialState.PRUNED  # infeasible: samplers learn from it
     assert first.reason == "trial process killed by SIGKILL"
     # The study went on and measured the other candidate in a new process.
     assert any(o.state == TrialState.COMPLETE for o in result.outcomes[1:])
@@ -79,6 +79,6 @@ def test_a_killed_trial_process_is_recorded_and_the_study_goes_on(tmp_path):
 def test_a_trial_over_its_timeout_is_killed_and_recorded(tmp_path):
     result = tune(_config(tmp_path, "study.n_trials=1", "trial.timeout_s=0.5"))
     outcome = result.outcomes[0]
-    assert outcome.state == TrialState.FAIL
+    assert outcome.state == TrialState.PRUNED
     assert outcome.reason == "trial exceeded trial.timeout_s=0.5 s and was killed"
     assert len(psutil.Process().children()) <= 1  # at most the resource tracker remains

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kvopt.engine.loading import ModelLoader, WeightsSource
@@ -90,3 +91,19 @@ def test_peak_memory_grows_with_batch_and_shrinks_with_bfloat16(tiny_llama):
 
 def test_cache_bytes_of_nothing_is_zero():
     assert cache_bytes(None) == 0
+
+
+def test_nvml_device_is_found_by_uuid_not_index():
+    from kvopt.measure.memory import nvml_uuid
+
+    assert nvml_uuid("58c8e6f1-1f5a-2a3b-9c1d-000000000000") == "GPU-58c8e6f1-1f5a-2a3b-9c1d-000000000000"
+    assert nvml_uuid("MIG-1234") == "MIG-1234"
+    assert nvml_uuid("GPU-abcd") == "GPU-abcd"
+
+
+def test_nvml_figure_is_absent_without_a_gpu():
+    from kvopt.measure.memory import nvml_process_bytes
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: NVML gives real figures there")
+    assert nvml_process_bytes(torch.device("cuda", 0)) is None

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["StopRule", "MedianCI", "median_ci", "AdaptiveResult", "repeat_until_precise"]
+__all__ = ["StopRule", "MedianCI", "median_ci", "AdaptiveResult", "repeat_until_precise", "repeat_fixed"]
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,28 @@ class AdaptiveResult:
     stopped_because: str = ""
     noisy: bool = False
     seconds: float = 0.0
+    # Set when ``check`` ended the repetitions early (e.g. the candidate cannot win).
+    pruned_reason: str | None = None
 
     @property
     def n(self) -> int:
         return len(next(iter(self.samples.values()), []))
+
+
+Check = Callable[[dict[str, list[float]]], "str | None"]
+
+
+def repeat_fixed(run_once: Callable[[], dict[str, float]], n: int, check: Check | None = None) -> AdaptiveResult:
+    """Exactly ``n`` runs (unless ``check`` ends them early with a reason)."""
+    result = AdaptiveResult(stopped_because=f"fixed ({n} runs)")
+    for _ in range(n):
+        for name, value in run_once().items():
+            result.samples.setdefault(name, []).append(value)
+        reason = check(result.samples) if check is not None else None
+        if reason is not None:
+            result.stopped_because = result.pruned_reason = reason
+            break
+    return result
 
 
 def repeat_until_precise(
@@ -92,11 +110,13 @@ def repeat_until_precise(
     rule: StopRule,
     *,
     clock: Callable[[], float] = time.monotonic,
+    check: Check | None = None,
 ) -> AdaptiveResult:
     """Call ``run_once`` until every metric's median is precise under ``rule``, or a cap.
 
     ``run_once`` returns one value per metric. A result that hit a cap without the
     precision is flagged ``noisy``. ``clock`` is injectable so the rule can be tested.
+    ``check``, called after every run, may end the repetitions early with a reason.
     """
     result = AdaptiveResult()
     start = clock()
@@ -104,6 +124,10 @@ def repeat_until_precise(
         for name, value in run_once().items():
             result.samples.setdefault(name, []).append(value)
         result.seconds = clock() - start
+        reason = check(result.samples) if check is not None else None
+        if reason is not None:
+            result.stopped_because = result.pruned_reason = reason
+            break
         if all(rule.precise(v) for v in result.samples.values()):
             result.stopped_because = "precise"
             break

@@ -33,6 +33,7 @@ __all__ = [
     "cache_bytes",
     "measure_peak",
     "nvml_process_bytes",
+    "nvml_uuid",
 ]
 
 MB = 2**20
@@ -143,6 +144,15 @@ def _profiled_peak_extra(fn: Callable[[], T], device_type: str) -> tuple[T, int,
     return result, peak, len(events)
 
 
+def nvml_uuid(torch_uuid: str) -> str:
+    """NVML's name for the device torch calls ``torch_uuid``.
+
+    torch reports the bare UUID; NVML wants it prefixed ("GPU-…", or "MIG-…" for a MIG
+    slice). Matching by UUID, not index, keeps CUDA_VISIBLE_DEVICES reordering correct.
+    """
+    return torch_uuid if torch_uuid.startswith(("GPU-", "MIG-")) else f"GPU-{torch_uuid}"
+
+
 def nvml_process_bytes(device: torch.device) -> dict[str, int] | None:
     """NVML's view of the GPU behind ``device``: this process's bytes and the device's used bytes.
 
@@ -153,9 +163,9 @@ def nvml_process_bytes(device: torch.device) -> dict[str, int] | None:
         import pynvml
 
         pynvml.nvmlInit()
-        uuid = str(torch.cuda.get_device_properties(device).uuid)
-        prefix = "" if uuid.startswith(("GPU-", "MIG-")) else "GPU-"
-        handle = pynvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+        handle = pynvml.nvmlDeviceGetHandleByUUID(
+            nvml_uuid(str(torch.cuda.get_device_properties(device).uuid))
+        )
         used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
         mine = None
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):

@@ -123,7 +123,11 @@ def _values_row(r: Result) -> list[str]:
 
 def paste_snippet(model_id: str, rec: Result, generate_kwargs: dict[str, Any]) -> str:
     params = rec.params
-    gen = ", ".join(f"{k}={v!r}" for k, v in generate_kwargs.items())
+    # A CompileConfig's repr is long; the snippet names it the way a user writes it.
+    gen = ", ".join(
+        f"{k}=CompileConfig(fullgraph=False)" if k == "compile_config" else f"{k}={v!r}"
+        for k, v in generate_kwargs.items()
+    )
     return (
         f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, "
         f"dtype={params['dtype']!r}, attn_implementation={params['attn_implementation']!r})\n"
@@ -154,22 +158,21 @@ def print_summary(
     )
     table.add_column("#", justify="right")
     table.add_column("candidate", no_wrap=True)
-    table.add_column("TTFT ms", justify="right")
-    table.add_column("tok/s", justify="right")
-    table.add_column("mem MB", justify="right")
+    table.add_column("TTFT ms", justify="right", no_wrap=True)
+    table.add_column("tok/s", justify="right", no_wrap=True)
+    table.add_column("mem MB", justify="right", no_wrap=True)
     table.add_column("", justify="left", no_wrap=True)
     rec_number = recommendation.result.number if recommendation else None
     shown = list(front)
     if baseline is not None and baseline not in shown:
         shown.append(baseline)
     for r in shown:
-        mark = []
-        if r.number == rec_number:
-            mark.append("recommended")
+        is_rec = r.number == rec_number
+        mark = "recommended" if is_rec else ""
         if r.is_baseline:
-            mark.append("baseline" if r in front else "baseline (dominated)")
+            mark = "rec. = baseline" if is_rec else "baseline" if r in front else "baseline (dominated)"
         style = "bold green" if r.number == rec_number else None
-        table.add_row(str(r.number), r.label, *_values_row(r), " = ".join(mark), style=style)
+        table.add_row(str(r.number), r.label, *_values_row(r), mark, style=style)
     console.print(table)
     if recommendation is None:
         return

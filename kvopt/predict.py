@@ -1,0 +1,129 @@
+"""An analytical memory model: what a candidate will need, before anything is loaded.
+
+    predicted = weights + KV cache + activations
+
+- weights: the parameter count (from the architecture on the meta device, no memory
+  used) times the dtype's bytes;
+- KV cache: ``2 × layers × kv_heads × head_dim × tokens × batch × bytes`` for the
+  dynamic and static caches (tokens = prompt + new − 1, the last token is never fed
+  back); the quantized cache keeps ``residual_length`` tokens at full precision and the
+  rest at ``nbits``; offloaded caches keep about two layers on the device;
+- activations: the prefill's transient tensors, ``batch × prompt × (8 × hidden +
+  2 × intermediate)`` elements, plus the attention score matrices ``batch × heads ×
+  prompt²`` (twice: scores and probabilities) with eager attention, plus float32 logits
+  for the last position.
+
+Its purpose is to prune candidates that cannot fit before spending a load on them.
+Every completed trial stores predicted beside measured memory
+(``predicted_mem_error_pct``); docs/search.md reports the error seen (within ±10% on
+gpt2 at a 992-token prompt, batch 1 to 8, eager and sdpa).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from kvopt.config import ModelConfig
+from kvopt.engine.workload import Workload
+from kvopt.measure.memory import MB
+from kvopt.space import Candidate
+
+__all__ = ["MemoryPrediction", "ModelShape", "model_shape", "predict_memory", "QUANTIZED_RESIDUAL"]
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Transformers' quantized cache keeps this many recent tokens unquantized.
+QUANTIZED_RESIDUAL = 128
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    parameters: int
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    weights_bytes: int
+    kv_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.activation_bytes
+
+    @property
+    def total_mb(self) -> float:
+        return self.total_bytes / MB
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "predicted_mem_mb": self.total_mb,
+            "predicted_weights_mb": self.weights_bytes / MB,
+            "predicted_kv_mb": self.kv_bytes / MB,
+            "predicted_activation_mb": self.activation_bytes / MB,
+        }
+
+
+def model_shape(model_cfg: ModelConfig) -> ModelShape:
+    """Sizes that drive memory, read from the architecture (cached per architecture)."""
+    return _shape_of(json.dumps(model_cfg.architecture, sort_keys=True))
+
+
+@lru_cache(maxsize=16)
+def _shape_of(architecture_json: str) -> ModelShape:
+    fields = json.loads(architecture_json)
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = AutoModelForCausalLM.from_config(config)
+    text = config.get_text_config(decoder=True)
+    heads = int(text.num_attention_heads)
+    hidden = int(text.hidden_size)
+    head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
+    intermediate = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
+    return ModelShape(
+        parameters=sum(p.numel() for p in model.parameters()),
+        layers=int(text.num_hidden_layers),
+        hidden=hidden,
+        intermediate=int(intermediate),
+        heads=heads,
+        kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+        head_dim=head_dim,
+        vocab=int(text.vocab_size),
+    )
+
+
+def predict_memory(model_cfg: ModelConfig, candidate: Candidate, workload: Workload) -> MemoryPrediction:
+    shape = model_shape(model_cfg)
+    size = _BYTES[candidate.dtype]
+    batch, prompt = candidate.batch_size, workload.prompt_tokens
+    tokens = prompt + workload.new_tokens - 1
+    per_token_layer = 2 * shape.kv_heads * shape.head_dim * batch  # elements, K and V
+    cache = candidate.cache_implementation
+    if cache == "quantized":
+        full = min(tokens, QUANTIZED_RESIDUAL)
+        quantized = max(0, tokens - QUANTIZED_RESIDUAL)
+        nbits = candidate.quantized_nbits or 4
+        kv = shape.layers * per_token_layer * (full * size + quantized * nbits / 8)
+    else:
+        layers_on_device = min(2, shape.layers) if cache.startswith("offloaded") else shape.layers
+        kv = layers_on_device * per_token_layer * tokens * size
+    activations = batch * prompt * (8 * shape.hidden + 2 * shape.intermediate) * size
+    if candidate.attn_implementation == "eager":
+        activations += 2 * batch * shape.heads * prompt * prompt * size
+    activations += 2 * batch * shape.vocab * 4  # last-position logits, upcast to float32
+    return MemoryPrediction(
+        weights_bytes=shape.parameters * size,
+        kv_bytes=int(kv),
+        activation_bytes=int(activations),
+    )

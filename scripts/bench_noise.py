@@ -1,0 +1,150 @@
+"""How reproducible are kvopt's reported numbers? The same candidate, separate runs.
+
+For each model, the baseline candidate (dynamic cache, sdpa, float32, batch 1) is measured
+in ``--runs`` separate processes, with a fixed 3 repetitions and with adaptive
+repetitions. The spread of the reported medians across runs (coefficient of variation)
+is the noise a user sees between two kvopt runs. A third mode, ``paired``, measures the
+static-cache candidate against the baseline in 6 interleaved rounds per process (as the
+confirmation stage does) and reports the spread of the confirmed ratio across processes.
+Results go to benchmarks/noise.json and a markdown table on stdout.
+
+    python scripts/bench_noise.py --models tiny-gpt2 gpt2 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODES = {"fixed": ["measure.adaptive=false"], "adaptive": ["measure.adaptive=true"]}
+
+
+def worker(model: str, profile: str, overrides: list[str]) -> dict:
+    """One fresh process: load the model, measure the baseline candidate once."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from kvopt.cli import conf_dir, quiet_libraries
+    from kvopt.config import validate
+    from kvopt.engine.loading import ModelLoader, resolve_weights
+    from kvopt.engine.workload import make_workload
+    from kvopt.protocol import measure_candidate
+    from kvopt.space import Candidate
+
+    quiet_libraries()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
+        cfg = validate(compose(config_name="config", overrides=[f"model={model}", f"profile={profile}", *overrides]))
+    device = torch.device("cpu")
+    loader = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed)
+    loaded, _ = loader.get("float32", "sdpa")
+    m = measure_candidate(
+        loaded, Candidate("dynamic", "sdpa", "float32", 1), make_workload(cfg.profile, cfg.model), device,
+        warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=cfg.seed, measure=cfg.measure,
+    )
+    ttft, tput, mem = m.values
+    return {"ttft_ms": ttft, "decode_tok_s": tput, "peak_mem_mb": mem, "n": len(m.ttft_ms),
+            "noisy": m.noisy, "stopped_because": m.stopped_because}
+
+
+def paired_worker(model: str, profile: str, rounds: int = 6) -> dict:
+    """One fresh process: the static-cache candidate against the baseline, interleaved rounds.
+
+    Reports the confirmed ratios (as kvopt's confirmation stage computes them): the spread
+    of these across processes is what a user sees of kvopt's confirmed gains.
+    """
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from kvopt.cli import conf_dir, quiet_libraries
+    from kvopt.config import validate
+    from kvopt.confirm import confirmed_gains
+    from kvopt.engine.generation import timed_generate
+    from kvopt.engine.loading import ModelLoader, resolve_weights
+    from kvopt.engine.workload import make_inputs, make_workload
+    from kvopt.space import Candidate
+
+    quiet_libraries()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
+        cfg = validate(compose(config_name="config", overrides=[f"model={model}", f"profile={profile}"]))
+    device = torch.device("cpu")
+    model_obj = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed).get("float32", "sdpa")[0].model
+    workload = make_workload(cfg.profile, cfg.model)
+    inputs = make_inputs(workload, 1, model_obj.config.vocab_size, cfg.seed, device)
+    pair = {"base": Candidate("dynamic", "sdpa", "float32", 1), "static": Candidate("static", "sdpa", "float32", 1)}
+    samples: dict[str, dict[str, list[float]]] = {k: {"ttft_ms": [], "decode_tok_s": []} for k in pair}
+    for name in pair:  # warm both
+        timed_generate(model_obj, inputs, pair[name], workload.new_tokens, device)
+    for r in range(rounds):
+        for name in (list(pair) if r % 2 == 0 else list(pair)[::-1]):
+            run = timed_generate(model_obj, inputs, pair[name], workload.new_tokens, device)
+            samples[name]["ttft_ms"].append(run.ttft_s * 1000)
+            samples[name]["decode_tok_s"].append((run.new_tokens - 1) / run.decode_s)
+    gains = confirmed_gains(samples["static"], samples["base"], memory_ratio=1.0)
+    return {
+        # Ratios static/baseline, comparable across runs whatever each process's speed.
+        "ttft_ms": 1.0 - gains["ttft_ms"].pct / 100.0,
+        "decode_tok_s": 1.0 + gains["decode_tok_s"].pct / 100.0,
+        "peak_mem_mb": 1.0,
+        "n": rounds,
+        "noisy": False,
+        "stopped_because": "paired rounds",
+    }
+
+
+def cv(values: list[float]) -> float:
+    return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["tiny-gpt2", "gpt2"])
+    parser.add_argument("--profile", default="chat-agent")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "noise.json")
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "PROFILE", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        model, profile, mode = args.worker
+        result = paired_worker(model, profile) if mode == "paired" else worker(model, profile, MODES[mode])
+        print(json.dumps(result))
+        return
+
+    from kvopt.machine import machine_info
+
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
+              "profile": args.profile, "runs": args.runs, "cases": []}
+    print(f"| model | repetitions | runs | CV TTFT | CV decode tok/s | CV memory | median n | noisy runs |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model in args.models:
+        modes = [*MODES, "paired"]
+        by_mode: dict[str, list[dict]] = {mode: [] for mode in modes}
+        # Modes alternate run by run, so slow drift of the machine hits all alike.
+        for _ in range(args.runs):
+            for mode in modes:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--worker", model, args.profile, mode],
+                    capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True,
+                )
+                by_mode[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        for mode, runs in by_mode.items():
+            row = {m: cv([r[m] for r in runs]) for m in ("ttft_ms", "decode_tok_s", "peak_mem_mb")}
+            report["cases"].append({"model": model, "mode": mode, "runs": runs, "cv": row})
+            print(
+                f"| {model} | {mode} | {len(runs)} | {row['ttft_ms']:.1%} | {row['decode_tok_s']:.1%} | "
+                f"{row['peak_mem_mb']:.1%} | {statistics.median(r['n'] for r in runs):g} | "
+                f"{sum(r['noisy'] for r in runs)} |"
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
