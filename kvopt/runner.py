@@ -25,7 +25,7 @@ from kvopt.errors import ConfigError
 from kvopt.confirm import Confirmation, choose_finalists, confirm
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
-from kvopt.machine import device_label, machine_info, memory_budget_bytes, resolve_device
+from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
 from kvopt.probe import backend_missing, default_attn_implementation, probe
 from kvopt.report.results import trial_records, write_json
 from kvopt.report.terminal import (

@@ -6,10 +6,13 @@ import contextlib
 import hashlib
 import importlib.util
 import re
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
@@ -102,7 +105,7 @@ def open_storage(
             "heartbeat_stale_trial_callback": on_stale,
         }
     try:
-        return RDBStorage(_driver_url(url), engine_kwargs=engine_kwargs, **heartbeat)
+        return _open_rdb(_driver_url(url), engine_kwargs, heartbeat)
     except ModuleNotFoundError as exc:
         raise StorageError(
             f"storage.url: {mask_url(url)!r} needs the database driver {exc.name!r}; "
@@ -117,6 +120,22 @@ def open_storage(
             f"storage.url: cannot open {mask_url(url)!r} ({reason[:200]}); allowed: {_ALLOWED}"
         ) from None
 
+
+
+def _open_rdb(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]) -> RDBStorage:
+    # Workers starting together on an empty database all create Optuna's tables; the
+    # losers of that race get a duplicate-key error, and the tables exist a moment later.
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except Exception as exc:
+            text = str(exc)
+            if attempt == 4 or not ("duplicate key" in text or "already exists" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _lock_key(name: str) -> int:

@@ -321,7 +321,9 @@ class WorkerObjective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         for key, value in self.me.attrs().items():
             trial.set_user_attr(key, value)
-        turn = self.lock.turn() if self.lock is not None and self.scale.shared_device == "wait" else contextlib.nullcontext(0.0)
+        turn: contextlib.AbstractContextManager[float] = contextlib.nullcontext(0.0)
+        if self.lock is not None and self.scale.shared_device == "wait":
+            turn = self.lock.turn()
         try:
             with turn as waited:
                 trial.set_user_attr("device_wait_s", waited)

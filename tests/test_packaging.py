@@ -22,6 +22,7 @@ def test_the_wheel_carries_conf_and_runs_a_study(tmp_path: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "kvopt/conf/config.yaml" in names
     assert "kvopt/conf/model/gpt2.yaml" in names
+    assert "kvopt/conf/hydra/launcher/slurm.yaml" in names
 
     # Install the wheel's files alone into a folder and run from an unrelated directory,
     # so neither the checkout nor the editable install can supply the configs.
