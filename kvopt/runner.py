@@ -170,6 +170,7 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         storage_label=describe_storage(cfg.storage),
         name=name,
         existing_trials=existing,
+        memory_budget_bytes=memory_budget_bytes(cfg.pruning.memory_budget_mb, device),
         identity=identity,
         device_lock=device_lock,
         started=started,

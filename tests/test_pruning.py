@@ -170,3 +170,20 @@ def test_the_pruning_replay_on_a_recorded_grid_never_prunes_the_true_front():
     assert result["true_front_pruned_total"] == 0
     assert set(result["true_front"]) == {1, 4}
     assert 0 < result["runs_saved_median"] < 1
+
+
+def test_the_memory_budget_reaches_the_study():
+    from hydra import compose, initialize_config_dir
+
+    from kvopt.cli import conf_dir
+    from kvopt.config import validate
+    from kvopt.runner import prepare
+
+    def prepared(*overrides):
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
+            cfg = validate(compose(config_name="config", overrides=[
+                "model=tiny-gpt2", "profile=ci-micro", "storage=memory", *overrides]))
+        return prepare(cfg)
+
+    assert prepared("pruning.memory_budget_mb=0.5").memory_budget_bytes == 2**19
+    assert prepared().memory_budget_bytes > 2**20  # default: what the machine has free
