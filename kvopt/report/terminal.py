@@ -83,24 +83,26 @@ def _ci_cell(gain: Any) -> str:
     return f"{gain.pct:+.0f}% [{gain.low:+.0f},{gain.high:+.0f}]"
 
 
+def _candidate_table(title: str, value_headers: tuple[str, ...]) -> Table:
+    """A compact table of candidates: number, label, then right-aligned figures."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("candidate", no_wrap=True)
+    for header in value_headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    return table
+
+
 def print_confirmation(console: Console, confirmation: Any) -> None:
     """Confirmed gains of every finalist over the baseline, with their CIs."""
     coverage = min(
         (g.coverage for gains in confirmation.gains.values() for g in gains.values() if g.coverage),
         default=0.0,
     )
-    table = Table(
-        title=f"confirmed over {confirmation.rounds} interleaved rounds "
-        f"(gain vs baseline, {coverage:.0%} CI)",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
+    table = _candidate_table(
+        f"confirmed over {confirmation.rounds} interleaved rounds (gain vs baseline, {coverage:.0%} CI)",
+        ("TTFT", "decode", "memory"),
     )
-    table.add_column("#", justify="right")
-    table.add_column("candidate", no_wrap=True)
-    table.add_column("TTFT", justify="right", no_wrap=True)
-    table.add_column("decode", justify="right", no_wrap=True)
-    table.add_column("memory", justify="right", no_wrap=True)
     for r in confirmation.finalists:
         if r.is_baseline:
             continue
@@ -150,17 +152,9 @@ def print_summary(
     if not front:
         console.print("[red]no candidate completed a measurement[/red]")
         return
-    table = Table(
-        title="Pareto front (TTFT min, decode tok/s max, memory min)",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
+    table = _candidate_table(
+        "Pareto front (TTFT min, decode tok/s max, memory min)", ("TTFT ms", "tok/s", "mem MB")
     )
-    table.add_column("#", justify="right")
-    table.add_column("candidate", no_wrap=True)
-    table.add_column("TTFT ms", justify="right", no_wrap=True)
-    table.add_column("tok/s", justify="right", no_wrap=True)
-    table.add_column("mem MB", justify="right", no_wrap=True)
     table.add_column("", justify="left", no_wrap=True)
     rec_number = recommendation.result.number if recommendation else None
     shown = list(front)
