@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from kvopt.interrupt import raise_if_interrupted
 from kvopt.measure.timing import synchronize
 from kvopt.space import Candidate
 
@@ -60,6 +61,7 @@ def timed_generate(
     new_tokens: int,
     device: torch.device,
 ) -> GenerateRun:
+    raise_if_interrupted()  # a Ctrl-C swallowed during the last run stops here, cleanly
     clock = _FirstTokenClock(device)
     kwargs = generate_kwargs(candidate, new_tokens, pad_token_id=0)
     synchronize(device)
