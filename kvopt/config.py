@@ -38,10 +38,11 @@ __all__ = [
     "SHARED_DEVICE_POLICIES",
     "KvoptConfig",
     "validate",
+    "validate_profile",
 ]
 
 # What transformers 5 accepts (sliding_window/hybrid are deprecated aliases, left out).
-CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized")
+CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "quantized", "paged")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZED_BACKENDS = ("fp8", "quanto", "hqq")
@@ -514,6 +515,14 @@ def _scale(problems: _Problems, s: Mapping[str, Any]) -> ScaleConfig:
         shared_device=str(policy), lock_dir=lock_dir, heartbeat_s=heartbeat,
         grace_s=grace, max_retry=int(retry),
     )
+
+
+def validate_profile(section: Mapping[str, Any]) -> ProfileConfig:
+    """One ``profile`` section (e.g. read back from a stored study); ConfigError if invalid."""
+    problems = _Problems()
+    profile = _profile(problems, section)
+    problems.raise_if_any()
+    return profile
 
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:

@@ -26,14 +26,23 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from kvopt.config import ModelConfig
+from kvopt.engine.paged import PAGE_SIZE
 from kvopt.engine.workload import Workload
 from kvopt.measure.memory import MB
 from kvopt.space import Candidate
 
-__all__ = ["MemoryPrediction", "ModelShape", "model_shape", "predict_memory", "QUANTIZED_RESIDUAL"]
+__all__ = [
+    "MemoryPrediction",
+    "ModelShape",
+    "model_shape",
+    "shape_of_config",
+    "predict_memory",
+    "activation_bytes",
+    "QUANTIZED_RESIDUAL",
+]
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Transformers' quantized cache keeps this many recent tokens unquantized.
@@ -86,13 +95,18 @@ def _shape_of(architecture_json: str) -> ModelShape:
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = AutoModelForCausalLM.from_config(config)
+    return shape_of_config(config, sum(p.numel() for p in model.parameters()))
+
+
+def shape_of_config(config: PretrainedConfig, parameters: int) -> ModelShape:
+    """The sizes that drive memory, from a Transformers config (of a loaded model, too)."""
     text = config.get_text_config(decoder=True)
     heads = int(text.num_attention_heads)
     hidden = int(text.hidden_size)
     head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
     intermediate = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
     return ModelShape(
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=parameters,
         layers=int(text.num_hidden_layers),
         hidden=hidden,
         intermediate=int(intermediate),
@@ -115,15 +129,28 @@ def predict_memory(model_cfg: ModelConfig, candidate: Candidate, workload: Workl
         quantized = max(0, tokens - QUANTIZED_RESIDUAL)
         nbits = candidate.quantized_nbits or 4
         kv = shape.layers * per_token_layer * (full * size + quantized * nbits / 8)
+    elif cache == "paged":
+        # The pool is whole pages of prompt + new tokens per request (kvopt.engine.paged),
+        # plus the two never-allocated "trash" sectors Transformers puts in front (a
+        # sector is one block whenever a block's bytes are a multiple of 128).
+        blocks = batch * -(-(prompt + workload.new_tokens) // PAGE_SIZE) + 2
+        kv = shape.layers * 2 * shape.kv_heads * shape.head_dim * blocks * PAGE_SIZE * size
     else:
         layers_on_device = min(2, shape.layers) if cache.startswith("offloaded") else shape.layers
         kv = layers_on_device * per_token_layer * tokens * size
-    activations = batch * prompt * (8 * shape.hidden + 2 * shape.intermediate) * size
-    if candidate.attn_implementation == "eager":
-        activations += 2 * batch * shape.heads * prompt * prompt * size
-    activations += 2 * batch * shape.vocab * 4  # last-position logits, upcast to float32
     return MemoryPrediction(
         weights_bytes=shape.parameters * size,
         kv_bytes=int(kv),
-        activation_bytes=int(activations),
+        activation_bytes=activation_bytes(shape, candidate, prompt),
     )
+
+
+def activation_bytes(shape: ModelShape, candidate: Candidate, prompt_tokens: int) -> int:
+    """The prefill's transient tensors: the largest memory above weights and cache."""
+    size = _BYTES[candidate.dtype]
+    batch = candidate.batch_size
+    activations = batch * prompt_tokens * (8 * shape.hidden + 2 * shape.intermediate) * size
+    if candidate.attn_implementation == "eager":
+        activations += 2 * batch * shape.heads * prompt_tokens * prompt_tokens * size
+    activations += 2 * batch * shape.vocab * 4  # last-position logits, upcast to float32
+    return int(activations)

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kvopt.config import ModelConfig
-from kvopt.engine.generation import generate_kwargs
+from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import build_config
 from kvopt.measure.timing import synchronize
 from kvopt.space import PARAM_NAMES, Candidate
@@ -145,11 +145,8 @@ def _try(model_cfg: ModelConfig, candidate: Candidate, device: torch.device) -> 
     try:
         model = _tiny_model(model_cfg, candidate.dtype, candidate.attn_implementation, device)
         ids = torch.randint(1, model.config.vocab_size, (1, 8), device=device)
-        model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            **generate_kwargs(candidate, new_tokens=2, pad_token_id=0),
-        )
+        # The same call a trial makes, so every cache (paged too) is probed as it is measured.
+        timed_generate(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, candidate, 2, device)
         return None
     except Exception as exc:  # any failure means: this choice does not run here
         return _first_line(exc)

@@ -21,6 +21,7 @@ timing needs on top:
 from __future__ import annotations
 
 import contextlib
+import fcntl  # POSIX advisory locks; imported here, not in release(), which may run at exit
 import os
 import re
 import socket
@@ -163,8 +164,6 @@ class DeviceLock:
         self._held = False
 
     def acquire(self, blocking: bool = True) -> bool:
-        import fcntl
-
         if self._held:
             return True
         try:
@@ -178,19 +177,22 @@ class DeviceLock:
         return True
 
     def release(self) -> None:
-        import fcntl
-
         if self._held:
             self._held = False
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def close(self) -> None:
+    # Bound at definition: at interpreter exit __del__ may run after module globals are gone.
+    def close(self, _flock: Any = fcntl.flock, _unlock: int = fcntl.LOCK_UN, _close: Any = os.close) -> None:
         """Release and close; the lock file stays for the next worker."""
         if self._fd < 0:
             return  # closed already: the number may belong to another file by now
-        with contextlib.suppress(OSError):
-            self.release()
-            os.close(self._fd)
+        try:
+            if self._held:
+                self._held = False
+                _flock(self._fd, _unlock)
+            _close(self._fd)
+        except OSError:
+            pass
         self._fd = -1
 
     def __del__(self) -> None:

@@ -94,3 +94,28 @@ def test_the_full_space_keeps_what_runs_here():
     assert "quantized" in p.space.cache_implementation and p.space.quantized_backends == ["fp8"]
     assert p.space.static_compile == [False, True]
     assert "cache_implementation=offloaded_static" in p.space.dropped
+    assert "paged" in p.space.cache_implementation  # continuous batching runs on CPU
+
+
+def test_paged_cache_runs_continuous_batching_with_a_pool_sized_from_the_workload(tiny_llama):
+    from kvopt.engine.paged import PAGE_SIZE, paged_pool
+    from kvopt.predict import predict_memory
+    from kvopt.protocol import measure_candidate
+
+    loaded, _ = ModelLoader(tiny_llama, WeightsSource("random", "t"), CPU, seed=0).get("float32", "sdpa")
+    workload = Workload(prompt_tokens=40, new_tokens=6)
+    paged = Candidate("paged", "sdpa", "float32", 3)
+    pool = paged_pool(3, 40, 6)
+    assert pool.num_blocks == 3 * -(-46 // PAGE_SIZE)  # whole pages of prompt + new tokens, per request
+    config = pool.config()
+    assert (config.num_blocks, config.max_batch_tokens, config.max_requests_per_batch) == (pool.num_blocks, 120, 3)
+    m = measure_candidate(loaded, paged, workload, CPU, warmup=1, repetitions=3, seed=0)
+    assert len(m.ttft_ms) == 3 and all(t > 0 for t in m.ttft_ms) and all(d > 0 for d in m.decode_tok_s)
+    # KV bytes read from the pool tensor match the analytic size of its pages exactly.
+    assert m.kv_cache_bytes == predict_memory(tiny_llama, paged, workload).kv_bytes
+    # The CPU profiler cannot see the worker thread: the pool is added, and said so.
+    assert m.memory.details["paged_pool_bytes"] == m.kv_cache_bytes
+    assert m.memory.peak_bytes >= m.weights_bytes + m.kv_cache_bytes
+    assert "paged pool" in m.memory.method
+    # The model is left with the attention it was loaded with.
+    assert loaded.model.config._attn_implementation == "sdpa"

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from kvopt.engine.paged import paged_generate
 from kvopt.interrupt import raise_if_interrupted
+from kvopt.measure.memory import cache_bytes
 from kvopt.measure.timing import synchronize
 from kvopt.space import Candidate
 
@@ -39,10 +41,17 @@ class GenerateRun:
     decode_s: float
     new_tokens: int
     cache: Any  # the cache object generate used (for its byte size)
+    # Set when the cache lives outside ``generate`` (the paged pool): its bytes, read from
+    # its tensor before it was freed.
+    pool_bytes: int | None = None
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.pool_bytes if self.pool_bytes is not None else cache_bytes(self.cache)
 
 
 def generate_kwargs(candidate: Candidate, new_tokens: int, pad_token_id: int) -> dict[str, Any]:
-    """Greedy, fixed-length generation with the candidate's cache settings."""
+    """Greedy, fixed-length generation with the candidate's cache settings (not for paged)."""
     return {
         "max_new_tokens": new_tokens,
         "min_new_tokens": new_tokens,  # EOS cannot end the run early: fixed work per call
@@ -62,6 +71,9 @@ def timed_generate(
     device: torch.device,
 ) -> GenerateRun:
     raise_if_interrupted()  # a Ctrl-C swallowed during the last run stops here, cleanly
+    if candidate.cache_implementation == "paged":
+        run = paged_generate(model, inputs["input_ids"], new_tokens)
+        return GenerateRun(run.ttft_s, run.decode_s, run.new_tokens, cache=None, pool_bytes=run.cache_bytes)
     clock = _FirstTokenClock(device)
     kwargs = generate_kwargs(candidate, new_tokens, pad_token_id=0)
     synchronize(device)
