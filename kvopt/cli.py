@@ -1,4 +1,5 @@
-"""Command line: ``python -m kvopt [overrides]`` (Hydra) and ``python -m kvopt info``."""
+"""Command line: ``python -m kvopt [overrides]`` (Hydra) and subcommands (``info``, ``report``,
+``dashboard``, ``compare``) that work on stored studies rather than running one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 import warnings
 from importlib import resources
 from pathlib import Path
+
+import importlib
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -108,12 +111,21 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(130)
 
 
+# Subcommand -> "module:function"; each function takes the remaining arguments and returns
+# the exit status. Imported only when used, so ``--help`` and bad input stay fast.
+SUBCOMMANDS = {
+    "info": "kvopt.info:info_command",
+    "report": "kvopt.report.command:report_command",
+    "dashboard": "kvopt.report.dashboard:dashboard_command",
+    "compare": "kvopt.report.compare:compare_command",
+}
+
+
 def main() -> None:
     args = sys.argv[1:]
-    if args and args[0] == "info":
-        from kvopt.info import info_command
-
-        sys.exit(info_command(args[1:]))
+    if args and args[0] in SUBCOMMANDS:
+        module, _, function = SUBCOMMANDS[args[0]].partition(":")
+        sys.exit(getattr(importlib.import_module(module), function)(args[1:]))
     problems = unknown_group_options(args, conf_dir())
     if problems:
         _fail(str(ConfigError(problems)))

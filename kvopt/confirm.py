@@ -12,7 +12,7 @@ another finalist first, the recommendation follows them and says so.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,17 @@ from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
-from kvopt.select import Result, pareto_front, profile_score, slo_violations
+from kvopt.select import Recommendation, Result, pareto_front, profile_score, slo_violations
 from kvopt.space import SearchSpace
 
-__all__ = ["Gain", "Confirmation", "choose_finalists", "confirm", "confirmed_gains"]
+__all__ = [
+    "Gain",
+    "Confirmation",
+    "choose_finalists",
+    "confirm",
+    "confirmed_gains",
+    "confirmed_recommendation",
+]
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,31 @@ class Confirmation:
             "reversed": self.reversed,
             "notes": self.notes,
         }
+
+
+def confirmed_recommendation(
+    rec: Recommendation, results: list[Result], stored: Mapping[str, Any]
+) -> Recommendation:
+    """The recommendation after confirmation, from :meth:`Confirmation.to_dict`'s form.
+
+    The run uses it on the fresh confirmation and ``kvopt report`` on the one stored in the
+    study, so both show the same choice and gains. A stored confirmation of another study
+    recommendation (the study went on after it) no longer applies: ``rec`` is returned as is.
+    """
+    chosen = next((r for r in results if r.number == stored["recommended"]), None)
+    if chosen is None or stored["study_recommended"] != rec.result.number:
+        return rec
+    gains = stored["gains"][str(chosen.number)]
+    notes = [n for n in (rec.note, *stored["notes"]) if n]
+    return Recommendation(
+        result=chosen,
+        score=rec.score if chosen.number == rec.result.number else float("nan"),
+        gains_pct={m: g["pct"] for m, g in gains.items()},
+        meets_slo=rec.meets_slo,
+        note="; ".join(notes) or None,
+        gains_ci={m: dict(g) for m, g in gains.items()},
+        confirmed_rounds=stored["rounds"],
+    )
 
 
 def choose_finalists(

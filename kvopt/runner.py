@@ -22,11 +22,14 @@ from rich.console import Console
 
 from kvopt.config import METRICS, QUANTIZED_BACKENDS, KvoptConfig
 from kvopt.errors import ConfigError
-from kvopt.confirm import Confirmation, choose_finalists, confirm
+from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
+from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
 from kvopt.probe import backend_missing, default_attn_implementation, probe
+from kvopt.report.dashboard import publish_study
+from kvopt.report.export import StudySettings, write_settings
 from kvopt.report.results import trial_records, write_json
 from kvopt.report.terminal import (
     StudyProgress,
@@ -319,15 +322,17 @@ def tune(
             if len(_seen_candidates(study)) >= p.space.size:
                 stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
                 study.stop()
+            raise_if_interrupted()  # Ctrl-C swallowed during the trial: stop now
 
         try:
-            study.optimize(
-                shared,
-                n_trials=cfg.study.n_trials,
-                timeout=cfg.study.timeout,
-                callbacks=[after_trial],
-                gc_after_trial=False,
-            )
+            with catch_interrupts():
+                study.optimize(
+                    shared,
+                    n_trials=cfg.study.n_trials,
+                    timeout=cfg.study.timeout,
+                    callbacks=[after_trial],
+                    gc_after_trial=False,
+                )
         except KeyboardInterrupt:
             stopped.append("interrupted by the user (Ctrl-C)")
             interrupted = True
@@ -354,15 +359,14 @@ def tune(
     snippet = None
     if result.recommendation is not None:
         snippet = paste_snippet(
-            cfg.model.hub_id,
-            result.recommendation.result,
-            p.space.make_candidate(result.recommendation.result.params).generate_kwargs(),
+            cfg.model.hub_id, result.recommendation.candidate(), p.workload.prompt_tokens, p.workload.new_tokens
         )
     print_summary(console, result.front, result.baseline, result.recommendation, _counts(study), snippet)
     if output_dir is not None:
         _write_outputs(output_dir, p, study, result, attrs)
         console.print(f"results: {output_dir / 'results.json'}", highlight=False)
-    console.print(f"dashboard: optuna-dashboard {_dashboard_arg(p)}", highlight=False)
+        console.print(f"report: {output_dir / 'report.html'}", highlight=False)
+    console.print(f"dashboard: python -m kvopt dashboard storage.url={_dashboard_arg(p)}", highlight=False)
     if interrupted:
         raise KeyboardInterrupt
     return result
@@ -394,19 +398,10 @@ def _confirm_recommendation(
     except Exception as exc:  # the study's own result stands if confirmation cannot run
         console.print(f"[yellow]confirmation failed[/yellow]: {type(exc).__name__}: {exc}", highlight=False)
         return
-    study.set_user_attr("confirmation", confirmation.to_dict())
-    chosen = confirmation.recommended
-    gains = confirmation.gains[chosen.number]
-    notes = [n for n in (rec.note, *confirmation.notes) if n]
-    result.recommendation = Recommendation(
-        result=chosen,
-        score=rec.score if chosen.number == rec.result.number else float("nan"),
-        gains_pct={m: g.pct for m, g in gains.items()},
-        meets_slo=rec.meets_slo,
-        note="; ".join(notes) or None,
-        gains_ci={m: g.as_dict() for m, g in gains.items()},
-        confirmed_rounds=confirmation.rounds,
-    )
+    stored = confirmation.to_dict()
+    study.set_user_attr("confirmation", stored)
+    # The same function rebuilds it from storage (kvopt report), so both agree.
+    result.recommendation = confirmed_recommendation(rec, result.results, stored)
     result.confirmation = confirmation
     print_confirmation(console, confirmation)
 
@@ -437,6 +432,13 @@ def _write_outputs(
         "trials": trial_records(study),
     }
     write_json(output_dir / "results.json", payload)
+    write_settings(output_dir, StudySettings(
+        study=p.name, model=p.cfg.model, profile=p.cfg.profile.name, slo=p.cfg.profile.slo,
+        device=str(p.device), workload=p.workload, recommendation=result.recommendation,
+        front=result.front, baseline=result.baseline,
+    ))
     (output_dir / "resolved_config.yaml").write_text(
         OmegaConf.to_yaml(OmegaConf.create(attrs["config"])), encoding="utf-8"
     )
+    # report.md/.html and plots here; the study's note and artifacts for optuna-dashboard.
+    publish_study(output_dir, study, p.storage_label, p.cfg.storage)

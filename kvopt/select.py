@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 
 from kvopt.config import METRICS, ProfileConfig
+from kvopt.space import Candidate, SearchSpace
 
 __all__ = [
     "Result",
@@ -59,6 +60,21 @@ class Recommendation:
     # Set by confirmation: metric -> {pct, ci_low, ci_high, ci_coverage}; rounds measured.
     gains_ci: dict[str, dict[str, float | None]] | None = None
     confirmed_rounds: int = 0
+
+    def candidate(self) -> Candidate:
+        """The recommended settings as a :class:`~kvopt.space.Candidate`."""
+        return SearchSpace.make_candidate(self.result.params)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained`` keyword arguments: dtype and attention backend."""
+        return self.candidate().model_kwargs()
+
+    def generate_kwargs(self, prompt_tokens: int | None = None, new_tokens: int | None = None) -> dict[str, Any]:
+        """``generate`` keyword arguments: the cache (a new one per call) and its options.
+
+        Give the workload's lengths for ``paged``: its page pool is sized from them.
+        """
+        return self.candidate().generate_kwargs(prompt_tokens, new_tokens)
 
 
 def collect_results(study: optuna.Study) -> list[Result]:

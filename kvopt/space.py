@@ -63,9 +63,17 @@ class Candidate:
         """Keyword arguments for ``AutoModelForCausalLM.from_pretrained``."""
         return {"dtype": self.dtype, "attn_implementation": self.attn_implementation}
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate`` that select the KV cache and its options."""
+    def generate_kwargs(self, prompt_tokens: int | None = None, new_tokens: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate`` that select the KV cache and its options.
+
+        ``paged`` with the workload's lengths also gets the page pool kvopt measured
+        (sized from the workload); without them Transformers sizes the pool from free memory.
+        """
         kwargs: dict[str, Any] = {"cache_implementation": self.cache_implementation}
+        if self.cache_implementation == "paged" and prompt_tokens is not None and new_tokens is not None:
+            from kvopt.engine.paged import paged_pool  # engine imports this module: import late
+
+            kwargs["continuous_batching_config"] = paged_pool(self.batch_size, prompt_tokens, new_tokens).config()
         if self.cache_implementation == "quantized":
             kwargs["cache_config"] = {"backend": self.quantized_backend}
             if self.quantized_nbits is not None:
@@ -163,7 +171,9 @@ class SearchSpace:
             for name, values in self.all_choices().items()
         }
 
-    def make_candidate(self, params: dict[str, Any]) -> Candidate:
+    @staticmethod
+    def make_candidate(params: dict[str, Any]) -> Candidate:
+        """The candidate stored Optuna params describe (needs no space: callable on the class)."""
         cache = params["cache_implementation"]
         backend = params.get("quantized_backend") if cache == "quantized" else None
         return Candidate(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,11 @@ import urllib.request
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from report_helpers import free_port
 
 from kvopt.cli import conf_dir
 from kvopt.config import validate
 from kvopt.runner import tune
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -36,7 +30,7 @@ def test_dashboard_serves_the_study_with_its_metric_names(tmp_path: Path):
         ]))
     tune(cfg)
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "optuna-dashboard"), url,
          "--host", "127.0.0.1", "--port", str(port)],

@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kvopt.report.export import call_args
 from kvopt.select import Recommendation, Result
+from kvopt.space import Candidate
 
 __all__ = [
     "StudyProgress",
@@ -123,17 +125,15 @@ def _values_row(r: Result) -> list[str]:
     ]
 
 
-def paste_snippet(model_id: str, rec: Result, generate_kwargs: dict[str, Any]) -> str:
-    params = rec.params
-    # A CompileConfig's repr is long; the snippet names it the way a user writes it.
-    gen = ", ".join(
-        f"{k}=CompileConfig(fullgraph=False)" if k == "compile_config" else f"{k}={v!r}"
-        for k, v in generate_kwargs.items()
-    )
+def paste_snippet(
+    model_id: str, candidate: Candidate, prompt_tokens: int | None = None, new_tokens: int | None = None
+) -> str:
+    """Two lines to paste: the same kwargs recommended.py and recommended.yaml carry."""
+    generate = candidate.generate_kwargs(prompt_tokens, new_tokens)
     return (
-        f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, "
-        f"dtype={params['dtype']!r}, attn_implementation={params['attn_implementation']!r})\n"
-        f"out = model.generate(**inputs, {gen})  # inputs: {params['batch_size']} prompt(s) per batch"
+        f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, {call_args(candidate.model_kwargs())})\n"
+        f"out = model.generate(**inputs, {call_args(generate)})"
+        f"  # inputs: {candidate.batch_size} prompt(s) per batch"
     )
 
 

@@ -1,0 +1,127 @@
+"""optuna-dashboard for kvopt studies: what each study carries there, and the server command.
+
+At the end of a run the study gets a markdown note (recommendation, gains, front) and the
+report (report.html, report.md, plots) as study artifacts, in a file artifact store beside
+the storage: ``kvopt.db`` -> ``kvopt-artifacts/``. ``python -m kvopt dashboard`` serves the
+storage with that store on 127.0.0.1. Constraint values are per-trial user attrs
+(``constraints``), which the dashboard lists with each trial.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from kvopt.config import StorageConfig
+from kvopt.errors import ConfigError, KvoptError
+from kvopt.report.command import parse_key_values, print_error
+from kvopt.report.files import ReportFiles, write_report
+from kvopt.report.markdown import study_note
+
+if TYPE_CHECKING:
+    from kvopt.stored import StoredStudy
+
+__all__ = ["artifact_dir", "publish_report", "publish_study", "dashboard_command", "DASHBOARD_USAGE"]
+
+DASHBOARD_USAGE = (
+    "usage: python -m kvopt dashboard [storage.url=URL] [port=N]\n"
+    "  storage.url: default the storage of conf/config.yaml (sqlite:///kvopt.db)\n"
+    "  port: default 8080; the server listens on 127.0.0.1 only"
+)
+_ARTIFACTS_ATTR_PREFIX = "artifacts:"  # where Optuna keeps a study artifact's metadata
+
+
+def artifact_dir(cfg: StorageConfig) -> Path | None:
+    """The artifact folder for a storage: beside a SQLite or journal file, else ./kvopt-artifacts."""
+    if cfg.backend == "memory" or not cfg.url:
+        return None
+    url = str(cfg.url)
+    if cfg.backend == "journal" or url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else url).expanduser().resolve()
+        return path.with_name(f"{path.stem}-artifacts")
+    return Path("kvopt-artifacts").resolve()  # a database server: no file to sit beside
+
+
+def _replace_artifacts(study: optuna.Study, store: FileSystemArtifactStore, paths: list[Path]) -> None:
+    """Upload ``paths`` as study artifacts, dropping earlier ones of the same file name.
+
+    A re-run of the study publishes a new report; the dashboard should show one, not a pile.
+    Removal is what optuna-dashboard's own delete does: remove the file, null the metadata.
+    """
+    names = {p.name for p in paths}
+    for meta in get_all_artifact_meta(study):
+        if meta.filename in names:
+            try:
+                store.remove(meta.artifact_id)
+            except ArtifactNotFound:
+                pass
+            study._storage.set_study_system_attr(  # no public API for this in Optuna 5
+                study._study_id, _ARTIFACTS_ATTR_PREFIX + meta.artifact_id, json.dumps(None)
+            )
+    for path in paths:
+        upload_artifact(study_or_trial=study, file_path=str(path), artifact_store=store)
+
+
+def publish_report(s: StoredStudy, files: ReportFiles, artifacts: Path | None) -> None:
+    """The study note, and the report files as artifacts when the storage has a store."""
+    from optuna_dashboard import save_note
+
+    save_note(s.study, study_note(s, [p.name for p in files.all] if artifacts else []))
+    if artifacts is not None:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        _replace_artifacts(s.study, FileSystemArtifactStore(str(artifacts)), files.all)
+
+
+def publish_study(output_dir: Path, study: optuna.Study, storage_label: str, storage: StorageConfig) -> ReportFiles:
+    """End of a run: write the report into the run's folder and publish it to the dashboard."""
+    from kvopt.stored import stored_study
+
+    s = stored_study(study, storage_label)
+    files = write_report(s, output_dir)
+    publish_report(s, files, artifact_dir(storage))
+    return files
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigError([f"port: got {value!r}; allowed: an integer from 1 to 65535"])
+    return int(value)
+
+
+def dashboard_command(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(DASHBOARD_USAGE)
+        return 0
+    from optuna_dashboard import run_server
+
+    from kvopt.stored import default_storage_url, open_existing_storage, storage_config
+
+    try:
+        given = parse_key_values(args, {"storage.url": "storage URL", "port": "port number"})
+        port = _port(given.get("port", "8080"))
+        url = given.get("storage.url") or default_storage_url()
+        storage, label = open_existing_storage(url)
+        artifacts = artifact_dir(storage_config(url))
+        assert artifacts is not None  # open_existing_storage accepts no in-memory storage
+        artifacts.mkdir(parents=True, exist_ok=True)
+    except KvoptError as exc:
+        print_error(str(exc))
+        return 2
+    print(
+        f"optuna-dashboard: http://127.0.0.1:{port}/ (storage {label}; artifacts {artifacts}); Ctrl-C stops it",
+        flush=True,
+    )
+    try:
+        run_server(storage, host="127.0.0.1", port=port, artifact_store=FileSystemArtifactStore(str(artifacts)))
+    except OSError as exc:  # the port is taken, or not ours to bind
+        why = exc.strerror or exc
+        print_error(f"port: got {port} but the server cannot listen there ({why}); allowed: a free port")
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0

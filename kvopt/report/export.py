@@ -1,0 +1,329 @@
+"""Settings ready to paste: ``recommended.yaml`` (machine-readable) and ``recommended.py``.
+
+Both come from :meth:`Candidate.model_kwargs` / :meth:`Candidate.generate_kwargs`, the same
+source as the terminal's snippet, so what a user pastes is what kvopt measured.
+``recommended.py`` needs only torch and transformers: it must run where kvopt is not installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pprint
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from transformers import CompileConfig, ContinuousBatchingConfig
+
+from kvopt.config import METRICS, ModelConfig
+from kvopt.select import Recommendation, Result, gains_pct
+from kvopt.space import Candidate, SearchSpace
+
+if TYPE_CHECKING:  # kvopt.engine loads the generation stack: too heavy for the terminal's import
+    from kvopt.engine.workload import Workload
+    from kvopt.stored import StoredStudy
+
+__all__ = [
+    "StudySettings",
+    "plain",
+    "call_args",
+    "alternatives",
+    "settings_document",
+    "settings_script",
+    "write_settings",
+]
+
+# Which front member answers "I now care only about X", and how to pick it.
+_EXTREMES = {
+    "lowest_ttft": ("ttft_ms", min),
+    "highest_throughput": ("decode_tok_s", max),
+    "lowest_memory": ("peak_mem_mb", min),
+}
+
+
+def _changed_fields(config: ContinuousBatchingConfig) -> dict[str, Any]:
+    """The fields kvopt set on a continuous-batching config (the rest stay Transformers' defaults)."""
+    default = ContinuousBatchingConfig()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }
+
+
+def plain(value: Any) -> Any:
+    """Plain YAML/JSON types: a CompileConfig or ContinuousBatchingConfig becomes the mapping
+    its constructor takes."""
+    if isinstance(value, CompileConfig):
+        return plain(value.to_dict())
+    if isinstance(value, ContinuousBatchingConfig):
+        return plain(_changed_fields(value))
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def call_args(kwargs: Mapping[str, Any]) -> str:
+    """``k=v, ...`` as a user types it (a CompileConfig by its non-default fields)."""
+    parts = []
+    for key, value in kwargs.items():
+        if isinstance(value, CompileConfig):
+            default = CompileConfig().to_dict()
+            changed = {k: v for k, v in value.to_dict().items() if v != default[k]} or {"fullgraph": False}
+            value_text = "CompileConfig(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+        elif isinstance(value, ContinuousBatchingConfig):
+            fields = _changed_fields(value)
+            value_text = "ContinuousBatchingConfig(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+        else:
+            value_text = repr(value)
+        parts.append(f"{key}={value_text}")
+    return ", ".join(parts)
+
+
+def _settings(result: Result, baseline: Result | None, workload: Workload) -> dict[str, Any]:
+    candidate = SearchSpace.make_candidate(result.params)
+    out: dict[str, Any] = {
+        "trial": result.number,
+        "candidate": result.label,
+        "params": plain(result.params),
+        "batch_size": candidate.batch_size,
+        "model_kwargs": plain(candidate.model_kwargs()),
+        "generate_kwargs": plain(candidate.generate_kwargs(workload.prompt_tokens, workload.new_tokens)),
+        "values": {m: float(result.values[m]) for m in METRICS},
+    }
+    if baseline is not None:  # from the study's own measurements (unconfirmed)
+        out["study_gains_pct"] = {m: round(g, 2) for m, g in gains_pct(result, baseline).items()}
+    return out
+
+
+def alternatives(front: list[Result], baseline: Result | None, workload: Workload) -> dict[str, dict[str, Any]]:
+    """The front's extremes, each a measured point a user can switch to without re-tuning."""
+    if not front:
+        return {}
+    return {
+        name: _settings(pick(front, key=lambda r, m=metric: r.values[m]), baseline, workload)
+        for name, (metric, pick) in _EXTREMES.items()
+    }
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What the settings files are made from: a finished run, or a study read from storage."""
+
+    study: str
+    model: ModelConfig
+    profile: str
+    slo: Mapping[str, float | None]
+    device: str
+    workload: Workload
+    recommendation: Recommendation | None
+    front: list[Result]
+    baseline: Result | None
+
+    @classmethod
+    def from_stored(cls, stored: StoredStudy) -> StudySettings:
+        """The same inputs rebuilt from a stored study's attrs (``kvopt report`` needs no config)."""
+        from kvopt.engine.workload import Workload
+
+        config, workload = stored.attrs["config"], stored.attrs["workload"]
+        model = {k: config["model"][k] for k in ModelConfig.__dataclass_fields__}
+        return cls(
+            study=stored.name,
+            model=ModelConfig(**model),
+            profile=stored.profile,
+            slo=dict(config["profile"].get("slo") or {}),
+            device=str(stored.attrs["machine"].get("device", "?")),
+            workload=Workload(int(workload["prompt_tokens"]), int(workload["new_tokens"])),
+            recommendation=stored.recommendation,
+            front=stored.front,
+            baseline=stored.baseline,
+        )
+
+
+def settings_document(src: StudySettings) -> dict[str, Any]:
+    """Everything ``recommended.yaml`` holds, in plain types (needs a recommendation)."""
+    rec, baseline, model, workload = src.recommendation, src.baseline, src.model, src.workload
+    if rec is None:
+        raise ValueError("no recommendation: there are no settings to write")
+    recommended = _settings(rec.result, baseline, workload)
+    recommended.update(
+        {
+            # Confirmed gains when the study confirmed them (then gains_ci holds the CIs).
+            "gains_pct": None if rec.gains_pct is None else {m: round(g, 2) for m, g in rec.gains_pct.items()},
+            "gains_ci": plain(rec.gains_ci),
+            "confirmed_rounds": rec.confirmed_rounds,
+            "meets_slo": rec.meets_slo,
+            "note": rec.note,
+        }
+    )
+    return {
+        "study": src.study,
+        "model": {"name": model.name, "hub_id": model.hub_id, "revision": model.revision},
+        "profile": src.profile,
+        "slo": dict(src.slo),
+        "device": src.device,
+        "workload": {"prompt_tokens": workload.prompt_tokens, "new_tokens": workload.new_tokens},
+        "recommended": recommended,
+        "baseline": None
+        if baseline is None
+        else {"trial": baseline.number, "candidate": baseline.label, "values": dict(baseline.values)},
+        "alternatives": alternatives(src.front, baseline, workload),
+    }
+
+
+_SCRIPT = '''"""kvopt's recommended settings for {hub_id} on {device} (profile {profile}, study {study}).
+
+Measured by kvopt: {label}: TTFT {ttft:.1f} ms, decode {tput:.1f} tok/s, peak memory {mem:.1f} MB.
+Needs only torch and transformers. Run it as is:
+
+    python recommended.py                      # the tuned model (or --model HUB_ID_OR_FOLDER)
+    python recommended.py --random-weights     # its architecture with random weights, offline
+
+Each generate call builds a new cache from cache_implementation: no cache object is shared
+between calls, so no call sees another's stale keys and values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompileConfig, ContinuousBatchingConfig
+
+MODEL_ID = {hub_id!r}
+REVISION = {revision!r}
+DEVICE = {device!r}
+MODEL_KWARGS = {model_kwargs}
+GENERATE_KWARGS = {generate_kwargs}
+BATCH_SIZE = {batch_size!r}
+PROMPT_TOKENS = {prompt_tokens!r}
+NEW_TOKENS = {new_tokens!r}
+# The model's config.json fields: --random-weights builds it without a download.
+ARCHITECTURE = {architecture}
+
+
+def load_model(model: str, random_weights: bool, device: str) -> torch.nn.Module:
+    if random_weights:
+        fields = dict(ARCHITECTURE)
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        model_obj = AutoModelForCausalLM.from_config(config, **MODEL_KWARGS)
+    else:
+        revision = REVISION if model == MODEL_ID else None
+        model_obj = AutoModelForCausalLM.from_pretrained(model, revision=revision, **MODEL_KWARGS)
+    return model_obj.to(device).eval()
+
+
+def make_inputs(model: torch.nn.Module, source: str, prompt: str | None, device: str) -> dict:
+    if prompt is None:
+        # The workload kvopt measured: BATCH_SIZE rows of PROMPT_TOKENS token ids, no padding.
+        vocab = model.get_input_embeddings().num_embeddings
+        ids = torch.randint(1, vocab, (BATCH_SIZE, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+    else:
+        ids = AutoTokenizer.from_pretrained(source)([prompt] * BATCH_SIZE, return_tensors="pt").input_ids
+    return {{"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}}
+
+
+def generate_kwargs(exact_length: bool) -> dict:
+    kwargs = dict(GENERATE_KWARGS, max_new_tokens=NEW_TOKENS)
+    if "compile_config" in kwargs:
+        config = CompileConfig(**kwargs["compile_config"])
+        # As kvopt measured it: Transformers compiles static caches on CUDA only unless told.
+        config._compile_all_devices = True
+        kwargs["compile_config"] = config
+    if "continuous_batching_config" in kwargs:
+        # paged: the page pool kvopt measured, sized for BATCH_SIZE x (PROMPT_TOKENS + NEW_TOKENS).
+        kwargs["continuous_batching_config"] = ContinuousBatchingConfig(**kwargs["continuous_batching_config"])
+    if exact_length:
+        kwargs["min_new_tokens"] = NEW_TOKENS  # EOS cannot end a call early: kvopt's fixed work
+    return kwargs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("KVOPT_MODEL", MODEL_ID),
+                        help="hub id or local folder (default: $KVOPT_MODEL, else %(default)s)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the architecture with random weights (no download; timing only)")
+    parser.add_argument("--device", default=DEVICE, help="default: %(default)s, where kvopt measured")
+    parser.add_argument("--prompt", help="text to complete (default: random ids of the measured length)")
+    parser.add_argument("--calls", type=int, default=2, help="generate calls, each with a new cache")
+    parser.add_argument("--exact-length", action="store_true",
+                        help="always generate NEW_TOKENS tokens, as kvopt measured")
+    args = parser.parse_args()
+
+    model = load_model(args.model, args.random_weights, args.device)
+    print(f"loaded {{args.model}}: dtype {{model.dtype}}, attention {{model.config._attn_implementation}}")
+    inputs = make_inputs(model, args.model, args.prompt, args.device)
+    with torch.inference_mode():
+        for call in range(1, args.calls + 1):
+            start = time.perf_counter()
+            out = model.generate(**inputs, **generate_kwargs(args.exact_length))
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            if out.dim() == 3:  # paged: generate returns [1, batch, length]
+                out = out[0]
+            new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
+            print(f"call {{call}}: {{out.shape[0]}} x {{new_tokens}} new tokens in {{elapsed_ms:.1f}} ms")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def _literal(value: Any) -> str:
+    """A Python literal of plain data, indented to sit after ``NAME = ``."""
+    return pprint.pformat(value, width=88, sort_dicts=False)
+
+
+def settings_script(src: StudySettings, result: Result | None = None) -> str:
+    """The text of ``recommended.py`` for ``result`` (default: the recommendation)."""
+    if result is None:
+        if src.recommendation is None:
+            raise ValueError("no recommendation: there are no settings to write")
+        result = src.recommendation.result
+    candidate: Candidate = SearchSpace.make_candidate(result.params)
+    model, workload = src.model, src.workload
+    return _SCRIPT.format(
+        hub_id=model.hub_id,
+        revision=model.revision,
+        device=src.device,
+        profile=src.profile,
+        study=src.study,
+        label=result.label,
+        ttft=result.values["ttft_ms"],
+        tput=result.values["decode_tok_s"],
+        mem=result.values["peak_mem_mb"],
+        model_kwargs=_literal(plain(candidate.model_kwargs())),
+        generate_kwargs=_literal(plain(candidate.generate_kwargs(workload.prompt_tokens, workload.new_tokens))),
+        batch_size=candidate.batch_size,
+        prompt_tokens=workload.prompt_tokens,
+        new_tokens=workload.new_tokens,
+        architecture=_literal(plain(model.architecture)),
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_settings(output_dir: Path, src: StudySettings) -> list[Path]:
+    """Write recommended.yaml and recommended.py; nothing when there is no recommendation."""
+    if src.recommendation is None:
+        return []
+    header = (
+        f"# kvopt: recommended settings for {src.model.hub_id} on {src.device}, profile {src.profile}.\n"
+        "# recommended.model_kwargs -> from_pretrained, recommended.generate_kwargs -> generate;\n"
+        "# alternatives: the Pareto front's extremes, measured in the same study.\n"
+    )
+    yaml_path, py_path = output_dir / "recommended.yaml", output_dir / "recommended.py"
+    _write_atomic(yaml_path, header + yaml.safe_dump(settings_document(src), sort_keys=False, allow_unicode=True))
+    _write_atomic(py_path, settings_script(src))
+    return [yaml_path, py_path]

@@ -1,0 +1,155 @@
+"""A study read back from its storage alone: no config file and no model are needed.
+
+``kvopt report``, ``kvopt compare``, ``kvopt.load`` and the end-of-run report all build on
+:class:`StoredStudy`, so what they show is derived the same way from the same stored data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+
+from kvopt.config import StorageConfig, validate_profile
+from kvopt.confirm import confirmed_recommendation
+from kvopt.errors import ConfigError, StorageError
+from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
+from kvopt.storage import describe_storage, mask_url, mask_urls, open_storage
+
+__all__ = [
+    "StoredStudy",
+    "load_study",
+    "stored_study",
+    "open_existing_storage",
+    "storage_config",
+    "default_storage_url",
+]
+
+_KINDS = "the storage a study was run with: sqlite:///file.db, postgresql://…, or a journal file path"
+
+
+@dataclass
+class StoredStudy:
+    name: str
+    storage: str  # masked label: never a password
+    attrs: dict[str, Any]
+    results: list[Result]
+    front: list[Result]
+    baseline: Result | None
+    recommendation: Recommendation | None
+    trials: list[dict[str, Any]]
+    study: optuna.Study
+
+    @property
+    def model(self) -> str:
+        return str(self.attrs.get("model", "?"))
+
+    @property
+    def profile(self) -> str:
+        return str(self.attrs.get("profile", "?"))
+
+    @property
+    def confirmation(self) -> dict[str, Any] | None:
+        """The stored confirmation, if it still applies to the study's recommendation."""
+        rec = self.recommendation
+        return self.attrs.get("confirmation") if rec is not None and rec.confirmed_rounds else None
+
+
+def default_storage_url() -> str:
+    """The storage a plain ``python -m kvopt`` run uses: conf/config.yaml's default group."""
+    from omegaconf import OmegaConf
+
+    from kvopt.cli import conf_dir
+
+    root = Path(conf_dir())
+    defaults = OmegaConf.to_container(OmegaConf.load(root / "config.yaml"))["defaults"]  # type: ignore[index]
+    option = next(d["storage"] for d in defaults if isinstance(d, dict) and "storage" in d)
+    return str(OmegaConf.load(root / "storage" / f"{option}.yaml")["url"])
+
+
+def storage_config(storage_url: str) -> StorageConfig:
+    """A URL with ``://`` is a database; anything else names a journal file."""
+    if "://" in storage_url:
+        return StorageConfig(backend="rdb", url=storage_url)
+    return StorageConfig(backend="journal", url=storage_url)
+
+
+def open_existing_storage(storage_url: str) -> tuple[BaseStorage, str]:
+    """Open a storage that must already exist; return it and its printable label.
+
+    Unlike a run, reading never creates anything: a SQLite or journal path that is not
+    there is an error, not a new empty file.
+    """
+    if not storage_url:
+        raise StorageError(f"storage.url: got ''; allowed: {_KINDS}")
+    cfg = storage_config(storage_url)
+    local = storage_url[len("sqlite:///") :] if storage_url.startswith("sqlite:///") else None
+    if cfg.backend == "journal":
+        local = storage_url
+    if local is not None and not Path(local).expanduser().is_file():
+        raise StorageError(
+            f"storage.url: got {mask_url(storage_url)!r} but the file {str(Path(local).expanduser())!r} "
+            f"does not exist; allowed: {_KINDS}"
+        )
+    label = describe_storage(cfg)
+    try:
+        return open_storage(cfg), label
+    except StorageError:
+        raise
+    except Exception as exc:  # a file that is not an Optuna storage of this kind
+        raise StorageError(f"storage.url: cannot read {label} ({_reason(exc)}); allowed: {_KINDS}") from None
+
+
+def _reason(exc: Exception) -> str:
+    return mask_urls(f"{type(exc).__name__}: {exc}".splitlines()[0])[:200]
+
+
+def load_study(study_name: str, storage_url: str) -> StoredStudy:
+    """The study ``study_name`` in ``storage_url``; KvoptError with one clear line if not there."""
+    storage, label = open_existing_storage(storage_url)
+    try:
+        names = optuna.get_all_study_names(storage=storage)
+    except Exception as exc:  # not an Optuna storage, a corrupt file, a server that went away
+        raise StorageError(f"storage.url: cannot read studies from {label} ({_reason(exc)})") from None
+    if study_name not in names:
+        have = ", ".join(repr(n) for n in sorted(names)) or "none"
+        raise StorageError(f"study.name: got {study_name!r} but {label} has no such study; studies there: {have}")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return stored_study(study, label)
+
+
+def stored_study(study: optuna.Study, storage_label: str) -> StoredStudy:
+    """Everything the report needs, derived from the study's stored trials and attrs."""
+    # Imported here: kvopt.report's modules import this one, so no cycle at import time.
+    from kvopt.report.results import trial_records
+
+    attrs = dict(study.user_attrs)
+    profile_section = (attrs.get("config") or {}).get("profile")
+    if not isinstance(profile_section, dict):
+        raise StorageError(
+            f"study.name: {study.study_name!r} in {storage_label} has no stored kvopt config "
+            "(it was not made by kvopt); allowed: a study kvopt ran"
+        )
+    try:
+        profile = validate_profile(profile_section)
+    except ConfigError as exc:
+        raise StorageError(f"study {study.study_name!r}: its stored profile is not valid: {exc}") from None
+    results = collect_results(study)
+    rec = recommend(results, profile)
+    confirmation = attrs.get("confirmation")
+    if rec is not None and isinstance(confirmation, dict):
+        rec = confirmed_recommendation(rec, results, confirmation)
+    return StoredStudy(
+        name=study.study_name,
+        storage=storage_label,
+        attrs=attrs,
+        results=results,
+        front=pareto_front(results),
+        baseline=next((r for r in results if r.is_baseline), None),
+        recommendation=rec,
+        trials=trial_records(study),
+        study=study,
+    )
