@@ -129,7 +129,7 @@ class MeasureConfig:
     adaptive: bool = True
     rel_precision: float = 0.05
     max_repetitions: int = 20
-    max_seconds: float = 30.0
+    max_seconds: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class ConfirmConfig:
 
     top_k: int = 3
     rounds: int = 6
-    max_seconds: float = 120.0
+    max_seconds: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -431,7 +431,7 @@ def _measure(problems: _Problems, m: Mapping[str, Any]) -> MeasureConfig:
         adaptive=adaptive,
         rel_precision=float(rel),
         max_repetitions=_positive_int(problems, "measure.max_repetitions", m.get("max_repetitions", 20)),
-        max_seconds=_positive_number(problems, "measure.max_seconds", m.get("max_seconds", 30.0), 30.0),
+        max_seconds=_positive_number(problems, "measure.max_seconds", m.get("max_seconds", 20.0), 20.0),
     )
 
 
@@ -468,7 +468,7 @@ def _confirm(problems: _Problems, c: Mapping[str, Any]) -> ConfirmConfig:
     return ConfirmConfig(
         top_k=int(top_k),
         rounds=int(rounds),
-        max_seconds=_positive_number(problems, "confirm.max_seconds", c.get("max_seconds", 120.0), 120.0),
+        max_seconds=_positive_number(problems, "confirm.max_seconds", c.get("max_seconds", 90.0), 90.0),
     )
 
 
