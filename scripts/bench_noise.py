@@ -22,6 +22,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from kvopt.bench.common import compose_config
+
 REPO = Path(__file__).resolve().parent.parent
 MODES = {"fixed": ["measure.adaptive=false"], "adaptive": ["measure.adaptive=true"]}
 
@@ -29,18 +31,13 @@ MODES = {"fixed": ["measure.adaptive=false"], "adaptive": ["measure.adaptive=tru
 def worker(model: str, profile: str, overrides: list[str]) -> dict:
     """One fresh process: load the model, measure the baseline candidate once."""
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from kvopt.cli import conf_dir, quiet_libraries
-    from kvopt.config import validate
     from kvopt.engine.loading import ModelLoader, resolve_weights
     from kvopt.engine.workload import make_workload
     from kvopt.protocol import measure_candidate
     from kvopt.space import Candidate
 
-    quiet_libraries()
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
-        cfg = validate(compose(config_name="config", overrides=[f"model={model}", f"profile={profile}", *overrides]))
+    cfg = compose_config(model, profile, overrides)
     device = torch.device("cpu")
     loader = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed)
     loaded, _ = loader.get("float32", "sdpa")
@@ -60,19 +57,14 @@ def paired_worker(model: str, profile: str, rounds: int = 6) -> dict:
     of these across processes is what a user sees of kvopt's confirmed gains.
     """
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from kvopt.cli import conf_dir, quiet_libraries
-    from kvopt.config import validate
     from kvopt.confirm import confirmed_gains
     from kvopt.engine.generation import timed_generate
     from kvopt.engine.loading import ModelLoader, resolve_weights
     from kvopt.engine.workload import make_inputs, make_workload
     from kvopt.space import Candidate
 
-    quiet_libraries()
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
-        cfg = validate(compose(config_name="config", overrides=[f"model={model}", f"profile={profile}"]))
+    cfg = compose_config(model, profile, [])
     device = torch.device("cpu")
     model_obj = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed).get("float32", "sdpa")[0].model
     workload = make_workload(cfg.profile, cfg.model)

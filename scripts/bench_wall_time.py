@@ -12,40 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from kvopt.bench.common import script_main
+from kvopt.bench.studyrun import run_study
 from kvopt.machine import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run_case(model: str, profile: str, extra: list[str], log_dir: Path) -> dict:
-    with tempfile.TemporaryDirectory() as work:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "kvopt", f"model={model}", f"profile={profile}", *extra],
-            cwd=work, capture_output=True, text=True, env={**os.environ, "COLUMNS": "100"},
-        )
-        wall = time.perf_counter() - start
-        results = list(Path(work).glob("outputs/*/*/results.json"))
-        payload = json.loads(results[0].read_text()) if results else {}
-        # Keep what the user saw and the full results, next to the timing.
-        log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / f"{model}-{profile}.out.txt").write_text(proc.stdout)
-        if results:
-            (log_dir / f"{model}-{profile}.results.json").write_text(results[0].read_text())
-    if proc.returncode != 0:
-        raise SystemExit(f"{model}/{profile} failed:\n{proc.stderr[-2000:]}")
+    # Keep what the user saw and the full results, next to the timing.
+    run = run_study(model, profile, extra, log_dir=log_dir, name=f"{model}-{profile}")
+    payload = run["results"]
     states = [t["state"] for t in payload.get("trials", [])]
     return {
-        "wall_s": wall,
+        "wall_s": run["wall_s"],
         "trials": len(states),
         "complete": states.count("COMPLETE"),
         "recommendation": (payload.get("recommendation") or {}).get("candidate"),
@@ -87,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

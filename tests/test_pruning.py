@@ -148,13 +148,8 @@ def test_prediction_is_close_to_the_measured_peak_on_a_tiny_model(tmp_path):
 
 
 def test_the_pruning_replay_on_a_recorded_grid_never_prunes_the_true_front():
-    import importlib.util
+    from kvopt.bench.replay import replay_pruning_rule
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("bench_pruning", REPO / "scripts" / "bench_pruning.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     rng = __import__("random").Random(0)
 
     def row(name, ttft, tput, mem, baseline=False):
@@ -166,7 +161,7 @@ def test_the_pruning_replay_on_a_recorded_grid_never_prunes_the_true_front():
         row("base", 10, 100, 50, baseline=True), row("fast", 5, 200, 50),
         row("slow", 20, 50, 60), row("slower", 30, 40, 70), row("big", 40, 800, 200),
     ]}
-    result = bench.replay(grid, seeds=10, margin=0.05)
+    result = replay_pruning_rule(grid, seeds=10, margin=0.05)
     assert result["true_front_pruned_total"] == 0
     assert set(result["true_front"]) == {1, 4}
     assert 0 < result["runs_saved_median"] < 1

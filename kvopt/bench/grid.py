@@ -1,0 +1,160 @@
+"""A recorded grid: every candidate of a search space measured with kvopt's own protocol.
+
+The table is what the replay benchmarks answer from, so each row keeps the raw timed
+repetitions (the recorded noise), the medians, memory, the untimed costs of the trial
+(load, first call, memory run, warm-up) and, for a candidate that cannot run, the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kvopt.bench.common import load_average, provenance
+from kvopt.config import KvoptConfig
+from kvopt.space import STATIC_CACHES, Candidate, SearchSpace
+
+__all__ = ["all_candidates", "record_grid", "space_from_grid", "grid_rows_ok", "median_values", "row_key"]
+
+
+def _cache_variants(space: SearchSpace, cache: str) -> Iterator[dict[str, Any]]:
+    if cache == "quantized":
+        for backend in space.quantized_backends:
+            for nbits in space.nbits_for(backend) or [None]:
+                yield {"quantized_backend": backend, "quantized_nbits": nbits}
+    elif cache in STATIC_CACHES:
+        for compile_ in space.static_compile:
+            yield {"compile": compile_}
+    else:
+        yield {}
+
+
+def all_candidates(space: SearchSpace) -> list[Candidate]:
+    """Every distinct candidate of the space (conditional options expanded), once each."""
+    out = []
+    for cache in space.cache_implementation:
+        for options in _cache_variants(space, cache):
+            for attn, dtype, batch in itertools.product(space.attn_implementation, space.dtype, space.batch_size):
+                out.append(Candidate(cache, attn, dtype, batch, **options))
+    return out
+
+
+def row_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A candidate's identity from its Optuna parameters (how trials name it)."""
+    return tuple(sorted(params.items()))
+
+
+def _measurement_order(candidates: list[Candidate], seed: int) -> list[Candidate]:
+    """Shuffled, so drift of the shared machine does not line up with any setting; grouped
+    by (dtype, attention) so each model is loaded once (load time is not measured anyway)."""
+    rng = random.Random(seed)
+    groups: dict[tuple[str, str], list[Candidate]] = {}
+    for cand in candidates:
+        groups.setdefault((cand.dtype, cand.attn_implementation), []).append(cand)
+    keys = list(groups)
+    rng.shuffle(keys)
+    order = []
+    for key in keys:
+        rng.shuffle(groups[key])
+        order.extend(groups[key])
+    return order
+
+
+def _measure_row(loader: Any, cand: Candidate, cfg: KvoptConfig, workload: Any, device: Any) -> dict[str, Any]:
+    from kvopt.failures import failure_reason
+    from kvopt.protocol import measure_candidate
+
+    row: dict[str, Any] = {"load_1min_before": load_average()}
+    start = time.perf_counter()
+    try:
+        loaded, reused = loader.get(cand.dtype, cand.attn_implementation)
+        m = measure_candidate(
+            loaded, cand, workload, device, warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions,
+            seed=cfg.seed, measure=cfg.measure,
+        )
+    except Exception as exc:  # a candidate that cannot run is a row of the table too
+        row.update({"status": "failed", "reason": failure_reason(exc)[1], "wall_s": time.perf_counter() - start})
+        return row
+    ttft, tput, mem = m.values
+    row.update({
+        "status": "ok", "reason": None,
+        "ttft_ms": m.ttft_ms, "decode_tok_s": m.decode_tok_s,
+        "ttft_ms_median": ttft, "decode_tok_s_median": tput, "peak_mem_mb": mem,
+        "n": len(m.ttft_ms), "stopped_because": m.stopped_because, "noisy": m.noisy,
+        "kv_cache_mb": m.to_attrs()["kv_cache_mb"], "weights_mb": m.to_attrs()["weights_mb"],
+        "load_s": 0.0 if reused else loaded.load_s, "first_call_s": m.first_call_s,
+        **{k: m.extra[k] for k in ("memory_run_s", "warmup_s", "timed_runs_s")},
+        "wall_s": time.perf_counter() - start,
+    })
+    return row
+
+
+def record_grid(
+    cfg: KvoptConfig, overrides: list[str], *, order_seed: int = 0,
+    on_row: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every candidate of the probed search space ``cfg`` describes, once each."""
+    from kvopt.engine.loading import ModelLoader
+    from kvopt.runner import prepare
+
+    p = prepare(cfg)
+    space = p.space
+    order = _measurement_order(all_candidates(space), order_seed)
+    loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
+    rows = []
+    load_before = load_average()
+    start = time.perf_counter()
+    for i, cand in enumerate(order):
+        row = {"candidate": cand.label, "params": cand.params(), "settings": cand.as_dict(),
+               "baseline": cand == space.baseline, **_measure_row(loader, cand, cfg, p.workload, p.device)}
+        rows.append(row)
+        if on_row is not None:
+            on_row(i, len(order), row)
+    wall = time.perf_counter() - start
+    loader.release()
+    return {
+        **provenance(),
+        "model": cfg.model.name, "profile": cfg.profile.name, "overrides": overrides,
+        "weights": p.weights.kind, "device": str(p.device),
+        "workload": {"prompt_tokens": p.workload.prompt_tokens, "new_tokens": p.workload.new_tokens,
+                     "note": p.workload.note},
+        "profile_config": cfg.raw["profile"], "measure": cfg.raw["measure"], "seed": cfg.seed,
+        "space": {
+            "cache_implementation": space.cache_implementation, "attn_implementation": space.attn_implementation,
+            "dtype": space.dtype, "batch_size": space.batch_size, "quantized_backends": space.quantized_backends,
+            "quantized_nbits": space.quantized_nbits, "static_compile": space.static_compile,
+            "baseline": space.baseline.as_dict(), "dropped": space.dropped, "size": space.size,
+        },
+        "candidates": len(rows), "failed": sum(r["status"] != "ok" for r in rows),
+        "grid_wall_s": wall, "load_1min_before": load_before, "load_1min_after": load_average(),
+        "shared_machine_note": "the CPU was shared with other processes while recording; see load_1min_*",
+        "rows": rows,
+    }
+
+
+def space_from_grid(grid: dict[str, Any]) -> SearchSpace:
+    """The search space a grid was recorded on, as a study would sample it."""
+    s = grid["space"]
+    return SearchSpace(
+        cache_implementation=list(s["cache_implementation"]), attn_implementation=list(s["attn_implementation"]),
+        dtype=list(s["dtype"]), batch_size=list(s["batch_size"]), baseline=Candidate(**s["baseline"]),
+        quantized_backends=list(s["quantized_backends"]), quantized_nbits=list(s["quantized_nbits"]),
+        static_compile=list(s["static_compile"]), dropped=dict(s["dropped"]),
+    )
+
+
+def grid_rows_ok(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows that ran (failed candidates have no timings)."""
+    return [r for r in grid["rows"] if r.get("status", "ok") == "ok"]
+
+
+def median_values(row: dict[str, Any]) -> dict[str, float]:
+    """A row's objectives over all its recorded repetitions: the table's truth."""
+    return {"ttft_ms": statistics.median(row["ttft_ms"]), "decode_tok_s": statistics.median(row["decode_tok_s"]),
+            "peak_mem_mb": row["peak_mem_mb"]}
+
+

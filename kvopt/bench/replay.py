@@ -1,0 +1,233 @@
+"""A measurement backend that answers from a recorded grid, and studies run against it.
+
+``ReplayObjective`` is kvopt's own trial objective (reuse of repeated candidates, failure
+handling, memory prediction, dominance pruning, constraints) with one difference: where
+a trial would call ``generate``, it draws one of the candidate's recorded repetitions at
+random (with replacement), so the replayed study sees the recorded noise. Repetitions
+stop by kvopt's adaptive rule on a replayed clock that advances by each drawn run's
+recorded duration; the seconds a real study would have spent measuring are summed.
+Whole studies then run in seconds through the real sampler construction
+(``kvopt.study.make_sampler``) and search space.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from kvopt.bench.grid import all_candidates, grid_rows_ok, median_values, row_key, space_from_grid
+from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
+from kvopt.config import DIRECTIONS, KvoptConfig
+from kvopt.errors import ConfigError
+from kvopt.engine.loading import ModelLoader, WeightsSource
+from kvopt.engine.workload import make_workload
+from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
+from kvopt.measure.memory import MB, MemoryReading
+from kvopt.protocol import Measurement, stop_rule
+from kvopt.select import Result, dominated_by, pareto_front, profile_score
+from kvopt.space import Candidate, SearchSpace
+from kvopt.study import enqueue_baseline, make_sampler
+from kvopt.trial import Objective
+
+__all__ = ["ReplayTable", "ReplayObjective", "StudyTrace", "replay_study", "replay_pruning_rule"]
+
+
+class ReplayTable:
+    """A recorded grid, indexed by candidate, with its true front and hypervolume."""
+
+    def __init__(self, grid: dict[str, Any]) -> None:
+        self.grid = grid
+        self.space: SearchSpace = space_from_grid(grid)
+        self.rows = {row_key(r["params"]): r for r in grid["rows"]}
+        missing = [c.label for c in all_candidates(self.space) if row_key(c.params()) not in self.rows]
+        if missing:
+            raise ConfigError([f"grid: {len(missing)} candidates of its search space have no row (e.g. "
+                               f"{missing[0]}); allowed: a complete grid from scripts/record_grid.py"])
+        self.new_tokens = int(grid["workload"]["new_tokens"])
+        ok = grid_rows_ok(grid)
+        self.truth = {row_key(r["params"]): median_values(r) for r in ok}
+        self.normalize = Normalizer(list(self.truth.values()))
+        results = [Result(i, r["params"], r["candidate"], median_values(r), r["baseline"]) for i, r in enumerate(ok)]
+        self.front_keys = {row_key(r.params) for r in pareto_front(results)}
+        self.full_hv = self.hypervolume(self.truth)
+        # The profile score (kvopt.select.profile_score) against the table's baseline.
+        weights = grid["profile_config"]["weights"]
+        base = next(median_values(r) for r in ok if r["baseline"])
+        self.scores = {k: profile_score(Result(0, {}, "", v), base, weights) for k, v in self.truth.items()}
+        self.best_score = max(self.scores.values())
+
+    def hypervolume(self, keys: Any) -> float:
+        """Hypervolume (normalised space, reference ``REFERENCE``) of these candidates' true values."""
+        return hypervolume_3d([self.normalize(self.truth[k]) for k in keys if k in self.truth], REFERENCE)
+
+    def run_seconds(self, row: dict[str, Any], i: int) -> float:
+        """How long recorded repetition ``i`` took: prefill (TTFT) plus decode."""
+        batch = row["settings"]["batch_size"]
+        return row["ttft_ms"][i] / 1000.0 + batch * (self.new_tokens - 1) / row["decode_tok_s"][i]
+
+
+class ReplayedFailure(RuntimeError):
+    """The recorded grid says this candidate could not run (its reason is the message)."""
+
+
+class ReplayObjective(Objective):
+    """kvopt's Objective with ``generate`` replaced by draws from the recorded table."""
+
+    def __init__(self, table: ReplayTable, rng: random.Random, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.table = table
+        self.rng = rng
+
+    def _measure_inline(self, candidate: Candidate, front: list[Result]) -> tuple[Measurement, float, bool]:
+        row = self.table.rows[row_key(candidate.params())]
+        if row.get("status", "ok") != "ok":
+            raise ReplayedFailure(row["reason"])
+        spent = {"s": row.get("first_call_s", 0.0) + row.get("memory_run_s", 0.0) + row.get("warmup_s", 0.0)}
+
+        def once() -> dict[str, float]:
+            i = self.rng.randrange(len(row["ttft_ms"]))
+            spent["s"] += self.table.run_seconds(row, i)
+            return {"ttft_ms": row["ttft_ms"][i], "decode_tok_s": row["decode_tok_s"][i]}
+
+        def clock() -> float:
+            return spent["s"]
+
+        can_win = self._can_win(front)
+        check = None if can_win is None else (lambda samples: can_win(samples, row["peak_mem_mb"]))
+        if self.measure.adaptive:
+            result = repeat_until_precise(once, stop_rule(self.measure, self.repetitions), clock=clock, check=check)
+        else:
+            result = repeat_fixed(once, self.repetitions, check=check)
+        measurement = Measurement(
+            candidate=candidate, ttft_ms=result.samples["ttft_ms"], decode_tok_s=result.samples["decode_tok_s"],
+            memory=MemoryReading(int(row["peak_mem_mb"] * MB), "replayed from the recorded grid"),
+            weights_bytes=int(row.get("weights_mb", 0.0) * MB), kv_cache_bytes=int(row.get("kv_cache_mb", 0.0) * MB),
+            first_call_s=row.get("first_call_s", 0.0), stopped_because=result.stopped_because, noisy=result.noisy,
+            pruned_reason=result.pruned_reason, extra={"replay_s": spent["s"]},
+        )
+        return measurement, 0.0, True
+
+
+@dataclass
+class StudyTrace:
+    """One replayed study, trial by trial."""
+
+    sampler: str
+    seed: int
+    pruning: bool
+    hv_ratio: list[float]  # after each trial: found front's hypervolume / the table's
+    seconds: list[float]  # after each trial: replayed measurement seconds so far
+    true_front_pruned: int  # dominance-pruned trials whose candidate is on the table's true front
+    dominance_pruned: int
+    # after each trial: how far the best profile score found is below the table's best,
+    # as exp(gap) - 1 in percent (0: the profile's best candidate has been found)
+    shortfall_pct: list[float]
+
+    def trials_to(self, level: float) -> int | None:
+        """Trials needed to reach ``level`` of the table's hypervolume (None: never)."""
+        return next((i + 1 for i, r in enumerate(self.hv_ratio) if r >= level - 1e-12), None)
+
+    def trials_to_score(self, within_pct: float) -> int | None:
+        """Trials needed to find a candidate within ``within_pct`` of the best profile score."""
+        return next((i + 1 for i, s in enumerate(self.shortfall_pct) if s <= within_pct + 1e-9), None)
+
+    def seconds_to(self, level: float) -> float | None:
+        n = self.trials_to(level)
+        return None if n is None else self.seconds[n - 1]
+
+
+def _exhausted(space: SearchSpace) -> Any:
+    """Stop a study once every candidate of its space has been tried (as kvopt's runner does)."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        if len({row_key(t.params) for t in study.get_trials(deepcopy=False, states=done)}) >= space.size:
+            study.stop()
+
+    return callback
+
+
+def replay_study(
+    table: ReplayTable, cfg: KvoptConfig, seed: int, *, n_trials: int, pruning: bool
+) -> StudyTrace:
+    """Run one study of ``cfg.sampler`` (seeded ``seed``) against the table, baseline first."""
+    space = table.space
+    loader = ModelLoader(cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed)
+    objective = ReplayObjective(
+        table, random.Random(seed), space, loader, make_workload(cfg.profile, cfg.model), torch.device("cpu"),
+        warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=seed, measure=cfg.measure,
+        slo=cfg.profile.slo, memory_budget_bytes=None, dominance_pruning=pruning,
+    )
+    study = optuna.create_study(directions=list(DIRECTIONS), sampler=make_sampler(cfg.sampler, seed, space))
+    enqueue_baseline(study, space)
+    study.optimize(objective, n_trials=n_trials, callbacks=[_exhausted(space)], gc_after_trial=False)
+    found: set[Any] = set()
+    hv, seconds, shortfall, spent, wrong, pruned = [], [], [], 0.0, 0, 0
+    best = -math.inf
+    for t in study.get_trials(deepcopy=False):
+        key = row_key(t.params)
+        spent += float(t.user_attrs.get("replay_s", 0.0)) if "reused_from" not in t.user_attrs else 0.0
+        if t.state == TrialState.COMPLETE:
+            found.add(key)
+            best = max(best, table.scores.get(key, -math.inf))
+        elif str(t.user_attrs.get("reason", "")).startswith("dominated by"):
+            pruned += 1
+            wrong += key in table.front_keys
+        hv.append(table.hypervolume(found) / table.full_hv if table.full_hv > 0 else 1.0)
+        seconds.append(spent)
+        shortfall.append((math.exp(table.best_score - best) - 1.0) * 100.0 if best > -math.inf else math.inf)
+    return StudyTrace(cfg.sampler.name, seed, pruning, hv, seconds, wrong, pruned, shortfall)
+
+
+def replay_pruning_rule(grid: dict[str, Any], seeds: int, margin: float) -> dict[str, Any]:
+    """kvopt's dominance rule replayed on the recorded runs in ``seeds`` random orders.
+
+    Baseline first, as in a study; each candidate's recorded runs arrive in recorded
+    order and the rule (``kvopt.select.dominated_by``, the one trials use) is asked after
+    each. Reports the share of timed runs saved and how often a candidate of the true
+    front (medians of all recorded runs) was pruned — which must be never.
+    """
+    rows = grid_rows_ok(grid)
+
+    def result(i: int) -> Result:
+        return Result(i, {}, rows[i]["candidate"], median_values(rows[i]), rows[i]["baseline"])
+
+    truth = {r.number for r in pareto_front([result(i) for i in range(len(rows))])}
+    baseline = next(i for i, row in enumerate(rows) if row["baseline"])
+    total_runs = sum(len(row["ttft_ms"]) for row in rows)
+    saved, pruned, wrong = [], [], []
+    for seed in range(seeds):
+        order = [i for i in range(len(rows)) if i != baseline]
+        random.Random(seed).shuffle(order)
+        completed: list[Result] = []
+        runs_used = n_pruned = n_wrong = 0
+        for i in [baseline, *order]:
+            row = rows[i]
+            front = pareto_front(completed)
+            n = len(row["ttft_ms"])
+            stopped_at = n
+            for k in range(1, n + 1):
+                samples = {"ttft_ms": row["ttft_ms"][:k], "decode_tok_s": row["decode_tok_s"][:k]}
+                if dominated_by(front, samples, row["peak_mem_mb"], margin=margin) is not None:
+                    stopped_at = k
+                    break
+            runs_used += stopped_at
+            if stopped_at < n:
+                n_pruned += 1
+                n_wrong += i in truth
+            else:
+                completed.append(result(i))
+        saved.append(1 - runs_used / total_runs)
+        pruned.append(n_pruned)
+        wrong.append(n_wrong)
+    return {"candidates": len(rows), "true_front": sorted(truth), "seeds": seeds, "margin": margin,
+            "runs_saved_median": statistics.median(saved), "runs_saved_min": min(saved),
+            "runs_saved_max": max(saved), "pruned_median": statistics.median(pruned),
+            "true_front_pruned_total": sum(wrong)}

@@ -1,0 +1,155 @@
+"""How fast does each sampler find the front? Whole studies replayed on a recorded grid.
+
+For each sampler (tpe, gp, nsga2, random, and the grid order) and seed, a complete kvopt
+study runs against the recorded table (kvopt.bench.replay: kvopt's objective, sampler
+construction and search space; each ``generate`` replaced by a draw from the candidate's
+recorded repetitions). After each trial, the hypervolume of the front found so far — its
+candidates at their full-table medians — is divided by the hypervolume of the table's
+true front (objectives min-max normalised over the table, throughput flipped; reference
+point 1.1 on every axis). Reported: trials and replayed measurement seconds to reach 95%
+and 99%, median and IQR over seeds; with dominance pruning on and off. The recorded
+runs are also replayed through the pruning rule alone in random orders.
+
+    python scripts/bench_search.py --grid benchmarks/grid_gpt2.json --seeds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from kvopt.bench.common import compose_config, provenance, script_main, write_json
+from kvopt.bench.hypervolume import REFERENCE
+from kvopt.bench.replay import ReplayTable, StudyTrace, replay_pruning_rule, replay_study
+from kvopt.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
+LEVELS = (0.95, 0.99)
+
+
+def _quantile(ordered: list[float], p: float) -> float:
+    """Linear-interpolation quantile that lets ``inf`` (never reached) through."""
+    pos = p * (len(ordered) - 1)
+    low, frac = int(pos), pos - int(pos)
+    if frac == 0:
+        return ordered[low]
+    a, b = ordered[low], ordered[low + 1]
+    return math.inf if math.isinf(b) else a + frac * (b - a)
+
+
+def quartiles(values: list[float]) -> dict[str, float | None]:
+    """Median and interquartile range; None where the studies never got there."""
+    ordered = sorted(values)
+    q = {k: _quantile(ordered, p) for k, p in (("median", 0.5), ("q1", 0.25), ("q3", 0.75))}
+    return {k: None if math.isinf(v) else v for k, v in q.items()}
+
+
+def _at(trace: StudyTrace, n: int) -> float:
+    """Hypervolume ratio after ``n`` trials (a study that stopped early keeps its last value)."""
+    return trace.hv_ratio[min(n, len(trace.hv_ratio)) - 1]
+
+
+def summarize(traces: list[StudyTrace], size: int, full_seconds: float) -> dict[str, Any]:
+    budget30 = max(1, math.floor(0.3 * size))
+    out: dict[str, Any] = {"seeds": len(traces), "budget_30pct_trials": budget30}
+    for level in LEVELS:
+        key = f"{round(level * 100)}"
+        trials = [t.trials_to(level) or math.inf for t in traces]
+        seconds = [t.seconds_to(level) if t.seconds_to(level) is not None else math.inf for t in traces]
+        out[f"trials_to_{key}"] = quartiles(trials)
+        out[f"seconds_to_{key}_share"] = quartiles([s / full_seconds for s in seconds])
+        out[f"never_reached_{key}"] = sum(t.trials_to(level) is None for t in traces)
+    out["hv_at_30pct"] = quartiles([_at(t, budget30) for t in traces])
+    # The profile's best candidate (what the recommendation is chosen for): trials to find
+    # it, or one within 5% of its score; and the shortfall left after 30% of the trials.
+    out["trials_to_best"] = quartiles([t.trials_to_score(0.0) or math.inf for t in traces])
+    out["trials_to_best_within_5pct"] = quartiles([t.trials_to_score(5.0) or math.inf for t in traces])
+    out["shortfall_at_30pct"] = quartiles([t.shortfall_pct[min(budget30, len(t.shortfall_pct)) - 1] for t in traces])
+    out["hv_final"] = quartiles([t.hv_ratio[-1] for t in traces])
+    out["trials_run"] = quartiles([len(t.hv_ratio) for t in traces])
+    out["seconds_total"] = quartiles([t.seconds[-1] for t in traces])
+    out["dominance_pruned"] = quartiles([t.dominance_pruned for t in traces])
+    out["true_front_pruned_total"] = sum(t.true_front_pruned for t in traces)
+    longest = max(len(t.hv_ratio) for t in traces)
+    out["hv_curve_median"] = [statistics.median(_at(t, n) for t in traces) for n in range(1, longest + 1)]
+    return out
+
+
+def _fmt(q: dict[str, float | None], pct: bool = False) -> str:
+    def one(v: float | None) -> str:
+        if v is None:
+            return "never"
+        return f"{v:.0%}" if pct else f"{v:.3g}"
+
+    return f"{one(q['median'])} [{one(q['q1'])}–{one(q['q3'])}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", type=Path, required=True, help="a table written by scripts/record_grid.py")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--gp-seeds", type=int, help="fewer seeds for gp, whose fits are slow (default: --seeds)")
+    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
+    parser.add_argument("--margin", type=float, default=0.05, help="margin of the random-order pruning replay")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/search_<grid name>.json")
+    args = parser.parse_args()
+    if args.seeds < 1 or (args.gp_seeds is not None and args.gp_seeds < 1):
+        parser.error(f"--seeds/--gp-seeds: got {args.seeds}/{args.gp_seeds}; allowed: integers >= 1")
+    if not args.grid.is_file():
+        raise ConfigError([f"--grid: got {str(args.grid)!r}, which is not a file; allowed: a grid JSON from record_grid.py"])
+    grid = json.loads(args.grid.read_text())
+    table = ReplayTable(grid)
+    size = table.space.size
+    # Seconds an exhaustive grid spends measuring (no pruning, every repetition recorded).
+    full_seconds = sum(r.get("first_call_s", 0) + r.get("memory_run_s", 0) + r.get("warmup_s", 0)
+                       + r.get("timed_runs_s", 0) for r in grid["rows"] if r.get("status") == "ok")
+    report: dict[str, Any] = {
+        **provenance(), "grid": str(args.grid),
+        "model": grid["model"], "workload": grid["workload"], "space_size": size,
+        "true_front": len(table.front_keys), "reference_point": REFERENCE,
+        "grid_measuring_seconds": full_seconds, "samplers": {},
+    }
+    ok = [r for r in grid["rows"] if r.get("status") == "ok"]
+    print(f"grid {args.grid.name}: {grid['model']}, workload {grid['workload']['prompt_tokens']}+"
+          f"{grid['workload']['new_tokens']} tokens, {size} candidates ({grid['failed']} failed), true front "
+          f"{len(table.front_keys)}, {sum(r['noisy'] for r in ok)} flagged noisy, recorded in "
+          f"{grid['grid_wall_s']:.0f} s ({full_seconds:.0f} s measuring), load average "
+          f"{grid['load_1min_before']:.2f} before / {grid['load_1min_after']:.2f} after")
+    print("trials to reach 95% / 99% of the table's hypervolume, median [IQR] over seeds")
+    print("| sampler | pruning | seeds | trials to 95% | trials to 99% | HV at 30% of trials | "
+          "measuring time to 95% (share of grid) | true-front pruned | trials to profile's best (within 5%) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.samplers:
+        cfg = compose_config(grid["model"], grid["profile"], [*grid["overrides"], f"sampler={name}"])
+        seeds = args.gp_seeds if name == "gp" and args.gp_seeds else args.seeds
+        # The grid order visits every grid point (conditional options repeat candidates);
+        # the others get as many trials as the space has candidates.
+        n_trials = 10 * size if name == "grid" else size
+        entry: dict[str, Any] = {}
+        for pruning in (True, False):
+            start = time.perf_counter()
+            traces = [replay_study(table, cfg, seed, n_trials=n_trials, pruning=pruning) for seed in range(seeds)]
+            summary = summarize(traces, size, full_seconds)
+            summary["replay_wall_s"] = time.perf_counter() - start
+            entry["pruning_on" if pruning else "pruning_off"] = summary
+            print(f"| {name} | {'on' if pruning else 'off'} | {seeds} | {_fmt(summary['trials_to_95'])} | "
+                  f"{_fmt(summary['trials_to_99'])} | {_fmt(summary['hv_at_30pct'], True)} | "
+                  f"{_fmt(summary['seconds_to_95_share'], True)} | {summary['true_front_pruned_total']} | "
+                  f"{_fmt(summary['trials_to_best'])} ({_fmt(summary['trials_to_best_within_5pct'])}) |", flush=True)
+        on, off = entry["pruning_on"], entry["pruning_off"]
+        entry["pruning_time_saved"] = 1 - on["seconds_total"]["median"] / off["seconds_total"]["median"]
+        report["samplers"][name] = entry
+    report["pruning_rule_random_orders"] = replay_pruning_rule(grid, args.seeds, args.margin)
+    out = args.out or REPO / "benchmarks" / f"search_{args.grid.stem.removeprefix('grid_')}.json"
+    write_json(out, report)
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    script_main(main)

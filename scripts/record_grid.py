@@ -1,0 +1,77 @@
+"""Record a grid: every candidate of a real search space, measured with kvopt's protocol.
+
+Each candidate is measured as a study trial would measure it (kvopt.protocol: first call
+timed apart, memory run, warm-up, adaptive repetitions), in a shuffled order, and the
+table — raw repetitions, medians, memory, failures, untimed costs, the machine, versions,
+workload and the 1-minute load average before and after — goes to
+benchmarks/grid_<name>.json and .csv. The replay benchmarks (bench_search, bench_pruning,
+bench_gain) answer from these tables.
+
+    python scripts/record_grid.py --model tiny-llama --name tiny-llama          # 48 candidates
+    python scripts/record_grid.py --model gpt2 --name gpt2-short --space gpt2    # 48 candidates
+
+Overrides after ``--`` are kvopt config overrides (as on kvopt's command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kvopt.bench.common import compose_config, script_main, write_csv, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+# The spaces of docs/benchmarks.md. gpt2 keeps float32 only: on this CPU bf16/fp16 run
+# ~100x slower at gpt2's width (the dtype probe drops them), so caches vary instead.
+SPACES = {
+    "three-dtypes": [
+        "search_space.cache_implementation=[dynamic,static]", "search_space.attn_implementation=[eager,sdpa]",
+        "search_space.dtype=[float32,bfloat16,float16]", "search_space.batch_size=[1,2,4,8]",
+    ],
+    "gpt2": [
+        "search_space.cache_implementation=[dynamic,static,quantized]", "search_space.static.compile=[false,true]",
+        "search_space.quantized.backends=[fp8]", "search_space.attn_implementation=[eager,sdpa]",
+        "search_space.dtype=[float32]", "search_space.batch_size=[1,2,4,8,16,32]",
+    ],
+    "default": [],
+}
+# No study storage, and no device lock held for the whole grid (other kvopt processes on
+# this machine would wait for it); the load average is recorded instead.
+FIXED = ["storage=memory", "scale.shared_device=flag"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny-llama")
+    parser.add_argument("--profile", default="chat-agent")
+    parser.add_argument("--space", choices=sorted(SPACES), default="three-dtypes")
+    parser.add_argument("--name", help="output name (default: <model>-<profile>)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the measurement order")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks")
+    parser.add_argument("overrides", nargs="*", help="kvopt config overrides, e.g. profile.prompt_tokens=64")
+    args = parser.parse_args()
+    overrides = [*SPACES[args.space], *args.overrides, *FIXED]
+    cfg = compose_config(args.model, args.profile, overrides)
+
+    def progress(i: int, n: int, row: dict) -> None:
+        what = (f"ttft {row['ttft_ms_median']:.1f} ms, {row['decode_tok_s_median']:.1f} tok/s, "
+                f"{row['peak_mem_mb']:.1f} MB, n={row['n']}" if row["status"] == "ok" else row["reason"])
+        print(f"[{i + 1}/{n}] {row['candidate']}: {what} ({row['wall_s']:.1f} s, load {row['load_1min_before']:.2f})",
+              flush=True)
+
+    from kvopt.bench.grid import record_grid
+
+    grid = record_grid(cfg, overrides, order_seed=args.seed, on_row=progress)
+    name = args.name or f"{args.model}-{args.profile}"
+    out = args.out_dir / f"grid_{name}.json"
+    write_json(out, grid)
+    flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in grid["rows"]]
+    write_csv(out.with_suffix(".csv"), flat)
+    print(f"{grid['candidates']} candidates ({grid['failed']} failed) in {grid['grid_wall_s']:.0f} s; "
+          f"load average {grid['load_1min_before']:.2f} before, {grid['load_1min_after']:.2f} after")
+    print(f"written: {out} and {out.with_suffix('.csv').name}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    script_main(main)
