@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from kvopt.errors import ConfigError
 from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
+from kvopt.explore import queue_unmeasured_after_repeat
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
 from kvopt.probe import backend_missing, default_attn_implementation, probe
@@ -322,6 +324,10 @@ def tune(
             if len(_seen_candidates(study)) >= p.space.size:
                 stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
                 study.stop()
+            else:
+                queued = queue_unmeasured_after_repeat(study, p.space, trial, random.Random(cfg.seed + trial.number))
+                if queued is not None:
+                    progress.log(f"  #{trial.number} was a repeat: {queued.label} (not measured yet) goes next")
             raise_if_interrupted()  # Ctrl-C swallowed during the trial: stop now
 
         try:

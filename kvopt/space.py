@@ -6,6 +6,7 @@ to turn itself into ``from_pretrained`` and ``generate`` keyword arguments.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -152,17 +153,31 @@ class SearchSpace:
             out["static_compile"] = list(self.static_compile)
         return out
 
-    def _cache_variants(self, cache: str) -> int:
+    def _cache_variants(self, cache: str) -> list[dict[str, Any]]:
+        """The conditional options one cache takes, one dict per distinct variant."""
         if cache == "quantized":
-            return sum(max(1, len(self.nbits_for(b))) for b in self.quantized_backends)
+            return [
+                {"quantized_backend": backend, "quantized_nbits": nbits}
+                for backend in self.quantized_backends
+                for nbits in (self.nbits_for(backend) or [None])
+            ]
         if cache in STATIC_CACHES:
-            return len(self.static_compile)
-        return 1
+            return [{"compile": compile_} for compile_ in self.static_compile]
+        return [{}]
+
+    def candidates(self) -> list[Candidate]:
+        """Every distinct candidate of the space (conditional options expanded), once each."""
+        return [
+            Candidate(cache, attn, dtype, batch, **options)
+            for cache in self.cache_implementation
+            for options in self._cache_variants(cache)
+            for attn, dtype, batch in itertools.product(self.attn_implementation, self.dtype, self.batch_size)
+        ]
 
     @property
     def size(self) -> int:
         """How many distinct candidates the space holds."""
-        caches = sum(self._cache_variants(c) for c in self.cache_implementation)
+        caches = sum(len(self._cache_variants(c)) for c in self.cache_implementation)
         return caches * len(self.attn_implementation) * len(self.dtype) * len(self.batch_size)
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:

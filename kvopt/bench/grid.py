@@ -7,40 +7,17 @@ repetitions (the recorded noise), the medians, memory, the untimed costs of the 
 
 from __future__ import annotations
 
-import itertools
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from kvopt.bench.common import load_average, provenance
 from kvopt.config import KvoptConfig
-from kvopt.space import STATIC_CACHES, Candidate, SearchSpace
+from kvopt.space import Candidate, SearchSpace
 
-__all__ = ["all_candidates", "record_grid", "space_from_grid", "grid_rows_ok", "median_values", "row_key"]
-
-
-def _cache_variants(space: SearchSpace, cache: str) -> Iterator[dict[str, Any]]:
-    if cache == "quantized":
-        for backend in space.quantized_backends:
-            for nbits in space.nbits_for(backend) or [None]:
-                yield {"quantized_backend": backend, "quantized_nbits": nbits}
-    elif cache in STATIC_CACHES:
-        for compile_ in space.static_compile:
-            yield {"compile": compile_}
-    else:
-        yield {}
-
-
-def all_candidates(space: SearchSpace) -> list[Candidate]:
-    """Every distinct candidate of the space (conditional options expanded), once each."""
-    out = []
-    for cache in space.cache_implementation:
-        for options in _cache_variants(space, cache):
-            for attn, dtype, batch in itertools.product(space.attn_implementation, space.dtype, space.batch_size):
-                out.append(Candidate(cache, attn, dtype, batch, **options))
-    return out
+__all__ = ["record_grid", "space_from_grid", "grid_rows_ok", "median_values", "row_key"]
 
 
 def row_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -103,7 +80,7 @@ def record_grid(
 
     p = prepare(cfg)
     space = p.space
-    order = _measurement_order(all_candidates(space), order_seed)
+    order = _measurement_order(space.candidates(), order_seed)
     loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
     rows = []
     load_before = load_average()

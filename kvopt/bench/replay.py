@@ -22,10 +22,11 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from kvopt.bench.grid import all_candidates, grid_rows_ok, median_values, row_key, space_from_grid
+from kvopt.bench.grid import grid_rows_ok, median_values, row_key, space_from_grid
 from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 from kvopt.config import DIRECTIONS, KvoptConfig
 from kvopt.errors import ConfigError
+from kvopt.explore import queue_unmeasured_after_repeat
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import make_workload
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
@@ -46,7 +47,7 @@ class ReplayTable:
         self.grid = grid
         self.space: SearchSpace = space_from_grid(grid)
         self.rows = {row_key(r["params"]): r for r in grid["rows"]}
-        missing = [c.label for c in all_candidates(self.space) if row_key(c.params()) not in self.rows]
+        missing = [c.label for c in self.space.candidates() if row_key(c.params()) not in self.rows]
         if missing:
             raise ConfigError([f"grid: {len(missing)} candidates of its search space have no row (e.g. "
                                f"{missing[0]}); allowed: a complete grid from scripts/record_grid.py"])
@@ -143,13 +144,16 @@ class StudyTrace:
         return None if n is None else self.seconds[n - 1]
 
 
-def _exhausted(space: SearchSpace) -> Any:
-    """Stop a study once every candidate of its space has been tried (as kvopt's runner does)."""
+def _exhausted(space: SearchSpace, seed: int) -> Any:
+    """As kvopt's runner does: stop once every candidate has been tried; after a repeat,
+    queue an unmeasured candidate (kvopt.explore)."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         if len({row_key(t.params) for t in study.get_trials(deepcopy=False, states=done)}) >= space.size:
             study.stop()
+        else:
+            queue_unmeasured_after_repeat(study, space, trial, random.Random(seed + trial.number))
 
     return callback
 
@@ -167,7 +171,7 @@ def replay_study(
     )
     study = optuna.create_study(directions=list(DIRECTIONS), sampler=make_sampler(cfg.sampler, seed, space))
     enqueue_baseline(study, space)
-    study.optimize(objective, n_trials=n_trials, callbacks=[_exhausted(space)], gc_after_trial=False)
+    study.optimize(objective, n_trials=n_trials, callbacks=[_exhausted(space, seed)], gc_after_trial=False)
     found: set[Any] = set()
     hv, seconds, shortfall, spent, wrong, pruned = [], [], [], 0.0, 0, 0
     best = -math.inf

@@ -1,0 +1,48 @@
+"""After a repeat, measure something new: the next trial gets an unmeasured candidate.
+
+A sampler may propose a candidate the study already has. kvopt never measures it twice
+(the earlier result is reused, a failure is repeated without running), so the trial costs
+no measuring time — but it teaches the sampler nothing, and samplers that model only
+completed trials (GP; NSGA-II's population) propose the same pruned or failed candidate
+again and again: replayed on a recorded grid, GP with dominance pruning spent 16 trials in
+a row on repeats (docs/benchmarks.md). So after a repeat, one unmeasured candidate, drawn
+at random, is queued for the next trial; the sampler then learns from its result.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from kvopt.space import Candidate, SearchSpace
+
+__all__ = ["queue_unmeasured_after_repeat"]
+
+
+def _key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))
+
+
+def queue_unmeasured_after_repeat(
+    study: optuna.Study, space: SearchSpace, trial: optuna.trial.FrozenTrial, rng: random.Random
+) -> Candidate | None:
+    """If ``trial`` repeated an earlier candidate, queue an unmeasured one; return it (or None)."""
+    if trial.user_attrs.get("reused_from") is None:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    # Waiting trials count as taken: never queue a second one, never queue what is queued.
+    if any(t.state == TrialState.WAITING for t in trials):
+        return None
+    taken = {_key(t.params) for t in trials if t.params}
+    unmeasured = [c for c in space.candidates() if _key(c.params()) not in taken]
+    if not unmeasured:
+        return None
+    choice = rng.choice(unmeasured)
+    study.enqueue_trial(
+        choice.params(),
+        user_attrs={"queued_because": f"trial #{trial.number} repeated #{trial.user_attrs['reused_from']}"},
+    )
+    return choice
