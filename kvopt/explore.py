@@ -32,6 +32,9 @@ def queue_unmeasured_after_repeat(
     """If ``trial`` repeated an earlier candidate, queue an unmeasured one; return it (or None)."""
     if trial.user_attrs.get("reused_from") is None:
         return None
+    # The grid sampler walks every point itself and cannot take a trial it did not plan.
+    if isinstance(study.sampler, optuna.samplers.GridSampler):
+        return None
     trials = study.get_trials(deepcopy=False)
     # Waiting trials count as taken: never queue a second one, never queue what is queued.
     if any(t.state == TrialState.WAITING for t in trials):

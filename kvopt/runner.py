@@ -324,7 +324,7 @@ def tune(
             if len(_seen_candidates(study)) >= p.space.size:
                 stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
                 study.stop()
-            else:
+            elif len(outcomes) < cfg.study.n_trials:  # only a trial this run will take: none left waiting
                 queued = queue_unmeasured_after_repeat(study, p.space, trial, random.Random(cfg.seed + trial.number))
                 if queued is not None:
                     progress.log(f"  #{trial.number} was a repeat: {queued.label} (not measured yet) goes next")
@@ -447,4 +447,13 @@ def _write_outputs(
         OmegaConf.to_yaml(OmegaConf.create(attrs["config"])), encoding="utf-8"
     )
     # report.md/.html and plots here; the study's note and artifacts for optuna-dashboard.
-    publish_study(output_dir, study, p.storage_label, p.cfg.storage)
+    # The measurements are stored and results.json written by now: a report that cannot be
+    # made or published is said, never allowed to fail the run.
+    try:
+        publish_study(output_dir, study, p.storage_label, p.cfg.storage)
+    except Exception as exc:
+        Console(stderr=True).print(
+            f"[yellow]report not written or published[/yellow]: {type(exc).__name__}: {exc}; "
+            f"re-create it with: python -m kvopt report study.name={p.name} storage.url={p.storage_label}",
+            highlight=False,
+        )

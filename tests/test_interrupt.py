@@ -26,6 +26,15 @@ def _swallowed_interrupt() -> None:
     gc.collect()
 
 
+@pytest.fixture(autouse=True)
+def _as_in_a_terminal():
+    # A run started in the background of a non-interactive shell inherits SIGINT ignored
+    # (and kvopt rightly keeps it so); these tests are about a terminal's Ctrl-C.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_swallowed_ctrl_c_is_raised_again_at_the_next_safe_point():
     with catch_interrupts():
         _swallowed_interrupt()  # the KeyboardInterrupt died inside __del__

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from kvopt.config import StorageConfig
@@ -47,6 +47,22 @@ def artifact_dir(cfg: StorageConfig) -> Path | None:
     return Path("kvopt-artifacts").resolve()  # a database server: no file to sit beside
 
 
+def _artifact_ids_named(study: optuna.Study, names: set[str]) -> list[str]:
+    """Ids of the study's live artifacts with these file names.
+
+    Read from the system attrs directly: a removed artifact's entry is null, which
+    optuna.artifacts.get_all_artifact_meta cannot read (it raises on the second re-run).
+    """
+    ids = []
+    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+        if not key.startswith(_ARTIFACTS_ATTR_PREFIX):
+            continue
+        meta = json.loads(value) if isinstance(value, str) else value
+        if isinstance(meta, dict) and meta.get("filename") in names:
+            ids.append(str(meta["artifact_id"]))
+    return ids
+
+
 def _replace_artifacts(study: optuna.Study, store: FileSystemArtifactStore, paths: list[Path]) -> None:
     """Upload ``paths`` as study artifacts, dropping earlier ones of the same file name.
 
@@ -54,15 +70,14 @@ def _replace_artifacts(study: optuna.Study, store: FileSystemArtifactStore, path
     Removal is what optuna-dashboard's own delete does: remove the file, null the metadata.
     """
     names = {p.name for p in paths}
-    for meta in get_all_artifact_meta(study):
-        if meta.filename in names:
-            try:
-                store.remove(meta.artifact_id)
-            except ArtifactNotFound:
-                pass
-            study._storage.set_study_system_attr(  # no public API for this in Optuna 5
-                study._study_id, _ARTIFACTS_ATTR_PREFIX + meta.artifact_id, json.dumps(None)
-            )
+    for artifact_id in _artifact_ids_named(study, names):
+        try:
+            store.remove(artifact_id)
+        except ArtifactNotFound:
+            pass
+        study._storage.set_study_system_attr(  # no public API for this in Optuna 5
+            study._study_id, _ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(None)
+        )
     for path in paths:
         upload_artifact(study_or_trial=study, file_path=str(path), artifact_store=store)
 

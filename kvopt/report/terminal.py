@@ -7,7 +7,14 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from kvopt.report.export import call_args
@@ -34,7 +41,7 @@ def print_plan(console: Console, lines: list[tuple[str, str]], dropped: dict[str
 
 
 class StudyProgress:
-    """A progress bar with the trial count, elapsed time and the best result so far."""
+    """A progress bar: trial count, elapsed and estimated remaining time, the best result so far."""
 
     def __init__(self, console: Console, total: int, timeout: float | None) -> None:
         self.timeout = timeout
@@ -44,6 +51,8 @@ class StudyProgress:
             BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),  # estimated from the trials done so far
             TextColumn("{task.fields[best]}"),
             console=console,
             transient=False,
