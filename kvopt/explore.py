@@ -12,18 +12,13 @@ at random, is queued for the next trial; the sampler then learns from its result
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from kvopt.space import Candidate, SearchSpace
+from kvopt.space import Candidate, SearchSpace, candidate_key
 
 __all__ = ["queue_unmeasured_after_repeat"]
-
-
-def _key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(params.items()))
 
 
 def queue_unmeasured_after_repeat(
@@ -39,8 +34,8 @@ def queue_unmeasured_after_repeat(
     # Waiting trials count as taken: never queue a second one, never queue what is queued.
     if any(t.state == TrialState.WAITING for t in trials):
         return None
-    taken = {_key(t.params) for t in trials if t.params}
-    unmeasured = [c for c in space.candidates() if _key(c.params()) not in taken]
+    taken = {candidate_key(t.params) for t in trials if t.params}
+    unmeasured = [c for c in space.candidates() if candidate_key(c.params()) not in taken]
     if not unmeasured:
         return None
     choice = rng.choice(unmeasured)

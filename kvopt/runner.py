@@ -41,7 +41,7 @@ from kvopt.report.terminal import (
     print_summary,
 )
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
-from kvopt.space import Candidate, SearchSpace
+from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.storage import describe_storage, open_storage, study_lock
 from kvopt.study import (
     check_compatible,
@@ -266,7 +266,7 @@ def _describe(outcome: TrialOutcome) -> str:
 
 def _seen_candidates(study: optuna.Study) -> set[tuple[tuple[str, Any], ...]]:
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=done)}
+    return {candidate_key(t.params) for t in study.get_trials(deepcopy=False, states=done)}
 
 
 def tune(

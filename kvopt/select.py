@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from kvopt.config import METRICS, ProfileConfig
-from kvopt.space import Candidate, SearchSpace
+from kvopt.space import Candidate, SearchSpace, candidate_key
 
 __all__ = [
     "Result",
@@ -82,7 +82,7 @@ def collect_results(study: optuna.Study) -> list[Result]:
     results: list[Result] = []
     seen: set[tuple[tuple[str, Any], ...]] = set()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        key = tuple(sorted(trial.params.items()))
+        key = candidate_key(trial.params)
         if key in seen:
             continue
         seen.add(key)

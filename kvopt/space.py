@@ -15,12 +15,17 @@ from transformers import CompileConfig
 
 from kvopt.config import SearchSpaceConfig
 
-__all__ = ["Candidate", "SearchSpace", "PARAM_NAMES", "BACKEND_NBITS", "STATIC_CACHES"]
+__all__ = ["Candidate", "SearchSpace", "candidate_key", "PARAM_NAMES", "BACKEND_NBITS", "STATIC_CACHES"]
 
 PARAM_NAMES = ("cache_implementation", "attn_implementation", "dtype", "batch_size")
 # Which nbits each quantized-cache backend takes (fp8 quantizes per tensor: none).
 BACKEND_NBITS: dict[str, tuple[int, ...]] = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}
 STATIC_CACHES = ("static", "offloaded_static")
+
+
+def candidate_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A candidate's identity from its Optuna parameters: equal keys, same settings."""
+    return tuple(sorted(params.items()))
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from kvopt.bench.common import compose_config, provenance, script_main, write_json
-from kvopt.bench.grid import grid_rows_ok, median_values, row_key
+from kvopt.bench.grid import grid_rows_ok, median_values
 from kvopt.bench.studyrun import run_study
 from kvopt.errors import ConfigError
 from kvopt.select import Result, profile_score
+from kvopt.space import candidate_key
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,7 @@ def place_in_grid(rec: dict[str, Any], study_space: dict[str, list[Any]], grid: 
         raise ConfigError(["--grid: the grid has no measured baseline row; allowed: a grid from record_grid.py"])
     scored = sorted(((profile_score(r, base.values, weights), r) for r in results), key=lambda x: -x[0])
     in_space = [(s, r) for s, r in scored if all(r.params.get(k) in v for k, v in study_space.items())]
-    mine = next(((s, r) for s, r in scored if row_key(r.params) == row_key(rec["params"])), None)
+    mine = next(((s, r) for s, r in scored if candidate_key(r.params) == candidate_key(rec["params"])), None)
 
     def best(pool: list[tuple[float, Result]]) -> dict[str, Any] | None:
         if not pool:

@@ -17,12 +17,7 @@ from kvopt.bench.common import load_average, provenance
 from kvopt.config import KvoptConfig
 from kvopt.space import Candidate, SearchSpace
 
-__all__ = ["record_grid", "space_from_grid", "grid_rows_ok", "median_values", "row_key"]
-
-
-def row_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """A candidate's identity from its Optuna parameters (how trials name it)."""
-    return tuple(sorted(params.items()))
+__all__ = ["record_grid", "space_from_grid", "grid_rows_ok", "median_values"]
 
 
 def _measurement_order(candidates: list[Candidate], seed: int) -> list[Candidate]:

@@ -22,7 +22,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from kvopt.bench.grid import grid_rows_ok, median_values, row_key, space_from_grid
+from kvopt.bench.grid import grid_rows_ok, median_values, space_from_grid
 from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 from kvopt.config import DIRECTIONS, KvoptConfig
 from kvopt.errors import ConfigError
@@ -33,7 +33,7 @@ from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MB, MemoryReading
 from kvopt.protocol import Measurement, stop_rule
 from kvopt.select import Result, dominated_by, pareto_front, profile_score
-from kvopt.space import Candidate, SearchSpace
+from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
 from kvopt.trial import Objective
 
@@ -46,17 +46,17 @@ class ReplayTable:
     def __init__(self, grid: dict[str, Any]) -> None:
         self.grid = grid
         self.space: SearchSpace = space_from_grid(grid)
-        self.rows = {row_key(r["params"]): r for r in grid["rows"]}
-        missing = [c.label for c in self.space.candidates() if row_key(c.params()) not in self.rows]
+        self.rows = {candidate_key(r["params"]): r for r in grid["rows"]}
+        missing = [c.label for c in self.space.candidates() if candidate_key(c.params()) not in self.rows]
         if missing:
             raise ConfigError([f"grid: {len(missing)} candidates of its search space have no row (e.g. "
                                f"{missing[0]}); allowed: a complete grid from scripts/record_grid.py"])
         self.new_tokens = int(grid["workload"]["new_tokens"])
         ok = grid_rows_ok(grid)
-        self.truth = {row_key(r["params"]): median_values(r) for r in ok}
+        self.truth = {candidate_key(r["params"]): median_values(r) for r in ok}
         self.normalize = Normalizer(list(self.truth.values()))
         results = [Result(i, r["params"], r["candidate"], median_values(r), r["baseline"]) for i, r in enumerate(ok)]
-        self.front_keys = {row_key(r.params) for r in pareto_front(results)}
+        self.front_keys = {candidate_key(r.params) for r in pareto_front(results)}
         self.full_hv = self.hypervolume(self.truth)
         # The profile score (kvopt.select.profile_score) against the table's baseline.
         weights = grid["profile_config"]["weights"]
@@ -87,7 +87,7 @@ class ReplayObjective(Objective):
         self.rng = rng
 
     def _measure_inline(self, candidate: Candidate, front: list[Result]) -> tuple[Measurement, float, bool]:
-        row = self.table.rows[row_key(candidate.params())]
+        row = self.table.rows[candidate_key(candidate.params())]
         if row.get("status", "ok") != "ok":
             raise ReplayedFailure(row["reason"])
         spent = {"s": row.get("first_call_s", 0.0) + row.get("memory_run_s", 0.0) + row.get("warmup_s", 0.0)}
@@ -150,7 +150,7 @@ def _exhausted(space: SearchSpace, seed: int) -> Any:
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        if len({row_key(t.params) for t in study.get_trials(deepcopy=False, states=done)}) >= space.size:
+        if len({candidate_key(t.params) for t in study.get_trials(deepcopy=False, states=done)}) >= space.size:
             study.stop()
         else:
             queue_unmeasured_after_repeat(study, space, trial, random.Random(seed + trial.number))
@@ -176,7 +176,7 @@ def replay_study(
     hv, seconds, shortfall, spent, wrong, pruned = [], [], [], 0.0, 0, 0
     best = -math.inf
     for t in study.get_trials(deepcopy=False):
-        key = row_key(t.params)
+        key = candidate_key(t.params)
         spent += float(t.user_attrs.get("replay_s", 0.0)) if "reused_from" not in t.user_attrs else 0.0
         if t.state == TrialState.COMPLETE:
             found.add(key)

@@ -54,11 +54,6 @@ class PagedPool:
     def num_blocks(self) -> int:
         return self.batch_size * self.pages_per_request
 
-    @property
-    def cached_tokens(self) -> int:
-        """Token slots the pool holds (what the memory model counts)."""
-        return self.num_blocks * self.page_size
-
     def config(self) -> ContinuousBatchingConfig:
         return ContinuousBatchingConfig(
             page_size=self.page_size,

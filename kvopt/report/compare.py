@@ -20,6 +20,7 @@ from kvopt.config import METRICS
 from kvopt.errors import KvoptError
 from kvopt.report.terminal import format_gains
 from kvopt.select import Recommendation, Result
+from kvopt.space import candidate_key
 from kvopt.stored import StoredStudy, load_study
 
 __all__ = ["Comparison", "compare_studies", "parse_source", "print_comparison", "compare_command"]
@@ -34,7 +35,7 @@ _HEADERS = {"ttft_ms": "TTFT ms", "decode_tok_s": "tok/s", "peak_mem_mb": "mem M
 
 
 def _key(r: Result) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(r.params.items()))
+    return candidate_key(r.params)
 
 
 @dataclass
