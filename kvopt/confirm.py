@@ -57,8 +57,12 @@ class Confirmation:
     gains: dict[int, dict[str, Gain]]
     recommended: Result
     study_recommended: Result
-    seconds: float
+    seconds: float  # the rounds, from the first to the last
     notes: list[str] = field(default_factory=list)
+    # Where the time went, so a study's overhead can be measured: wall time inside the
+    # rounds' generate calls, and before the rounds (loading and warming the finalists).
+    timed_s: float = 0.0
+    setup_s: float = 0.0
 
     @property
     def reversed(self) -> bool:
@@ -68,6 +72,8 @@ class Confirmation:
         return {
             "rounds": self.rounds,
             "seconds": self.seconds,
+            "timed_s": self.timed_s,
+            "setup_s": self.setup_s,
             "finalists": [r.number for r in self.finalists],
             "samples": {str(k): v for k, v in self.samples.items()},
             "gains": {str(k): {m: g.as_dict() for m, g in v.items()} for k, v in self.gains.items()},
@@ -158,11 +164,13 @@ def confirm(
     on_round: Callable[[int, float], None] | None = None,
 ) -> Confirmation:
     """Measure the finalists in rotating interleaved rounds and decide on confirmed numbers."""
+    setup_start = time.monotonic()
     baseline = next(r for r in finalists if r.is_baseline)
     candidates = {r.number: space.make_candidate(r.params) for r in finalists}
     # One loader per (dtype, attention): every finalist's model stays loaded for the rounds.
     loaders: dict[tuple[str, str], ModelLoader] = {}
     runners: dict[int, Callable[[], dict[str, float]]] = {}
+    timed_s = [0.0]  # wall time inside generate calls (a list: the runners add to it)
     for number, cand in candidates.items():
         key = (cand.dtype, cand.attn_implementation)
         if key not in loaders:
@@ -171,7 +179,9 @@ def confirm(
         inputs = make_inputs(workload, cand.batch_size, model.config.vocab_size, seed, device)
 
         def once(model: Any = model, inputs: Any = inputs, cand: Any = cand) -> dict[str, float]:
+            begin = time.monotonic()
             run = timed_generate(model, inputs, cand, workload.new_tokens, device)
+            timed_s[0] += time.monotonic() - begin
             return {
                 "ttft_ms": run.ttft_s * 1000.0,
                 "decode_tok_s": cand.batch_size * (run.new_tokens - 1) / run.decode_s,
@@ -181,6 +191,8 @@ def confirm(
     for once in runners.values():  # warm every finalist before the first timed round
         for _ in range(profile.warmup):
             once()
+    timed_s[0] = 0.0  # the warm-up calls are setup, not measurement
+    setup_s = time.monotonic() - setup_start
 
     order = [r.number for r in finalists]
     samples: dict[int, dict[str, list[float]]] = {n: {"ttft_ms": [], "decode_tok_s": []} for n in order}
@@ -223,6 +235,8 @@ def confirm(
         study_recommended=finalists[0],
         seconds=time.monotonic() - start,
         notes=notes,
+        timed_s=timed_s[0],
+        setup_s=setup_s,
     )
 
 

@@ -107,3 +107,29 @@ def test_nvml_figure_is_absent_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: NVML gives real figures there")
     assert nvml_process_bytes(torch.device("cuda", 0)) is None
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        Candidate("dynamic", "eager", "float32", 2),
+        Candidate("static", "sdpa", "float32", 3),
+        Candidate("quantized", "sdpa", "float32", 2, quantized_backend="fp8"),
+    ],
+    ids=lambda c: c.label,
+)
+def test_peak_read_in_the_first_call_equals_a_later_calls_peak(tiny_llama, candidate):
+    # The CPU probe rides on the (untimed) first call instead of an extra run: valid only
+    # if the first call's peak is what every later call reaches.
+    from kvopt.engine.generation import timed_generate
+    from kvopt.engine.workload import make_inputs
+    from kvopt.measure.memory import storage_bytes
+
+    workload = Workload(prompt_tokens=16, new_tokens=4)
+    loaded, m = _measure(tiny_llama, candidate, workload)
+    assert m.extra["memory_probe"] == "first call" and m.extra["memory_run_s"] == 0.0
+    model = loaded.model
+    inputs = make_inputs(workload, candidate.batch_size, model.config.vocab_size, 0, CPU)
+    resident = weights_bytes(model) + storage_bytes(inputs.values())
+    _, later = measure_peak(lambda: timed_generate(model, inputs, candidate, 4, CPU), CPU, resident)
+    assert m.memory.peak_bytes == later.peak_bytes
