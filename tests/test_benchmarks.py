@@ -74,6 +74,12 @@ def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None
             curve = entry[mode]["hv_curve_median"]
             assert all(0.0 <= v <= 1.0 + 1e-12 for v in curve), (name, curve)
             assert all(b >= a - 1e-12 for a, b in zip(curve, curve[1:])), (name, curve)
+            summary = entry[mode]
+            # A measurement is a trial that did not repeat a candidate: never more than the trials.
+            for level in ("95", "99"):
+                trials, measured = summary[f"trials_to_{level}"]["median"], summary[f"measurements_to_{level}"]["median"]
+                assert (trials is None) == (measured is None) and (measured is None or measured <= trials)
+            assert summary["hv_at_30pct_measurements"]["median"] >= summary["hv_at_30pct"]["median"] - 1e-12
     # The grid order measures every candidate: without pruning it ends on the whole front.
     assert data["samplers"]["grid"]["pruning_off"]["hv_curve_median"][-1] == pytest.approx(1.0)
     # Baseline first, then the 4 grid points (the baseline's one is reused): at most 5 trials.

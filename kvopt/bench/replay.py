@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -130,10 +130,18 @@ class StudyTrace:
     # after each trial: how far the best profile score found is below the table's best,
     # as exp(gap) - 1 in percent (0: the profile's best candidate has been found)
     shortfall_pct: list[float]
+    # after each trial: distinct candidates tried so far. A trial that repeats an earlier
+    # candidate reuses (or repeats the failure of) its measurement: a trial, not a measurement.
+    measured: list[int] = field(default_factory=list)
 
     def trials_to(self, level: float) -> int | None:
         """Trials needed to reach ``level`` of the table's hypervolume (None: never)."""
         return next((i + 1 for i, r in enumerate(self.hv_ratio) if r >= level - 1e-12), None)
+
+    def measurements_to(self, level: float) -> int | None:
+        """Candidates measured until ``level`` of the table's hypervolume (None: never)."""
+        n = self.trials_to(level)
+        return None if n is None else self.measured[n - 1]
 
     def trials_to_score(self, within_pct: float) -> int | None:
         """Trials needed to find a candidate within ``within_pct`` of the best profile score."""
@@ -173,10 +181,12 @@ def replay_study(
     enqueue_baseline(study, space)
     study.optimize(objective, n_trials=n_trials, callbacks=[_exhausted(space, seed)], gc_after_trial=False)
     found: set[Any] = set()
-    hv, seconds, shortfall, spent, wrong, pruned = [], [], [], 0.0, 0, 0
+    tried: set[Any] = set()
+    hv, seconds, shortfall, measured, spent, wrong, pruned = [], [], [], [], 0.0, 0, 0
     best = -math.inf
     for t in study.get_trials(deepcopy=False):
         key = candidate_key(t.params)
+        tried.add(key)
         spent += float(t.user_attrs.get("replay_s", 0.0)) if "reused_from" not in t.user_attrs else 0.0
         if t.state == TrialState.COMPLETE:
             found.add(key)
@@ -186,8 +196,9 @@ def replay_study(
             wrong += key in table.front_keys
         hv.append(table.hypervolume(found) / table.full_hv if table.full_hv > 0 else 1.0)
         seconds.append(spent)
+        measured.append(len(tried))
         shortfall.append((math.exp(table.best_score - best) - 1.0) * 100.0 if best > -math.inf else math.inf)
-    return StudyTrace(cfg.sampler.name, seed, pruning, hv, seconds, wrong, pruned, shortfall)
+    return StudyTrace(cfg.sampler.name, seed, pruning, hv, seconds, wrong, pruned, shortfall, measured)
 
 
 def replay_pruning_rule(grid: dict[str, Any], seeds: int, margin: float) -> dict[str, Any]:
