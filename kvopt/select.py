@@ -158,7 +158,8 @@ def dominated_by(
     Conservative on purpose: the candidate is credited with its *best* run (lowest TTFT,
     highest throughput), not its median, and the dominating result must beat that by
     ``margin`` (relative) on both timings and need no more memory. Memory is exact after
-    the memory run, so it needs no margin. Returns None until ``min_runs`` timed runs.
+    the first call (CPU) or the first timed run (CUDA), so it needs no margin. Returns None
+    until ``min_runs`` timed runs.
     """
     if len(samples.get("ttft_ms", [])) < min_runs:
         return None

@@ -1,7 +1,7 @@
 """Record a grid: every candidate of a real search space, measured with kvopt's protocol.
 
 Each candidate is measured as a study trial would measure it (kvopt.protocol: first call
-timed apart, memory run, warm-up, adaptive repetitions), in a shuffled order, and the
+timed apart with the memory probe, warm-up, adaptive repetitions), in a shuffled order, and the
 table — raw repetitions, medians, memory, failures, untimed costs, the machine, versions,
 workload and the 1-minute load average before and after — goes to
 benchmarks/grid_<name>.json and .csv. The replay benchmarks (bench_search, bench_pruning,

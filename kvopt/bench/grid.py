@@ -2,7 +2,8 @@
 
 The table is what the replay benchmarks answer from, so each row keeps the raw timed
 repetitions (the recorded noise), the medians, memory, the untimed costs of the trial
-(load, first call, memory run, warm-up) and, for a candidate that cannot run, the reason.
+(load, first call, warm-up; a memory run in tables of older kvopt) and, for a candidate that
+cannot run, the reason.
 """
 
 from __future__ import annotations
