@@ -170,7 +170,7 @@ def confirm(
     # One loader per (dtype, attention): every finalist's model stays loaded for the rounds.
     loaders: dict[tuple[str, str], ModelLoader] = {}
     runners: dict[int, Callable[[], dict[str, float]]] = {}
-    timed_s = [0.0]  # wall time inside generate calls (a list: the runners add to it)
+    timed_s = 0.0  # wall time inside the rounds' generate calls
     for number, cand in candidates.items():
         key = (cand.dtype, cand.attn_implementation)
         if key not in loaders:
@@ -179,9 +179,10 @@ def confirm(
         inputs = make_inputs(workload, cand.batch_size, model.config.vocab_size, seed, device)
 
         def once(model: Any = model, inputs: Any = inputs, cand: Any = cand) -> dict[str, float]:
+            nonlocal timed_s
             begin = time.monotonic()
             run = timed_generate(model, inputs, cand, workload.new_tokens, device)
-            timed_s[0] += time.monotonic() - begin
+            timed_s += time.monotonic() - begin
             return {
                 "ttft_ms": run.ttft_s * 1000.0,
                 "decode_tok_s": cand.batch_size * (run.new_tokens - 1) / run.decode_s,
@@ -191,7 +192,7 @@ def confirm(
     for once in runners.values():  # warm every finalist before the first timed round
         for _ in range(profile.warmup):
             once()
-    timed_s[0] = 0.0  # the warm-up calls are setup, not measurement
+    timed_s = 0.0  # the warm-up calls are setup, not measurement
     setup_s = time.monotonic() - setup_start
 
     order = [r.number for r in finalists]
@@ -235,7 +236,7 @@ def confirm(
         study_recommended=finalists[0],
         seconds=time.monotonic() - start,
         notes=notes,
-        timed_s=timed_s[0],
+        timed_s=timed_s,
         setup_s=setup_s,
     )
 

@@ -12,13 +12,20 @@ at random, is queued for the next trial; the sampler then learns from its result
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from kvopt.space import Candidate, SearchSpace, candidate_key
 
-__all__ = ["queue_unmeasured_after_repeat"]
+__all__ = ["queue_unmeasured_after_repeat", "tried_candidates"]
+
+
+def tried_candidates(study: optuna.Study) -> set[tuple[tuple[str, Any], ...]]:
+    """The candidates the study has finished a trial of (completed, pruned or failed)."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return {candidate_key(t.params) for t in study.get_trials(deepcopy=False, states=done)}
 
 
 def queue_unmeasured_after_repeat(

@@ -26,7 +26,7 @@ from kvopt.errors import ConfigError
 from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
-from kvopt.explore import queue_unmeasured_after_repeat
+from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
 from kvopt.probe import backend_missing, default_attn_implementation, probe
@@ -41,7 +41,7 @@ from kvopt.report.terminal import (
     print_summary,
 )
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
-from kvopt.space import Candidate, SearchSpace, candidate_key
+from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage, study_lock
 from kvopt.study import (
     check_compatible,
@@ -264,11 +264,6 @@ def _describe(outcome: TrialOutcome) -> str:
     return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{tail}"
 
 
-def _seen_candidates(study: optuna.Study) -> set[tuple[tuple[str, Any], ...]]:
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return {candidate_key(t.params) for t in study.get_trials(deepcopy=False, states=done)}
-
-
 def tune(
     cfg: KvoptConfig,
     *,
@@ -321,7 +316,7 @@ def tune(
                 progress.log(f"trial #{number} was left running by a worker that stopped: marked failed")
             rec = recommend(collect_results(study), cfg.profile)
             progress.advance(rec.result.label if rec else "-")
-            if len(_seen_candidates(study)) >= p.space.size:
+            if len(tried_candidates(study)) >= p.space.size:
                 stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
                 study.stop()
             elif len(outcomes) < cfg.study.n_trials:  # only a trial this run will take: none left waiting

@@ -182,8 +182,7 @@ class SearchSpace:
     @property
     def size(self) -> int:
         """How many distinct candidates the space holds."""
-        caches = sum(len(self._cache_variants(c)) for c in self.cache_implementation)
-        return caches * len(self.attn_implementation) * len(self.dtype) * len(self.batch_size)
+        return len(self.candidates())
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kvopt.bench.common import compose_config, provenance, script_main, write_json
-from kvopt.bench.grid import grid_rows_ok, median_values
+from kvopt.bench.grid import grid_results
 from kvopt.bench.studyrun import run_study
 from kvopt.errors import ConfigError
 from kvopt.select import Result, profile_score
@@ -35,8 +35,7 @@ def place_in_grid(rec: dict[str, Any], study_space: dict[str, list[Any]], grid: 
                   weights: dict[str, float], workload: dict[str, Any]) -> dict[str, Any]:
     """The recommendation's profile score in the grid vs the grid's best (all candidates,
     and those of the study's own search space)."""
-    rows = grid_rows_ok(grid)
-    results = [Result(i, r["params"], r["candidate"], median_values(r), r["baseline"]) for i, r in enumerate(rows)]
+    results = grid_results(grid)
     base = next((r for r in results if r.is_baseline), None)
     if base is None:
         raise ConfigError(["--grid: the grid has no measured baseline row; allowed: a grid from record_grid.py"])
@@ -53,7 +52,7 @@ def place_in_grid(rec: dict[str, Any], study_space: dict[str, list[Any]], grid: 
     matches = all(grid["workload"][k] == workload[k] for k in ("prompt_tokens", "new_tokens"))
     out: dict[str, Any] = {
         "grid_workload": grid["workload"], "workload_matches": matches,
-        "grid_candidates": len(rows), "study_space_candidates_in_grid": len(in_space),
+        "grid_candidates": len(results), "study_space_candidates_in_grid": len(in_space),
         "grid_best": best(scored), "grid_best_in_study_space": best(in_space),
         "recommendation_in_grid": mine is not None,
     }

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kvopt.bench.common import compose_config, provenance, script_main, write_json
+from kvopt.bench.grid import grid_rows_ok, untimed_seconds
 from kvopt.bench.hypervolume import REFERENCE
 from kvopt.bench.replay import ReplayTable, StudyTrace, replay_pruning_rule, replay_study
 from kvopt.errors import ConfigError
@@ -118,15 +119,14 @@ def main() -> None:
     table = ReplayTable(grid)
     size = table.space.size
     # Seconds an exhaustive grid spends measuring (no pruning, every repetition recorded).
-    full_seconds = sum(r.get("first_call_s", 0) + r.get("memory_run_s", 0) + r.get("warmup_s", 0)
-                       + r.get("timed_runs_s", 0) for r in grid["rows"] if r.get("status") == "ok")
+    ok = grid_rows_ok(grid)
+    full_seconds = sum(untimed_seconds(r) + r.get("timed_runs_s", 0) for r in ok)
     report: dict[str, Any] = {
         **provenance(), "grid": str(args.grid),
         "model": grid["model"], "workload": grid["workload"], "space_size": size,
         "true_front": len(table.front_keys), "reference_point": REFERENCE,
         "grid_measuring_seconds": full_seconds, "samplers": {},
     }
-    ok = [r for r in grid["rows"] if r.get("status") == "ok"]
     print(f"grid {args.grid.name}: {grid['model']}, workload {grid['workload']['prompt_tokens']}+"
           f"{grid['workload']['new_tokens']} tokens, {size} candidates ({grid['failed']} failed), true front "
           f"{len(table.front_keys)}, {sum(r['noisy'] for r in ok)} flagged noisy, recorded in "

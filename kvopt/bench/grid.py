@@ -16,9 +16,10 @@ from typing import Any
 
 from kvopt.bench.common import load_average, provenance
 from kvopt.config import KvoptConfig
+from kvopt.select import Result
 from kvopt.space import Candidate, SearchSpace
 
-__all__ = ["record_grid", "space_from_grid", "grid_rows_ok", "median_values"]
+__all__ = ["record_grid", "space_from_grid", "grid_rows_ok", "grid_results", "median_values", "untimed_seconds"]
 
 
 def _measurement_order(candidates: list[Candidate], seed: int) -> list[Candidate]:
@@ -131,3 +132,15 @@ def median_values(row: dict[str, Any]) -> dict[str, float]:
             "peak_mem_mb": row["peak_mem_mb"]}
 
 
+
+
+def grid_results(grid: dict[str, Any]) -> list[Result]:
+    """The rows that ran as results at their full-table medians, numbered as in ``grid_rows_ok``."""
+    rows = grid_rows_ok(grid)
+    # Tables of the first pruning benchmark (benchmarks/grid_tiny-llama.json) carry no params.
+    return [Result(i, r.get("params", {}), r["candidate"], median_values(r), r["baseline"]) for i, r in enumerate(rows)]
+
+
+def untimed_seconds(row: dict[str, Any]) -> float:
+    """A row's untimed generate seconds: first call, warm-up and, in older tables, the memory run."""
+    return row.get("first_call_s", 0.0) + row.get("memory_run_s", 0.0) + row.get("warmup_s", 0.0)

@@ -22,11 +22,11 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from kvopt.bench.grid import grid_rows_ok, median_values, space_from_grid
+from kvopt.bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
 from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 from kvopt.config import DIRECTIONS, KvoptConfig
 from kvopt.errors import ConfigError
-from kvopt.explore import queue_unmeasured_after_repeat
+from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import make_workload
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
@@ -52,16 +52,15 @@ class ReplayTable:
             raise ConfigError([f"grid: {len(missing)} candidates of its search space have no row (e.g. "
                                f"{missing[0]}); allowed: a complete grid from scripts/record_grid.py"])
         self.new_tokens = int(grid["workload"]["new_tokens"])
-        ok = grid_rows_ok(grid)
-        self.truth = {candidate_key(r["params"]): median_values(r) for r in ok}
+        results = grid_results(grid)
+        self.truth = {candidate_key(r.params): r.values for r in results}
         self.normalize = Normalizer(list(self.truth.values()))
-        results = [Result(i, r["params"], r["candidate"], median_values(r), r["baseline"]) for i, r in enumerate(ok)]
         self.front_keys = {candidate_key(r.params) for r in pareto_front(results)}
         self.full_hv = self.hypervolume(self.truth)
         # The profile score (kvopt.select.profile_score) against the table's baseline.
         weights = grid["profile_config"]["weights"]
-        base = next(median_values(r) for r in ok if r["baseline"])
-        self.scores = {k: profile_score(Result(0, {}, "", v), base, weights) for k, v in self.truth.items()}
+        base = next(r.values for r in results if r.is_baseline)
+        self.scores = {candidate_key(r.params): profile_score(r, base, weights) for r in results}
         self.best_score = max(self.scores.values())
 
     def hypervolume(self, keys: Any) -> float:
@@ -90,7 +89,7 @@ class ReplayObjective(Objective):
         row = self.table.rows[candidate_key(candidate.params())]
         if row.get("status", "ok") != "ok":
             raise ReplayedFailure(row["reason"])
-        spent = {"s": row.get("first_call_s", 0.0) + row.get("memory_run_s", 0.0) + row.get("warmup_s", 0.0)}
+        spent = {"s": untimed_seconds(row)}
 
         def once() -> dict[str, float]:
             i = self.rng.randrange(len(row["ttft_ms"]))
@@ -157,8 +156,7 @@ def _exhausted(space: SearchSpace, seed: int) -> Any:
     queue an unmeasured candidate (kvopt.explore)."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        if len({candidate_key(t.params) for t in study.get_trials(deepcopy=False, states=done)}) >= space.size:
+        if len(tried_candidates(study)) >= space.size:
             study.stop()
         else:
             queue_unmeasured_after_repeat(study, space, trial, random.Random(seed + trial.number))
@@ -210,11 +208,8 @@ def replay_pruning_rule(grid: dict[str, Any], seeds: int, margin: float) -> dict
     front (medians of all recorded runs) was pruned — which must be never.
     """
     rows = grid_rows_ok(grid)
-
-    def result(i: int) -> Result:
-        return Result(i, {}, rows[i]["candidate"], median_values(rows[i]), rows[i]["baseline"])
-
-    truth = {r.number for r in pareto_front([result(i) for i in range(len(rows))])}
+    results = grid_results(grid)  # results[i] is rows[i] at its full-table medians
+    truth = {r.number for r in pareto_front(results)}
     baseline = next(i for i, row in enumerate(rows) if row["baseline"])
     total_runs = sum(len(row["ttft_ms"]) for row in rows)
     saved, pruned, wrong = [], [], []
@@ -238,7 +233,7 @@ def replay_pruning_rule(grid: dict[str, Any], seeds: int, margin: float) -> dict
                 n_pruned += 1
                 n_wrong += i in truth
             else:
-                completed.append(result(i))
+                completed.append(results[i])
         saved.append(1 - runs_used / total_runs)
         pruned.append(n_pruned)
         wrong.append(n_wrong)
