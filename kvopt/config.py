@@ -46,7 +46,7 @@ CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZED_BACKENDS = ("fp8", "quanto", "hqq")
-SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
+SAMPLERS = ("profile", "tpe", "gp", "nsga2", "random", "grid")
 STORAGE_BACKENDS = ("rdb", "journal", "memory")
 WEIGHTS_MODES = ("auto", "pretrained", "random")
 ISOLATION_MODES = ("inline", "process")
@@ -107,6 +107,8 @@ class SamplerConfig:
     name: str
     n_startup_trials: int | None = None
     population_size: int | None = None
+    # profile sampler: every front_every-th trial extends the Pareto front (0: never).
+    front_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,11 @@ class StudyConfig:
     name: str | None
     n_trials: int
     timeout: float | None
+    # Stop on its own once no unmeasured candidate can plausibly beat the profile's best.
+    converge: bool = True
+    # A study to start from (STUDY or STUDY@STORAGE_URL): its profile-best first, its
+    # measurements as the performance model's prior.
+    warm_start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -373,7 +380,12 @@ def _sampler(problems: _Problems, s: Mapping[str, Any]) -> SamplerConfig:
     population = s.get("population_size")
     if population is not None:
         population = _positive_int(problems, "sampler.population_size", population, minimum=2)
-    return SamplerConfig(name=str(name), n_startup_trials=startup, population_size=population)
+    front_every = s.get("front_every")
+    if front_every is not None:
+        front_every = _positive_int(problems, "sampler.front_every", front_every, minimum=0)
+    return SamplerConfig(
+        name=str(name), n_startup_trials=startup, population_size=population, front_every=front_every
+    )
 
 
 def _storage(problems: _Problems, s: Mapping[str, Any]) -> StorageConfig:
@@ -406,8 +418,17 @@ def _study(problems: _Problems, s: Mapping[str, Any]) -> StudyConfig:
     if timeout is not None and (not _is_number(timeout) or timeout <= 0):
         problems.add("study.timeout", timeout, "null or a number of seconds > 0")
         timeout = None
+    converge = s.get("converge", True)
+    if not isinstance(converge, bool):
+        problems.add("study.converge", converge, "true or false")
+        converge = True
+    warm = s.get("warm_start")
+    if warm is not None and (not isinstance(warm, str) or not warm.strip() or warm.startswith("@")):
+        problems.add("study.warm_start", warm, "null, STUDY or STUDY@STORAGE_URL")
+        warm = None
     return StudyConfig(
-        name=name, n_trials=n_trials, timeout=None if timeout is None else float(timeout)
+        name=name, n_trials=n_trials, timeout=None if timeout is None else float(timeout),
+        converge=converge, warm_start=warm,
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
     "model_shape",
     "shape_of_config",
     "predict_memory",
+    "memory_prior",
     "activation_bytes",
     "QUANTIZED_RESIDUAL",
 ]
@@ -154,3 +156,15 @@ def activation_bytes(shape: ModelShape, candidate: Candidate, prompt_tokens: int
         activations += 2 * batch * shape.heads * prompt_tokens * prompt_tokens * size
     activations += 2 * batch * shape.vocab * 4  # last-position logits, upcast to float32
     return int(activations)
+
+
+def memory_prior(model_cfg: ModelConfig, workload: Workload) -> Callable[[Candidate], float]:
+    """The analytic peak (MB) of each candidate, memoised: the performance model's memory prior."""
+    cache: dict[Candidate, float] = {}
+
+    def predicted_mb(candidate: Candidate) -> float:
+        if candidate not in cache:
+            cache[candidate] = predict_memory(model_cfg, candidate, workload).total_mb
+        return cache[candidate]
+
+    return predicted_mb

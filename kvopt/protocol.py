@@ -81,6 +81,8 @@ class Measurement:
             "repetitions": len(self.ttft_ms),
             "stopped_because": self.stopped_because,
             "noisy": self.noisy,
+            # Also for a trial stopped early, which has no objective values: memory is exact.
+            "peak_mem_mb": self.values[2],
             "peak_mem_method": self.memory.method,
             "peak_mem_details": self.memory.details,
             "weights_mb": self.weights_bytes / MB,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 
-from kvopt.config import DIRECTIONS, METRICS, KvoptConfig, SamplerConfig
+from kvopt.config import DIRECTIONS, METRICS, KvoptConfig, ProfileConfig, SamplerConfig
 from kvopt.errors import StorageError
-from kvopt.space import SearchSpace
+from kvopt.sampler import ProfileSampler
+from kvopt.space import Candidate, SearchSpace
+from kvopt.surrogate import Observation
 
 __all__ = [
     "study_name",
@@ -39,9 +42,26 @@ def study_device_label(device: object) -> str:
     return str(getattr(device, "type", device))
 
 
-def make_sampler(cfg: SamplerConfig, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    cfg: SamplerConfig,
+    seed: int,
+    space: SearchSpace,
+    profile: ProfileConfig | None = None,
+    *,
+    memory_prior_mb: Callable[[Candidate], float] | None = None,
+    warm_start: Sequence[Observation] = (),
+    warm_first: Sequence[Candidate] = (),
+) -> optuna.samplers.BaseSampler:
+    """The configured sampler. ``profile`` (and the rest) are used by the ``profile`` sampler."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if cfg.name == "profile":
+            if profile is None:
+                raise ValueError("the profile sampler needs the profile")
+            return ProfileSampler(
+                space, profile, seed, front_every=4 if cfg.front_every is None else cfg.front_every,
+                memory_prior_mb=memory_prior_mb, warm_start=warm_start, warm_first=warm_first,
+            )
         if cfg.name == "tpe":
             # constant_liar: trials running in other workers count as bad results, so
             # workers sharing a study do not all sample the same promising point.

@@ -9,6 +9,8 @@ bench_gain) answer from these tables.
 
     python scripts/record_grid.py --model tiny-llama --name tiny-llama          # 48 candidates
     python scripts/record_grid.py --model gpt2 --name gpt2-short --space gpt2    # 48 candidates
+    python scripts/record_grid.py --model tiny-llama --profile ci-micro --space large \
+        --name tiny-llama-large                                                  # 144 candidates
 
 Overrides after ``--`` are kvopt config overrides (as on kvopt's command line).
 """
@@ -33,6 +35,13 @@ SPACES = {
         "search_space.cache_implementation=[dynamic,static,quantized]", "search_space.static.compile=[false,true]",
         "search_space.quantized.backends=[fp8]", "search_space.attn_implementation=[eager,sdpa]",
         "search_space.dtype=[float32]", "search_space.batch_size=[1,2,4,8,16,32]",
+    ],
+    # The large grid (issue 13): a GPU-like default space where search matters, 144 candidates.
+    "large": [
+        "search_space.cache_implementation=[dynamic,static,quantized]", "search_space.static.compile=[false,true]",
+        "search_space.quantized.backends=[fp8]", "search_space.attn_implementation=[eager,sdpa]",
+        "search_space.dtype=[float32,bfloat16,float16]", "search_space.batch_size=[1,2,4,8,16,32]",
+        "search_space.max_dtype_slowdown=null",
     ],
     "default": [],
 }

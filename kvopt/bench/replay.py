@@ -32,7 +32,9 @@ from kvopt.engine.workload import make_workload
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MB, MemoryReading
 from kvopt.protocol import Measurement, stop_rule
-from kvopt.select import Result, dominated_by, pareto_front, profile_score
+from kvopt.predict import memory_prior
+from kvopt.sampler import WarmStart, check_converged
+from kvopt.select import Result, collect_results, dominated_by, pareto_front, profile_score, recommend
 from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
 from kvopt.trial import Objective
@@ -132,6 +134,10 @@ class StudyTrace:
     # after each trial: distinct candidates tried so far. A trial that repeats an earlier
     # candidate reuses (or repeats the failure of) its measurement: a trial, not a measurement.
     measured: list[int] = field(default_factory=list)
+    # With the convergence stop: the trial it stopped after (None: it did not stop), and how
+    # far the study's recommendation (by its own measurements) is below the table's best.
+    stopped_at: int | None = None
+    recommended_shortfall_pct: float | None = None
 
     def trials_to(self, level: float) -> int | None:
         """Trials needed to reach ``level`` of the table's hypervolume (None: never)."""
@@ -146,17 +152,27 @@ class StudyTrace:
         """Trials needed to find a candidate within ``within_pct`` of the best profile score."""
         return next((i + 1 for i, s in enumerate(self.shortfall_pct) if s <= within_pct + 1e-9), None)
 
+    def measurements_to_score(self, within_pct: float) -> int | None:
+        """Candidates measured until one within ``within_pct`` of the best profile score."""
+        n = self.trials_to_score(within_pct)
+        return None if n is None else self.measured[n - 1]
+
     def seconds_to(self, level: float) -> float | None:
         n = self.trials_to(level)
         return None if n is None else self.seconds[n - 1]
 
 
-def _exhausted(space: SearchSpace, seed: int) -> Any:
-    """As kvopt's runner does: stop once every candidate has been tried; after a repeat,
-    queue an unmeasured candidate (kvopt.explore)."""
+def _exhausted(space: SearchSpace, seed: int, stop_rule: Any = None, stopped: list[int] | None = None) -> Any:
+    """As kvopt's runner does: stop once every candidate has been tried (or, with
+    ``stop_rule``, once it says converged); after a repeat, queue an unmeasured candidate
+    (kvopt.explore)."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if len(tried_candidates(study)) >= space.size:
+            study.stop()
+        elif stop_rule is not None and stop_rule(study) is not None:
+            if stopped is not None:
+                stopped.append(trial.number + 1)
             study.stop()
         else:
             queue_unmeasured_after_repeat(study, space, trial, random.Random(seed + trial.number))
@@ -165,19 +181,35 @@ def _exhausted(space: SearchSpace, seed: int) -> Any:
 
 
 def replay_study(
-    table: ReplayTable, cfg: KvoptConfig, seed: int, *, n_trials: int, pruning: bool
+    table: ReplayTable, cfg: KvoptConfig, seed: int, *, n_trials: int, pruning: bool, converge: bool = False,
+    warm_start: WarmStart | None = None,
 ) -> StudyTrace:
-    """Run one study of ``cfg.sampler`` (seeded ``seed``) against the table, baseline first."""
+    """Run one study of ``cfg.sampler`` (seeded ``seed``) against the table, baseline first.
+
+    ``converge``: stop by kvopt's convergence rule (as ``study.converge`` does), recording
+    where; ``warm_start``: start from another study, as ``study.warm_start`` does.
+    """
     space = table.space
+    workload = make_workload(cfg.profile, cfg.model)
     loader = ModelLoader(cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed)
     objective = ReplayObjective(
-        table, random.Random(seed), space, loader, make_workload(cfg.profile, cfg.model), torch.device("cpu"),
+        table, random.Random(seed), space, loader, workload, torch.device("cpu"),
         warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=seed, measure=cfg.measure,
         slo=cfg.profile.slo, memory_budget_bytes=None, dominance_pruning=pruning,
     )
-    study = optuna.create_study(directions=list(DIRECTIONS), sampler=make_sampler(cfg.sampler, seed, space))
+    prior = memory_prior(cfg.model, workload)
+    warm = warm_start or WarmStart()
+    sampler = make_sampler(cfg.sampler, seed, space, cfg.profile, memory_prior_mb=prior,
+                           warm_start=warm.observations, warm_first=warm.first)
+    study = optuna.create_study(directions=list(DIRECTIONS), sampler=sampler)
     enqueue_baseline(study, space)
-    study.optimize(objective, n_trials=n_trials, callbacks=[_exhausted(space, seed)], gc_after_trial=False)
+    stopped: list[int] = []
+    rule = None
+    if converge:
+        def rule(s: optuna.Study) -> Any:
+            return check_converged(s, space, cfg.profile, memory_prior_mb=prior, warm_start=warm.observations)
+    study.optimize(objective, n_trials=n_trials, callbacks=[_exhausted(space, seed, rule, stopped)],
+                   gc_after_trial=False)
     found: set[Any] = set()
     tried: set[Any] = set()
     hv, seconds, shortfall, measured, spent, wrong, pruned = [], [], [], [], 0.0, 0, 0
@@ -196,7 +228,13 @@ def replay_study(
         seconds.append(spent)
         measured.append(len(tried))
         shortfall.append((math.exp(table.best_score - best) - 1.0) * 100.0 if best > -math.inf else math.inf)
-    return StudyTrace(cfg.sampler.name, seed, pruning, hv, seconds, wrong, pruned, shortfall, measured)
+    trace = StudyTrace(cfg.sampler.name, seed, pruning, hv, seconds, wrong, pruned, shortfall, measured)
+    trace.stopped_at = stopped[0] if stopped else None
+    rec = recommend(collect_results(study), cfg.profile)
+    trace.recommended_shortfall_pct = (
+        None if rec is None else (math.exp(table.best_score - table.scores[candidate_key(rec.result.params)]) - 1) * 100
+    )
+    return trace
 
 
 def replay_pruning_rule(grid: dict[str, Any], seeds: int, margin: float) -> dict[str, Any]:

@@ -1,0 +1,274 @@
+"""A performance model: what an unmeasured candidate would measure, with an uncertainty.
+
+kvopt's search space is small and structured: a handful of categorical settings (cache,
+attention, dtype) and an ordered batch size along which TTFT, throughput and memory move
+smoothly. Each objective is modelled on the log scale (the profile score is made of
+log-ratios, so the model's errors are in the score's own units) as a Bayesian linear
+regression on features that carry that structure:
+
+- the baseline's level of every setting is the reference (the intercept is the baseline);
+- each other level of a setting adds a main effect; pairs of settings an interaction;
+- batch size enters as ``log2(batch)`` and its square (ordinal: batch 4 lies between 2
+  and 8), with a slope per level of every setting (a static cache scales differently);
+- quantized nbits enter as ``log2(nbits)`` (ordinal too);
+- peak memory is modelled relative to kvopt's analytic prediction (``kvopt.predict``),
+  which is already within about ±9%: the regression learns the small remainder;
+- observations from another study (a warm start) get their own intercept per objective,
+  so what transfers is the ranking, not the other machine's absolute numbers.
+
+The prior on each weight is a zero-mean Gaussian, and its scale and the model's misfit
+(how far the truth strays from a linear model) are chosen per fit by marginal likelihood
+over a small grid: with few observations the model stays uncertain, with many it trusts
+its fit only as much as the fit earns. Pure numpy; a fit of a few hundred candidates
+takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kvopt.config import DIRECTIONS, METRICS
+from kvopt.space import Candidate, SearchSpace
+
+__all__ = [
+    "Observation",
+    "Prediction",
+    "CandidateEncoder",
+    "PerformanceModel",
+    "metric_signs",
+    "score_of",
+    "score_sd_of",
+]
+
+# +1 where higher is better (throughput), -1 where lower is (TTFT, memory).
+_SIGNS = np.array([1.0 if d == "maximize" else -1.0 for d in DIRECTIONS])
+# Noise floor of one measured median on the log scale (kvopt measures to about ±5%).
+_MIN_NOISE_SD = 0.02
+# Prior scales (log units) of the blocks of weights, before the fitted multiplier.
+# Batch terms are per the space's whole batch range (x runs 0 -> 1 from its smallest to its
+# largest batch): throughput can grow 30x from batch 1 to 32 (e^3.4), so the slope's prior is wide.
+_PRIOR_SD = {"intercept": 10.0, "main": 1.0, "batch": 2.0, "batch2": 1.0, "batch_slope": 0.7,
+             "pair": 0.5, "nbits": 0.5, "source": 3.0}
+# Prior means of the batch slope, log units per doubling of the batch: decode is bound by
+# reading the weights, so its throughput grows nearly in proportion at small batches
+# (x1.6 per doubling assumed); prefill does proportionally more work (TTFT x1.4 assumed).
+# The data overrule them within a few trials; they only decide what is worth trying first.
+BATCH_PRIOR_PER_DOUBLING = {"ttft_ms": 0.35, "decode_tok_s": 0.5, "peak_mem_mb": 0.0}
+_SCALE_GRID = (0.25, 0.5, 1.0, 2.0)
+_MISFIT_GRID = (0.01, 0.03, 0.06, 0.12, 0.25)
+
+
+def metric_signs() -> dict[str, float]:
+    """+1 for objectives to maximise, -1 for those to minimise, by metric name."""
+    return dict(zip(METRICS, (float(s) for s in _SIGNS)))
+
+
+def _cache_variant(candidate: Candidate) -> str:
+    """The cache and its categorical options (nbits left out: it is ordinal)."""
+    if candidate.cache_implementation == "quantized":
+        return f"quantized-{candidate.quantized_backend}"
+    if candidate.compile:
+        return f"{candidate.cache_implementation}+compile"
+    return candidate.cache_implementation
+
+
+@dataclass
+class Observation:
+    """One measured (or partly measured) candidate, as the model sees it.
+
+    ``values`` holds the log of each metric that was observed (a candidate stopped early
+    has timings but they are medians of few runs: a larger ``noise_sd``). ``source`` is 0
+    for this study, 1 for a warm-start study.
+    """
+
+    candidate: Candidate
+    log_values: dict[str, float]
+    noise_sd: dict[str, float]
+    source: int = 0
+
+
+@dataclass
+class Prediction:
+    """Predicted log value of each metric for one candidate: mean and standard deviation."""
+
+    mean: np.ndarray  # (3,) in METRICS order, log scale
+    sd: np.ndarray  # (3,)
+
+
+class CandidateEncoder:
+    """Feature vectors of a search space's candidates (the ordinal encoding lives here)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        base = space.baseline
+        candidates = space.candidates()
+        self.factors: dict[str, list[str]] = {
+            "cache": sorted({_cache_variant(c) for c in candidates} - {_cache_variant(base)}),
+            "attn": [a for a in space.attn_implementation if a != base.attn_implementation],
+            "dtype": [d for d in space.dtype if d != base.dtype],
+        }
+        self._base_log2_batch = math.log2(base.batch_size)
+        self._log2_batch_span = max(math.log2(max(space.batch_size) / min(space.batch_size)), 1.0)
+        names: list[str] = ["intercept"]
+        blocks: list[str] = ["intercept"]
+        for factor, levels in self.factors.items():
+            for level in levels:
+                names.append(f"{factor}={level}")
+                blocks.append("main")
+        names += ["log2_batch", "log2_batch^2"]
+        blocks += ["batch", "batch2"]
+        for factor, levels in self.factors.items():
+            for level in levels:
+                names.append(f"log2_batch*{factor}={level}")
+                blocks.append("batch_slope")
+        for (f1, l1s), (f2, l2s) in itertools.combinations(self.factors.items(), 2):
+            for l1, l2 in itertools.product(l1s, l2s):
+                names.append(f"{f1}={l1}*{f2}={l2}")
+                blocks.append("pair")
+        names.append("log2_nbits")
+        blocks.append("nbits")
+        names.append("source")
+        blocks.append("source")
+        self.names = names
+        self.prior_sd = np.array([_PRIOR_SD[b] for b in blocks])
+        # Which weights the fitted prior multiplier scales (not the free intercepts).
+        self.scaled = np.array([b not in ("intercept", "source") for b in blocks])
+
+    def prior_mean(self, metric: str) -> np.ndarray:
+        """The prior mean of the weights of one objective's model (zero but the batch slope)."""
+        mean = np.zeros(len(self.names))
+        mean[self.names.index("log2_batch")] = BATCH_PRIOR_PER_DOUBLING.get(metric, 0.0) * self._log2_batch_span
+        return mean
+
+    def levels(self, candidate: Candidate) -> dict[str, str]:
+        return {"cache": _cache_variant(candidate), "attn": candidate.attn_implementation, "dtype": candidate.dtype}
+
+    def encode(self, candidate: Candidate, source: int = 0) -> np.ndarray:
+        """The feature vector of one candidate."""
+        levels = self.levels(candidate)
+        x = (math.log2(candidate.batch_size) - self._base_log2_batch) / self._log2_batch_span
+        row: list[float] = [1.0]
+        for factor, options in self.factors.items():
+            row += [1.0 if levels[factor] == level else 0.0 for level in options]
+        row += [x, x * x]
+        for factor, options in self.factors.items():
+            row += [x if levels[factor] == level else 0.0 for level in options]
+        for (f1, l1s), (f2, l2s) in itertools.combinations(self.factors.items(), 2):
+            row += [1.0 if levels[f1] == l1 and levels[f2] == l2 else 0.0 for l1, l2 in itertools.product(l1s, l2s)]
+        row.append(math.log2(candidate.quantized_nbits) if candidate.quantized_nbits else 0.0)
+        row.append(float(source))
+        return np.array(row)
+
+    def encode_many(self, candidates: Sequence[Candidate], source: int = 0) -> np.ndarray:
+        return np.array([self.encode(c, source) for c in candidates]).reshape(len(candidates), len(self.names))
+
+
+@dataclass
+class _Fit:
+    mean: np.ndarray  # posterior mean of the weights
+    cov: np.ndarray  # posterior covariance
+    misfit_sd: float  # how far the truth strays from the linear model (log units)
+
+
+@dataclass
+class PerformanceModel:
+    """Bayesian linear models of log TTFT, log throughput and log memory over a space.
+
+    Args:
+        space: the (probed) search space whose candidates are predicted.
+        memory_prior_mb: the analytic memory prediction of a candidate (MB), used as the
+            memory model's offset; ``None``: memory is modelled from scratch like the timings.
+    """
+
+    space: SearchSpace
+    memory_prior_mb: Callable[[Candidate], float] | None = None
+    encoder: CandidateEncoder = field(init=False)
+    _fits: dict[str, _Fit] = field(init=False, default_factory=dict)
+    n_observations: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.encoder = CandidateEncoder(self.space)
+
+    def _offset(self, metric: str, candidate: Candidate) -> float:
+        if metric == "peak_mem_mb" and self.memory_prior_mb is not None:
+            return math.log(max(self.memory_prior_mb(candidate), 1e-6))
+        return 0.0
+
+    def fit(self, observations: Sequence[Observation]) -> PerformanceModel:
+        """Fit every objective's model on these observations; returns self."""
+        self.n_observations = sum(o.source == 0 for o in observations)
+        for metric in METRICS:
+            obs = [o for o in observations if metric in o.log_values]
+            if not obs:
+                self._fits.pop(metric, None)
+                continue
+            X = np.array([self.encoder.encode(o.candidate, o.source) for o in obs])
+            y = np.array([o.log_values[metric] - self._offset(metric, o.candidate) for o in obs])
+            noise = np.array([max(o.noise_sd.get(metric, _MIN_NOISE_SD), _MIN_NOISE_SD) for o in obs])
+            self._fits[metric] = self._fit_one(X, y, noise, self.encoder.prior_mean(metric))
+        return self
+
+    def _fit_one(self, X: np.ndarray, y: np.ndarray, noise: np.ndarray, prior_mean: np.ndarray) -> _Fit:
+        """Posterior of the weights, prior scale and misfit chosen by marginal likelihood."""
+        best: tuple[float, _Fit] | None = None
+        residual = y - X @ prior_mean
+        for scale in _SCALE_GRID:
+            prior_sd = np.where(self.encoder.scaled, self.encoder.prior_sd * scale, self.encoder.prior_sd)
+            prior_var = prior_sd**2
+            for misfit in _MISFIT_GRID:
+                obs_var = noise**2 + misfit**2
+                # Marginal likelihood of y under y = Xw + e: N(0, X diag(prior) X' + diag(obs)).
+                K = (X * prior_var) @ X.T + np.diag(obs_var)
+                try:
+                    L = np.linalg.cholesky(K)
+                except np.linalg.LinAlgError:
+                    continue
+                alpha = np.linalg.solve(L, residual)
+                log_ml = -0.5 * alpha @ alpha - np.log(np.diag(L)).sum()
+                if best is not None and log_ml <= best[0]:
+                    continue
+                precision = (X.T / obs_var) @ X + np.diag(1.0 / prior_var)
+                cov = np.linalg.inv(precision)
+                mean = cov @ (X.T @ (y / obs_var) + prior_mean / prior_var)
+                best = (log_ml, _Fit(mean, cov, misfit))
+        assert best is not None, "the prior keeps K positive definite"
+        return best[1]
+
+    def predict(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+        """Log-scale means and standard deviations, shape (len(candidates), 3), METRICS order.
+
+        The deviation is of the candidate's true value (weights' uncertainty plus the
+        model's misfit), not of one noisy measurement. A metric never observed gets a
+        mean of 0 and a huge deviation.
+        """
+        X = self.encoder.encode_many(candidates)
+        means = np.zeros((len(candidates), len(METRICS)))
+        sds = np.full((len(candidates), len(METRICS)), 10.0)
+        for j, metric in enumerate(METRICS):
+            fit = self._fits.get(metric)
+            if fit is None:
+                continue
+            offsets = np.array([self._offset(metric, c) for c in candidates])
+            means[:, j] = X @ fit.mean + offsets
+            var = np.einsum("ij,jk,ik->i", X, fit.cov, X) + fit.misfit_sd**2
+            sds[:, j] = np.sqrt(np.maximum(var, 1e-12))
+        return means, sds
+
+
+def score_of(log_values: np.ndarray, base_log: np.ndarray, weights: dict[str, float]) -> np.ndarray:
+    """The profile score (``kvopt.select.profile_score``) from log values, vectorised.
+
+    ``log_values``: (..., 3) in METRICS order; ``base_log``: the baseline's (3,).
+    """
+    w = np.array([weights[m] for m in METRICS])
+    return ((log_values - base_log) * _SIGNS * w).sum(axis=-1)
+
+
+def score_sd_of(log_sd: np.ndarray, weights: dict[str, float]) -> np.ndarray:
+    """Standard deviation of the predicted profile score (objectives' errors independent)."""
+    w = np.array([weights[m] for m in METRICS])
+    return np.sqrt(((log_sd * w) ** 2).sum(axis=-1))
