@@ -1,16 +1,18 @@
 """Confirmation: re-measure the finalists and the baseline side by side before deciding.
 
 A study ranks candidates measured minutes apart on a shared, drifting machine. Here the
-recommendation, the next ``top_k`` candidates and the baseline are measured again in the
-same process, in interleaved rounds whose order rotates (A B C, B C A, C A B, …), so
-drift and position (warm caches, thermals) hit every candidate alike. Each round pairs a
-candidate with the baseline of the same round; the gain is the median of those paired
-ratios with its distribution-free 95% confidence interval. If the confirmed numbers rank
-another finalist first, the recommendation follows them and says so.
+recommendation, the candidates that can still win it (profile-score bands overlapping,
+``top_k`` at most) and the baseline are measured again in the same process, in
+interleaved rounds whose order rotates (A B C, B C A, C A B, …), so drift and position
+(warm caches, thermals) hit every candidate alike. Each round pairs a candidate with the
+baseline of the same round; gains are medians of those paired ratios with their
+distribution-free CIs. A finalist replaces the baseline only if its paired profile score
+is above zero across that CI; otherwise the baseline is kept and a note says so.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ __all__ = [
     "Gain",
     "Confirmation",
     "choose_finalists",
+    "score_interval",
+    "paired_scores",
     "confirm",
     "confirmed_gains",
     "confirmed_recommendation",
@@ -109,18 +113,45 @@ def confirmed_recommendation(
     )
 
 
+def score_interval(result: Result, reference: dict[str, float], weights: dict[str, float]) -> tuple[float, float]:
+    """The profile score of a measured result with its ~95% band from the medians' CIs.
+
+    Each timing's median has a stored distribution-free 95% CI; on the log scale its
+    half-width is ~1.96 standard deviations. The score's band adds the weighted
+    deviations in quadrature (memory is exact). Without stored stats, the band is zero.
+    """
+    score = profile_score(result, reference, weights)
+    var = 0.0
+    for metric in ("ttft_ms", "decode_tok_s"):
+        stats = result.user_attrs.get(f"{metric}_stats") or {}
+        low, high = stats.get("ci_low"), stats.get("ci_high")
+        if low and high and low > 0 and high > 0:
+            var += (weights[metric] * (math.log(high) - math.log(low)) / 2.0) ** 2
+    half = math.sqrt(var)
+    return score - half, score + half
+
+
 def choose_finalists(
     results: list[Result], recommended: Result, profile: ProfileConfig, top_k: int
 ) -> list[Result]:
-    """The recommendation, the next ``top_k`` SLO-meeting front members by score, the baseline."""
+    """The recommendation, up to ``top_k`` others that can still win the profile, the baseline.
+
+    "Can still win": SLO-meeting, and the upper end of its profile-score band reaches the
+    lower end of the recommendation's (the bands overlap), best first. A candidate whose
+    band lies wholly below cannot become the recommendation, so re-measuring it would
+    change nothing; the baseline is always measured, as the reference of every gain.
+    """
     baseline = next(r for r in results if r.is_baseline)
-    front = [r for r in pareto_front(results) if not slo_violations(r.values, profile.slo)]
-    others = sorted(
-        (r for r in front if r.number not in (recommended.number, baseline.number)),
-        key=lambda r: profile_score(r, baseline.values, profile.weights),
-        reverse=True,
-    )
-    chosen = [recommended, *others[:top_k]]
+    reference, weights = baseline.values, profile.weights
+    floor = score_interval(recommended, reference, weights)[0]
+    reach = [
+        r for r in results
+        if r.number not in (recommended.number, baseline.number)
+        and not slo_violations(r.values, profile.slo)
+        and score_interval(r, reference, weights)[1] >= floor
+    ]
+    reach.sort(key=lambda r: profile_score(r, reference, weights), reverse=True)
+    chosen = [recommended, *reach[:top_k]]
     if baseline.number not in {r.number for r in chosen}:
         chosen.append(baseline)
     return chosen
@@ -221,7 +252,7 @@ def confirm(
         )
         for r in finalists
     }
-    recommended = _decide(finalists, samples, baseline, profile)
+    recommended = _decide(finalists, samples, baseline, profile, notes)
     if recommended.number != finalists[0].number:
         notes.append(
             f"confirmation reversed the study's ranking: #{finalists[0].number} {finalists[0].label} "
@@ -241,24 +272,52 @@ def confirm(
     )
 
 
+def paired_scores(
+    samples: dict[str, list[float]], baseline: dict[str, list[float]], memory_ratio: float,
+    weights: dict[str, float],
+) -> list[float]:
+    """Per-round profile score of a finalist against the baseline measured in the same round."""
+    memory = -weights["peak_mem_mb"] * math.log(memory_ratio)
+    return [
+        -weights["ttft_ms"] * math.log(t / bt) + weights["decode_tok_s"] * math.log(d / bd) + memory
+        for t, bt, d, bd in zip(samples["ttft_ms"], baseline["ttft_ms"], samples["decode_tok_s"], baseline["decode_tok_s"])
+    ]
+
+
 def _decide(
     finalists: list[Result],
     samples: dict[int, dict[str, list[float]]],
     baseline: Result,
     profile: ProfileConfig,
+    notes: list[str],
 ) -> Result:
-    """The finalist with the best profile score on confirmed medians, among SLO-meeting ones."""
+    """The finalist the confirmed rounds support; the baseline unless a gain is shown.
 
-    def confirmed(r: Result) -> Result:
-        values = {
-            "ttft_ms": median_ci(samples[r.number]["ttft_ms"]).median,
-            "decode_tok_s": median_ci(samples[r.number]["decode_tok_s"]).median,
-            "peak_mem_mb": r.values["peak_mem_mb"],
-        }
-        return Result(r.number, r.params, r.label, values, r.is_baseline, r.user_attrs)
-
-    rescored = [confirmed(r) for r in finalists]
-    reference = next(r for r in rescored if r.is_baseline).values
-    feasible = [r for r in rescored if not slo_violations(r.values, profile.slo)] or rescored
-    best = max(feasible, key=lambda r: profile_score(r, reference, profile.weights))
-    return next(r for r in finalists if r.number == best.number)
+    Each finalist's profile score is computed round by round against the baseline of the
+    same round. A finalist can replace the baseline only if the distribution-free CI of
+    its median paired score lies wholly above zero (a gain the noise cannot explain); of
+    those, the highest median wins. With none, the baseline is kept and a note says which
+    finalists were within the noise — so two runs of one command agree, or both say why.
+    """
+    weights = profile.weights
+    feasible_baseline = not slo_violations(baseline.values, profile.slo)
+    scored: list[tuple[float, float, Result]] = []
+    for r in finalists:
+        if r.number == baseline.number or slo_violations(r.values, profile.slo):
+            continue
+        ratio = r.values["peak_mem_mb"] / baseline.values["peak_mem_mb"]
+        ci = median_ci(paired_scores(samples[r.number], samples[baseline.number], ratio, weights))
+        scored.append((ci.median, ci.low, r))
+    proven = [(median, r) for median, low, r in scored if low > 0]
+    if proven:
+        return max(proven, key=lambda pair: pair[0])[1]
+    if not feasible_baseline and scored:
+        notes.append("the baseline breaks an SLO: the best confirmed finalist is kept although its gain is not proven")
+        return max(scored, key=lambda item: item[0])[2]
+    if scored:
+        within = ", ".join(f"#{r.number} {median:+.3f} [{low:+.3f}, …]" for median, low, r in scored)
+        notes.append(
+            "no finalist's profile-score gain over the baseline excludes zero in the paired rounds "
+            f"(median paired score [CI low]: {within}): keeping the baseline"
+        )
+    return baseline

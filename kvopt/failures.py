@@ -23,4 +23,6 @@ def failure_reason(exc: BaseException) -> tuple[TrialState, str]:
     first = (lines[0] if lines else "")[:240]
     if _is_out_of_memory(exc):
         return TrialState.PRUNED, f"out of memory: {first}"
+    if type(exc).__name__ == "CallTooSlow":  # kvopt.protocol's: its message is the reason
+        return TrialState.PRUNED, first
     return TrialState.FAIL, f"{type(exc).__name__}: {first}"

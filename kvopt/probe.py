@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -90,28 +91,45 @@ def _hidden_size(model_cfg: ModelConfig) -> int:
     return 1024
 
 
-def _matmul_ms(dtype: str, size: int, device: torch.device) -> float:
-    """Median time of one (64 x size) @ (size x 4*size) matmul: an MLP projection's shape."""
+def _matmul(dtype: str, size: int, device: torch.device) -> Callable[[], float]:
+    """A timer of one (64 x size) @ (size x 4*size) matmul (an MLP projection's shape), in seconds."""
     a = torch.randn(64, size, device=device).to(getattr(torch, dtype))
     b = torch.randn(size, 4 * size, device=device).to(getattr(torch, dtype))
-    times = []
-    for _ in range(4):  # the first is a warm-up
+
+    def once() -> float:
         synchronize(device)
         start = time.perf_counter()
         a @ b
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) * 1000.0
+        return time.perf_counter() - start
+
+    return once
 
 
-def dtype_slowdown(model_cfg: ModelConfig, dtype: str, reference: str, device: torch.device) -> float:
+def dtype_slowdown(
+    model_cfg: ModelConfig, dtype: str, reference: str, device: torch.device, pairs: int = 7
+) -> float:
     """How many times slower this dtype's matmuls run than the reference dtype's, here.
 
     CPUs without native bfloat16/float16 kernels (no AVX512-BF16 or AMX) emulate them,
     measured here at over 100x slower than float32: such a dtype cannot win a trial.
+    Measured in interleaved pairs (reference, dtype; then dtype, reference: ABBA, so drift
+    cancels) and summarised by the median of the per-pair ratios: a busy neighbour slows
+    both halves of a pair alike, so the decision is the same on a loaded machine.
     """
     size = _hidden_size(model_cfg)
-    return _matmul_ms(dtype, size, device) / max(_matmul_ms(reference, size, device), 1e-6)
+    ref, other = _matmul(reference, size, device), _matmul(dtype, size, device)
+    ref(), other()  # warm-up: first calls allocate and pick kernels
+    ratios = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            r = ref()
+            o = other()
+        else:
+            o = other()
+            r = ref()
+        ratios.append(o / max(r, 1e-9))
+    return statistics.median(ratios)
 
 
 def _tiny_model(model_cfg: ModelConfig, dtype: str, attn: str | None, device: torch.device) -> Any:

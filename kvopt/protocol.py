@@ -129,6 +129,26 @@ def stop_rule(measure: MeasureConfig, min_repetitions: int) -> StopRule:
     )
 
 
+# A candidate whose one generate call takes this many times the trial budget
+# (measure.max_seconds) is not measured further: each timed run would overrun it.
+SLOW_CALL_FACTOR = 3.0
+
+
+class CallTooSlow(RuntimeError):
+    """One ``generate`` call of this candidate would take several times the trial budget."""
+
+
+def _refuse_if_too_slow(call_s: float, measure: MeasureConfig | None) -> None:
+    if measure is None or not measure.adaptive:
+        return
+    limit = SLOW_CALL_FACTOR * measure.max_seconds
+    if call_s > limit:
+        raise CallTooSlow(
+            f"too slow: its first generate call took {call_s:.1f} s > {SLOW_CALL_FACTOR:g} x "
+            f"measure.max_seconds ({limit:g} s); not measured further"
+        )
+
+
 def measure_candidate(
     loaded: LoadedModel,
     candidate: Candidate,
@@ -171,6 +191,7 @@ def measure_candidate(
         memory, kv_bytes = read_memory(first, reading)
         del first  # free the cache before the timed runs
     first_call_s = time.perf_counter() - start
+    _refuse_if_too_slow(first_call_s, measure)
 
     start = time.perf_counter()
     settle = not probe_in_timed_run and first_call_s < SETTLE_BELOW_S

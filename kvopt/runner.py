@@ -30,6 +30,7 @@ from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
 from kvopt.probe import backend_missing, default_attn_implementation, probe
+from kvopt.predict import memory_prior
 from kvopt.report.dashboard import publish_study
 from kvopt.report.export import StudySettings, write_settings
 from kvopt.report.results import trial_records, write_json
@@ -40,9 +41,11 @@ from kvopt.report.terminal import (
     print_plan,
     print_summary,
 )
+from kvopt.sampler import WarmStart, check_converged, warm_start_from
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage, study_lock
+from kvopt.stored import open_existing_storage
 from kvopt.study import (
     check_compatible,
     enqueue_baseline,
@@ -83,6 +86,8 @@ class Prepared:
     device_lock: DeviceLock | None = None
     # perf_counter() when prepare() began: the job's wall time counts the probe too.
     started: float | None = None
+    # study.warm_start read: the other study's measurements and profile-best.
+    warm_start: WarmStart = field(default_factory=WarmStart)
 
     def device_turn(self) -> contextlib.AbstractContextManager[float]:
         """Hold the device while timing outside a trial (confirmation), if waiting is the policy."""
@@ -165,6 +170,7 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         )
     space = SearchSpace.from_config(cfg.search_space, baseline, probed.unavailable)
     existing = check_compatible(storage, name, space)
+    warm = _read_warm_start(cfg, storage, name, space)
     return Prepared(
         cfg=cfg,
         device=device,
@@ -179,7 +185,32 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         identity=identity,
         device_lock=device_lock,
         started=started,
+        warm_start=warm,
     )
+
+
+def _read_warm_start(cfg: KvoptConfig, storage: BaseStorage, name: str, space: SearchSpace) -> WarmStart:
+    """``study.warm_start``: STUDY (in this run's storage) or STUDY@STORAGE_URL, which must exist."""
+    arg = cfg.study.warm_start
+    if not arg:
+        return WarmStart()
+    study_name, sep, url = arg.partition("@")
+    source = storage
+    if sep:
+        source, _ = open_existing_storage(url)
+    try:
+        names = optuna.get_all_study_names(storage=source)
+    except Exception as exc:  # a file that is not an Optuna storage, a server that went away
+        raise ConfigError([f"study.warm_start: got {arg!r} but its storage cannot be read ({type(exc).__name__})"]) from None
+    if study_name not in names or (not sep and study_name == name):
+        have = ", ".join(repr(n) for n in sorted(set(names) - {name})) or "none"
+        raise ConfigError([f"study.warm_start: got {arg!r} but there is no such other study; allowed: "
+                           f"a study of the same search space, STUDY or STUDY@STORAGE_URL (studies there: {have})"])
+    warm = warm_start_from(optuna.load_study(study_name=study_name, storage=source), space, cfg.profile)
+    if not warm.observations:
+        raise ConfigError([f"study.warm_start: got {arg!r} but it has no measured candidate of this "
+                           "search space; allowed: a study of the same search space"])
+    return warm
 
 
 def _turn(lock: DeviceLock | None, cfg: KvoptConfig) -> contextlib.AbstractContextManager[float]:
@@ -225,7 +256,16 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
         ),
         ("search space", f"{choices} ({p.space.size} candidates)"),
         ("baseline", p.space.baseline.label),
+        *_warm_line(p),
     ]
+
+
+def _warm_line(p: Prepared) -> list[tuple[str, str]]:
+    warm = p.warm_start
+    if not warm.observations:
+        return []
+    first = f"; tries {warm.first[0].label} first" if warm.first else ""
+    return [("warm start", f"{warm.label}: {len(warm.observations)} measured candidates as the model's prior{first}")]
 
 
 def _study_attrs(p: Prepared) -> dict[str, Any]:
@@ -281,7 +321,11 @@ def tune(
     started = p.started or time.perf_counter()
     # A re-run reseeds by the stored trial count, so it does not replay the first run's
     # draws; workers started together reseed by their index, so they do not draw alike.
-    sampler = make_sampler(cfg.sampler, cfg.seed + p.existing_trials + 7919 * cfg.worker, p.space)
+    prior = memory_prior(cfg.model, p.workload)
+    sampler = make_sampler(
+        cfg.sampler, cfg.seed + p.existing_trials + 7919 * cfg.worker, p.space, cfg.profile,
+        memory_prior_mb=prior, warm_start=p.warm_start.observations, warm_first=p.warm_start.first,
+    )
     attrs = _study_attrs(p)
     identity = p.identity or worker_identity(cfg.worker, p.device)
     requeue = Requeue(cfg.scale.max_retry)
@@ -316,8 +360,16 @@ def tune(
                 progress.log(f"trial #{number} was left running by a worker that stopped: marked failed")
             rec = recommend(collect_results(study), cfg.profile)
             progress.advance(rec.result.label if rec else "-")
+            converged = None
+            if cfg.study.converge and len(tried_candidates(study)) < p.space.size:
+                converged = check_converged(
+                    study, p.space, cfg.profile, memory_prior_mb=prior, warm_start=p.warm_start.observations
+                )
             if len(tried_candidates(study)) >= p.space.size:
                 stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
+                study.stop()
+            elif converged is not None:
+                stopped.append(str(converged))
                 study.stop()
             elif len(outcomes) < cfg.study.n_trials:  # only a trial this run will take: none left waiting
                 queued = queue_unmeasured_after_repeat(study, p.space, trial, random.Random(cfg.seed + trial.number))

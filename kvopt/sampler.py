@@ -56,6 +56,7 @@ __all__ = [
     "observations_of",
     "CONVERGE_Z",
     "WarmStart",
+    "predict_call_seconds",
     "warm_start_from",
 ]
 
@@ -64,6 +65,12 @@ Key = tuple[tuple[str, Any], ...]
 # One-sided 95%: an unmeasured candidate "can plausibly win" while the upper end of its
 # predicted score's 95% band reaches past the best score plus that score's own noise.
 CONVERGE_Z = 1.645
+# Front steps begin once this many trials have finished: the first trials find the
+# profile's best region (measured: starting them at once delayed it by 2-6 trials).
+FRONT_START = 8
+# Below this expected improvement of the profile score (log units) a profile step has
+# nothing left to find: the trial goes to the front instead.
+_NOTHING_TO_GAIN = 0.002
 # Noise of a median measured before the dominance rule stopped the candidate (few runs).
 _PARTIAL_NOISE_SD = 0.15
 _MEMORY_NOISE_SD = 0.02
@@ -406,11 +413,11 @@ class ProfileSampler(BaseSampler):
             return c, "no baseline measured yet: random"
         model = fit_model(self.space, [*state.observations, *self.warm_start], self.memory_prior_mb)
         means, sds = model.predict(pool)
-        if self.front_every and state.finished % self.front_every == self.front_every - 1:
-            gain = self._front_gain(state, means, sds)
-            if float(gain.max()) > 0:
-                i = self._argmax(gain)
-                return pool[i], f"front: expected front extension {gain[i]:.3f} (log units)"
+        front_turn = state.finished >= FRONT_START and state.finished % self.front_every == self.front_every - 1
+        if self.front_every and front_turn:
+            choice = self._front_step(pool, state, means, sds)
+            if choice is not None:
+                return choice
         base = np.log(np.array(state.baseline))
         mean_score = score_of(means, base, self.profile.weights)
         sd_score = score_sd_of(sds, self.profile.weights)
@@ -430,6 +437,10 @@ class ProfileSampler(BaseSampler):
                 acquisition = np.where(near, acquisition, -1.0)
                 where = f"profile (near {incumbent.label})"
         i = self._argmax(acquisition)
+        if self.front_every and acquisition[i] < _NOTHING_TO_GAIN:
+            choice = self._front_step(pool, state, means, sds)
+            if choice is not None:
+                return choice[0], f"{choice[1]}; the profile has nothing left to gain ({acquisition[i]:.4f})"
         return pool[i], (
             f"{where}: predicted score {mean_score[i]:+.3f} ± {sd_score[i]:.3f}, "
             f"expected improvement {acquisition[i]:.4f} over {best_score:+.3f}"
@@ -438,6 +449,15 @@ class ProfileSampler(BaseSampler):
     def _argmax(self, values: np.ndarray) -> int:
         top = np.flatnonzero(values >= values.max() - 1e-12)
         return int(top[self._tie.randrange(len(top))])
+
+    def _front_step(
+        self, pool: list[Candidate], state: StudyState, means: np.ndarray, sds: np.ndarray
+    ) -> tuple[Candidate, str] | None:
+        gain = self._front_gain(state, means, sds)
+        if float(gain.max()) <= 0:
+            return None
+        i = self._argmax(gain)
+        return pool[i], f"front: expected front extension {gain[i]:.3f} (share of each axis' range)"
 
     def _front_gain(self, state: StudyState, means: np.ndarray, sds: np.ndarray) -> np.ndarray:
         """Expected additive-epsilon improvement of the measured front (all axes minimised, log).
@@ -448,7 +468,12 @@ class ProfileSampler(BaseSampler):
         """
         signs = np.array([-1.0 if m == "decode_tok_s" else 1.0 for m in METRICS])
         front = np.array([np.log(np.array(v)) * signs for (_, v, _) in state.measured.values()])
-        draws = self._rng.normal(means * signs, sds, size=(_FRONT_SAMPLES, *means.shape))
+        # Each axis in units of its range over the space (measured and predicted), as the
+        # hypervolume is judged: memory that spans 30% must count as much as TTFT spanning 30x.
+        everything = np.vstack([front, means * signs])
+        span = np.maximum(everything.max(axis=0) - everything.min(axis=0), 1e-6)
+        front = front / span
+        draws = self._rng.normal(means * signs / span, sds / span, size=(_FRONT_SAMPLES, *means.shape))
         # (S, P, F, 3) -> max over axes -> min over front -> clip -> mean over draws
         lead = (front[None, None, :, :] - draws[:, :, None, :]).max(axis=-1).min(axis=-1)
         return np.clip(lead, 0.0, None).mean(axis=0)
@@ -504,3 +529,27 @@ def warm_start_from(other: optuna.Study, space: SearchSpace, profile: ProfileCon
     best = _best_measured(state, profile)
     first = [state.measured[best[0]][0]] if best is not None else []
     return WarmStart(observations, first, other.study_name)
+
+
+def predict_call_seconds(
+    study: optuna.Study, space: SearchSpace, candidate: Candidate, new_tokens: int
+) -> tuple[float, float, int] | None:
+    """One ``generate`` call's predicted seconds: (generous lower end, typical, observations used).
+
+    TTFT plus ``batch × (new_tokens − 1)`` tokens at the predicted throughput, from the
+    performance model fitted on the study's measurements. The lower end takes TTFT one
+    standard deviation low and throughput one high. None until the baseline is measured.
+    """
+    state = read_study(study, space)
+    if state.baseline is None:
+        return None
+    model = fit_model(space, state.observations)
+    means, sds = model.predict([candidate])
+    ttft, tput = METRICS.index("ttft_ms"), METRICS.index("decode_tok_s")
+    tokens = candidate.batch_size * max(new_tokens - 1, 0)
+
+    def seconds(shift: float) -> float:
+        return (math.exp(means[0, ttft] + shift * sds[0, ttft]) / 1000.0
+                + tokens / math.exp(means[0, tput] - shift * sds[0, tput]))
+
+    return seconds(-1.0), seconds(0.0), model.n_observations

@@ -60,6 +60,9 @@ _PRIOR_SD = {"intercept": 10.0, "main": 1.0, "batch": 2.0, "batch2": 1.0, "batch
 # The data overrule them within a few trials; they only decide what is worth trying first.
 BATCH_PRIOR_PER_DOUBLING = {"ttft_ms": 0.35, "decode_tok_s": 0.5, "peak_mem_mb": 0.0}
 _SCALE_GRID = (0.25, 0.5, 1.0, 2.0)
+# Extra noise of a warm-start observation (log units): another machine, model or version
+# ranks alike only roughly, so this study's own measurements soon outweigh it.
+_TRANSFER_SD = 0.25
 _MISFIT_GRID = (0.01, 0.03, 0.06, 0.12, 0.25)
 
 
@@ -208,7 +211,10 @@ class PerformanceModel:
                 continue
             X = np.array([self.encoder.encode(o.candidate, o.source) for o in obs])
             y = np.array([o.log_values[metric] - self._offset(metric, o.candidate) for o in obs])
-            noise = np.array([max(o.noise_sd.get(metric, _MIN_NOISE_SD), _MIN_NOISE_SD) for o in obs])
+            noise = np.array([
+                math.hypot(max(o.noise_sd.get(metric, _MIN_NOISE_SD), _MIN_NOISE_SD), _TRANSFER_SD * o.source)
+                for o in obs
+            ])
             self._fits[metric] = self._fit_one(X, y, noise, self.encoder.prior_mean(metric))
         return self
 

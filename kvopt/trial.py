@@ -24,7 +24,8 @@ from kvopt.failures import failure_reason
 from kvopt.isolation import IsolatedFailure, TrialJob, run_isolated
 from kvopt.measure.memory import MB
 from kvopt.predict import predict_memory
-from kvopt.protocol import Measurement, measure_candidate
+from kvopt.protocol import SLOW_CALL_FACTOR, Measurement, measure_candidate
+from kvopt.sampler import predict_call_seconds
 from kvopt.select import Result, can_win_check, collect_results, pareto_front
 from kvopt.space import Candidate, SearchSpace
 from kvopt.study import BASELINE_ATTR
@@ -118,6 +119,10 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = self.space.suggest(trial)
         trial.set_user_attr("candidate", candidate.label)
+        # Why the sampler proposed it (kvopt's profile sampler says; others do not).
+        why = getattr(trial.study.sampler, "last_choice", {}).get(trial.number)
+        if why:
+            trial.set_user_attr("chosen_because", why)
         trial.set_user_attr("candidate_settings", candidate.as_dict())
         try:
             earlier = _finished_before(trial, candidate)
@@ -177,7 +182,27 @@ class Objective:
                 f"predicted {prediction.total_mb:.1f} MB > memory budget {budget / MB:.1f} MB "
                 "(memory.budget_mb); not loaded"
             )
-        return None
+        return self._too_slow(trial, candidate)
+
+    def _too_slow(self, trial: optuna.Trial, candidate: Candidate) -> str | None:
+        """A reason not to run a candidate whose one call would take several trial budgets.
+
+        The call's time is predicted from the candidates measured so far (the performance
+        model: neighbours along batch size, dtype, cache), credited generously — the lower
+        end of one standard deviation on both TTFT and throughput — so only a candidate
+        clearly beyond the budget is skipped. Needs the baseline measured first.
+        """
+        if not self.measure.adaptive:
+            return None
+        estimate = predict_call_seconds(trial.study, self.space, candidate, self.workload.new_tokens)
+        limit = SLOW_CALL_FACTOR * self.measure.max_seconds
+        if estimate is None or estimate[0] <= limit:
+            return None
+        low, typical, n = estimate
+        return (
+            f"too slow: one generate call predicted at {typical:.0f} s (at least {low:.0f} s; from {n} measured "
+            f"candidates) > {SLOW_CALL_FACTOR:g} x measure.max_seconds ({limit:g} s); not loaded"
+        )
 
     def _front(self, trial: optuna.Trial) -> list[Result]:
         results = [r for r in collect_results(trial.study) if r.user_attrs.get("constraints", {}).get(RUNS, 0) <= 0]

@@ -1,14 +1,18 @@
 """How fast does each sampler find the front? Whole studies replayed on a recorded grid.
 
-For each sampler (tpe, gp, nsga2, random, and the grid order) and seed, a complete kvopt
+For each sampler (profile — kvopt's default —, tpe, gp, nsga2, random, and the grid order) and seed, a complete kvopt
 study runs against the recorded table (kvopt.bench.replay: kvopt's objective, sampler
 construction and search space; each ``generate`` replaced by a draw from the candidate's
 recorded repetitions). After each trial, the hypervolume of the front found so far — its
 candidates at their full-table medians — is divided by the hypervolume of the table's
 true front (objectives min-max normalised over the table, throughput flipped; reference
 point 1.1 on every axis). Reported: trials and replayed measurement seconds to reach 95%
-and 99%, median and IQR over seeds; with dominance pruning on and off. The recorded
-runs are also replayed through the pruning rule alone in random orders.
+and 99%, median and IQR over seeds; with dominance pruning on and off; and measurements until
+a candidate within 2% of the profile's best score is measured. For the profile sampler,
+studies are also replayed with the convergence stop (``study.converge``, as a run does):
+where they stop and whether their recommendation is the grid's best within the grid's own
+noise — cold, and warm-started from each ``--warm-from`` grid. The recorded runs are also
+replayed through the pruning rule alone in random orders.
 
     python scripts/bench_search.py --grid benchmarks/grid_gpt2.json --seeds 20
 """
@@ -26,11 +30,11 @@ from typing import Any
 from kvopt.bench.common import compose_config, provenance, script_main, write_json
 from kvopt.bench.grid import grid_rows_ok, untimed_seconds
 from kvopt.bench.hypervolume import REFERENCE
-from kvopt.bench.replay import ReplayTable, StudyTrace, replay_pruning_rule, replay_study
+from kvopt.bench.replay import ReplayTable, StudyTrace, replay_pruning_rule, replay_study, warm_start_from_grid
 from kvopt.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
+SAMPLERS = ("profile", "tpe", "gp", "nsga2", "random", "grid")
 LEVELS = (0.95, 0.99)
 
 
@@ -82,6 +86,15 @@ def summarize(traces: list[StudyTrace], size: int, full_seconds: float) -> dict[
     # it, or one within 5% of its score; and the shortfall left after 30% of the trials.
     out["trials_to_best"] = quartiles([t.trials_to_score(0.0) or math.inf for t in traces])
     out["trials_to_best_within_5pct"] = quartiles([t.trials_to_score(5.0) or math.inf for t in traces])
+    # What the user waits for: candidates measured (and measuring seconds) until one within
+    # 2% of the profile's best score has been measured.
+    out["measurements_to_best_within_2pct"] = quartiles([t.measurements_to_score(2.0) or math.inf for t in traces])
+    out["measurements_to_best_within_2pct_share"] = quartiles(
+        [(t.measurements_to_score(2.0) or math.inf) / size for t in traces])
+    out["seconds_to_best_within_2pct"] = quartiles([
+        t.seconds[t.trials_to_score(2.0) - 1] if t.trials_to_score(2.0) else math.inf for t in traces])
+    out["never_within_2pct"] = sum(t.trials_to_score(2.0) is None for t in traces)
+    out["measurements_to_95_share"] = quartiles([(t.measurements_to(0.95) or math.inf) / size for t in traces])
     out["shortfall_at_30pct"] = quartiles([t.shortfall_pct[min(budget30, len(t.shortfall_pct)) - 1] for t in traces])
     out["hv_final"] = quartiles([t.hv_ratio[-1] for t in traces])
     out["trials_run"] = quartiles([len(t.hv_ratio) for t in traces])
@@ -93,6 +106,21 @@ def summarize(traces: list[StudyTrace], size: int, full_seconds: float) -> dict[
     return out
 
 
+def summarize_stop(traces: list[StudyTrace], size: int) -> dict[str, Any]:
+    """Where the convergence stop ended the studies, and whether they recommended the best."""
+    stops = [t.measured[-1] for t in traces]
+    return {
+        "seeds": len(traces),
+        "stopped_by_rule": sum(t.stopped_at is not None for t in traces),
+        "measurements_at_stop": quartiles(stops),
+        "share_at_stop": quartiles([m / size for m in stops]),
+        "seconds_at_stop": quartiles([t.seconds[-1] for t in traces]),
+        "recommended_best_within_noise": sum(bool(t.recommended_is_best) for t in traces),
+        "recommended_within_2pct": sum((t.recommended_shortfall_pct or 0.0) <= 2.0 for t in traces),
+        "recommended_shortfall_pct": quartiles([t.recommended_shortfall_pct or 0.0 for t in traces]),
+    }
+
+
 def _fmt(q: dict[str, float | None], pct: bool = False) -> str:
     def one(v: float | None) -> str:
         if v is None:
@@ -100,6 +128,18 @@ def _fmt(q: dict[str, float | None], pct: bool = False) -> str:
         return f"{v:.0%}" if pct else f"{v:.3g}"
 
     return f"{one(q['median'])} [{one(q['q1'])}–{one(q['q3'])}]"
+
+
+def _stop_runs(table: ReplayTable, cfg: Any, seeds: int, size: int, warm: Any, label: str) -> dict[str, Any]:
+    """Profile sampler studies that stop by the convergence rule (as a run does by default)."""
+    traces = [replay_study(table, cfg, seed, n_trials=size, pruning=True, converge=True, warm_start=warm)
+              for seed in range(seeds)]
+    out = {**summarize(traces, size, 1.0), **summarize_stop(traces, size)}
+    print(f"  profile, convergence stop, {label}: stops after {_fmt(out['measurements_at_stop'])} measurements "
+          f"({_fmt(out['share_at_stop'], True)} of {size}); recommended the grid's best (within its noise) in "
+          f"{out['recommended_best_within_noise']}/{seeds} seeds, within 2% in {out['recommended_within_2pct']}/{seeds}; "
+          f"within 2% after {_fmt(out['measurements_to_best_within_2pct'])} measurements", flush=True)
+    return out
 
 
 def main() -> None:
@@ -110,11 +150,17 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--margin", type=float, default=0.05, help="margin of the random-order pruning replay")
     parser.add_argument("--out", type=Path, help="default: benchmarks/search_<grid name>.json")
+    parser.add_argument("--no-pruning-off", action="store_true",
+                        help="replay with dominance pruning only (the default of a study); faster on large grids")
+    parser.add_argument("--warm-from", type=Path, nargs="*", default=[],
+                        help="other grids of the same space: also replay the profile sampler warm-started from each")
     args = parser.parse_args()
     if args.seeds < 1 or (args.gp_seeds is not None and args.gp_seeds < 1):
         parser.error(f"--seeds/--gp-seeds: got {args.seeds}/{args.gp_seeds}; allowed: integers >= 1")
-    if not args.grid.is_file():
-        raise ConfigError([f"--grid: got {str(args.grid)!r}, which is not a file; allowed: a grid JSON from record_grid.py"])
+    for path in (args.grid, *args.warm_from):
+        if not path.is_file():
+            raise ConfigError([f"--grid/--warm-from: got {str(path)!r}, which is not a file; "
+                               "allowed: a grid JSON from record_grid.py"])
     grid = json.loads(args.grid.read_text())
     table = ReplayTable(grid)
     size = table.space.size
@@ -131,12 +177,14 @@ def main() -> None:
           f"{grid['workload']['new_tokens']} tokens, {size} candidates ({grid['failed']} failed), true front "
           f"{len(table.front_keys)}, {sum(r['noisy'] for r in ok)} flagged noisy, recorded in "
           f"{grid['grid_wall_s']:.0f} s ({full_seconds:.0f} s measuring), load average "
-          f"{grid['load_1min_before']:.2f} before / {grid['load_1min_after']:.2f} after")
+          f"{grid['load_1min_before']:.2f} before / {grid['load_1min_after']:.2f} after; "
+          f"profile-best {table.best_score:+.3f} (grid noise ±{table.best_noise:.3f})")
     print("trials to reach 95% / 99% of the table's hypervolume, median [IQR] over seeds")
     print("| sampler | pruning | seeds | trials to 95% | trials to 99% | HV at 30% of trials | "
           "measurements to 95% | HV at 30% of measurements | "
-          "measuring time to 95% (share of grid) | true-front pruned | trials to profile's best (within 5%) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "measuring time to 95% (share of grid) | true-front pruned | trials to profile's best (within 5%) | "
+          "measurements to within 2% of the profile's best (share) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.samplers:
         cfg = compose_config(grid["model"], grid["profile"], [*grid["overrides"], f"sampler={name}"])
         seeds = args.gp_seeds if name == "gp" and args.gp_seeds else args.seeds
@@ -144,7 +192,7 @@ def main() -> None:
         # the others get as many trials as the space has candidates.
         n_trials = 10 * size if name == "grid" else size
         entry: dict[str, Any] = {}
-        for pruning in (True, False):
+        for pruning in (True,) if args.no_pruning_off else (True, False):
             start = time.perf_counter()
             traces = [replay_study(table, cfg, seed, n_trials=n_trials, pruning=pruning) for seed in range(seeds)]
             summary = summarize(traces, size, full_seconds)
@@ -154,9 +202,18 @@ def main() -> None:
                   f"{_fmt(summary['trials_to_99'])} | {_fmt(summary['hv_at_30pct'], True)} | "
                   f"{_fmt(summary['measurements_to_95'])} | {_fmt(summary['hv_at_30pct_measurements'], True)} | "
                   f"{_fmt(summary['seconds_to_95_share'], True)} | {summary['true_front_pruned_total']} | "
-                  f"{_fmt(summary['trials_to_best'])} ({_fmt(summary['trials_to_best_within_5pct'])}) |", flush=True)
-        on, off = entry["pruning_on"], entry["pruning_off"]
-        entry["pruning_time_saved"] = 1 - on["seconds_total"]["median"] / off["seconds_total"]["median"]
+                  f"{_fmt(summary['trials_to_best'])} ({_fmt(summary['trials_to_best_within_5pct'])}) | "
+                  f"{_fmt(summary['measurements_to_best_within_2pct'])} "
+                  f"({_fmt(summary['measurements_to_best_within_2pct_share'], True)}) |", flush=True)
+        if "pruning_off" in entry:
+            on, off = entry["pruning_on"], entry["pruning_off"]
+            entry["pruning_time_saved"] = 1 - on["seconds_total"]["median"] / off["seconds_total"]["median"]
+        if name == "profile":
+            entry["convergence_stop"] = _stop_runs(table, cfg, seeds, size, None, "cold")
+            for other in args.warm_from:
+                warm = warm_start_from_grid(ReplayTable(json.loads(other.read_text())), table.space, cfg.profile)
+                entry[f"warm_from_{other.stem.removeprefix('grid_')}"] = _stop_runs(
+                    table, cfg, seeds, size, warm, f"warm from {other.name} (first: {warm.first[0].label})")
         report["samplers"][name] = entry
     report["pruning_rule_random_orders"] = replay_pruning_rule(grid, args.seeds, args.margin)
     out = args.out or REPO / "benchmarks" / f"search_{args.grid.stem.removeprefix('grid_')}.json"

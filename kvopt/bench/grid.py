@@ -136,9 +136,18 @@ def median_values(row: dict[str, Any]) -> dict[str, float]:
 
 def grid_results(grid: dict[str, Any]) -> list[Result]:
     """The rows that ran as results at their full-table medians, numbered as in ``grid_rows_ok``."""
+    from kvopt.protocol import describe_stats
+
     rows = grid_rows_ok(grid)
     # Tables of the first pruning benchmark (benchmarks/grid_tiny-llama.json) carry no params.
-    return [Result(i, r.get("params", {}), r["candidate"], median_values(r), r["baseline"]) for i, r in enumerate(rows)]
+    # The medians' statistics (CIs) ride along as a trial's would, for noise-aware rules.
+    return [
+        Result(i, r.get("params", {}), r["candidate"], median_values(r), r["baseline"], {
+            "baseline": r["baseline"],
+            "ttft_ms_stats": describe_stats(r["ttft_ms"]), "decode_tok_s_stats": describe_stats(r["decode_tok_s"]),
+        })
+        for i, r in enumerate(rows)
+    ]
 
 
 def untimed_seconds(row: dict[str, Any]) -> float:

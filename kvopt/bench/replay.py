@@ -33,13 +33,15 @@ from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MB, MemoryReading
 from kvopt.protocol import Measurement, stop_rule
 from kvopt.predict import memory_prior
-from kvopt.sampler import WarmStart, check_converged
+from kvopt.confirm import score_interval
+from kvopt.sampler import WarmStart, check_converged, warm_start_from
 from kvopt.select import Result, collect_results, dominated_by, pareto_front, profile_score, recommend
 from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
 from kvopt.trial import Objective
 
-__all__ = ["ReplayTable", "ReplayObjective", "StudyTrace", "replay_study", "replay_pruning_rule"]
+__all__ = ["ReplayTable", "ReplayObjective", "StudyTrace", "replay_study", "replay_pruning_rule",
+           "warm_start_from_grid"]
 
 
 class ReplayTable:
@@ -64,6 +66,16 @@ class ReplayTable:
         base = next(r.values for r in results if r.is_baseline)
         self.scores = {candidate_key(r.params): profile_score(r, base, weights) for r in results}
         self.best_score = max(self.scores.values())
+        self.best_key = max(self.scores, key=lambda k: self.scores[k])
+        # The grid's own noise at its best: the ~95% band of the best's score from the
+        # medians' CIs of its recorded runs (kvopt.confirm.score_interval's rule).
+        best = next(r for r in results if candidate_key(r.params) == self.best_key)
+        low, _ = score_interval(best, base, weights)
+        self.best_noise = self.best_score - low
+
+    def within_noise_of_best(self, key: Any) -> bool:
+        """Is this candidate's true score within the grid's noise of the best's?"""
+        return self.best_score - self.scores[key] <= self.best_noise + 1e-12
 
     def hypervolume(self, keys: Any) -> float:
         """Hypervolume (normalised space, reference ``REFERENCE``) of these candidates' true values."""
@@ -138,6 +150,7 @@ class StudyTrace:
     # far the study's recommendation (by its own measurements) is below the table's best.
     stopped_at: int | None = None
     recommended_shortfall_pct: float | None = None
+    recommended_is_best: bool | None = None  # within the grid's own noise of its best
 
     def trials_to(self, level: float) -> int | None:
         """Trials needed to reach ``level`` of the table's hypervolume (None: never)."""
@@ -231,10 +244,29 @@ def replay_study(
     trace = StudyTrace(cfg.sampler.name, seed, pruning, hv, seconds, wrong, pruned, shortfall, measured)
     trace.stopped_at = stopped[0] if stopped else None
     rec = recommend(collect_results(study), cfg.profile)
-    trace.recommended_shortfall_pct = (
-        None if rec is None else (math.exp(table.best_score - table.scores[candidate_key(rec.result.params)]) - 1) * 100
-    )
+    if rec is not None:
+        key = candidate_key(rec.result.params)
+        trace.recommended_shortfall_pct = (math.exp(table.best_score - table.scores[key]) - 1) * 100
+        trace.recommended_is_best = table.within_noise_of_best(key)
     return trace
+
+
+def warm_start_from_grid(other: ReplayTable, space: SearchSpace, profile: Any) -> WarmStart:
+    """A warm start made of another recorded grid, as ``study.warm_start`` makes one of a study.
+
+    The other grid's rows enter as complete trials (full-table medians and CIs) of a study
+    in memory; :func:`kvopt.sampler.warm_start_from` then reads it exactly as a run does.
+    """
+    study = optuna.create_study(directions=list(DIRECTIONS))
+    for result in grid_results(other.grid):
+        study.add_trial(optuna.trial.create_trial(
+            params=result.params, values=list(result.values.values()),
+            distributions={k: v for k, v in other.space.distributions().items() if k in result.params},
+            user_attrs={k: v for k, v in result.user_attrs.items() if k in ("baseline", "ttft_ms_stats",
+                                                                              "decode_tok_s_stats")},
+        ))
+    return warm_start_from(study, space, profile)
+
 
 
 def replay_pruning_rule(grid: dict[str, Any], seeds: int, margin: float) -> dict[str, Any]:
