@@ -1,0 +1,221 @@
+"""kvopt's profile-directed search: ordinal encoding, learning from every trial, the
+convergence stop, finalists that can still win, bounded calls and the paired dtype probe."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState, create_trial
+
+from conftest import model_config, profile_config
+from kvopt.confirm import choose_finalists
+from kvopt.failures import failure_reason
+from kvopt.probe import dtype_slowdown
+from kvopt.protocol import CallTooSlow, _refuse_if_too_slow
+from kvopt.config import MeasureConfig
+from kvopt.sampler import (
+    ProfileSampler,
+    check_converged,
+    convergence,
+    fit_model,
+    predict_call_seconds,
+    read_study,
+)
+from kvopt.select import Result
+from kvopt.space import Candidate, SearchSpace, candidate_key
+from kvopt.surrogate import CandidateEncoder, Observation
+
+BASE = Candidate("dynamic", "sdpa", "float32", 1)
+PROFILE = profile_config("ci-micro")
+
+
+def space(**kw) -> SearchSpace:
+    args = dict(cache_implementation=["dynamic", "static"], attn_implementation=["sdpa", "eager"],
+                dtype=["float32"], batch_size=[1, 2, 4, 8], baseline=BASE)
+    args.update(kw)
+    return SearchSpace(**args)
+
+
+def truth(c: Candidate) -> tuple[float, float, float]:
+    """A smooth, made-up machine: batch raises throughput a lot and TTFT a little; eager is slower."""
+    slow = 1.3 if c.attn_implementation == "eager" else 1.0
+    static = 0.9 if c.cache_implementation == "static" else 1.0
+    ttft = 10.0 * c.batch_size**0.3 * slow * static
+    tput = 100.0 * c.batch_size**0.9 / slow
+    mem = 100.0 + 10.0 * c.batch_size
+    return ttft, tput, mem
+
+
+def add_complete(study: optuna.Study, sp: SearchSpace, c: Candidate, values=None, **attrs) -> None:
+    dists = {k: v for k, v in sp.distributions().items() if k in c.params()}
+    study.add_trial(create_trial(params=c.params(), distributions=dists, values=list(values or truth(c)),
+                                 user_attrs={"candidate": c.label, **attrs}))
+
+
+def new_study() -> optuna.Study:
+    return optuna.create_study(directions=["minimize", "maximize", "minimize"])
+
+
+def test_batch_size_and_nbits_are_ordinal_features() -> None:
+    sp = space(cache_implementation=["dynamic", "quantized"], quantized_backends=["quanto"], quantized_nbits=[2, 4])
+    enc = CandidateEncoder(sp)
+    x = enc.names.index("log2_batch")
+    xs = [enc.encode(Candidate("dynamic", "sdpa", "float32", b))[x] for b in (1, 2, 4, 8)]
+    assert xs == sorted(xs) and xs[0] == 0.0 and xs[-1] == pytest.approx(1.0)
+    assert np.diff(xs) == pytest.approx([1 / 3] * 3)  # equal steps per doubling: an order, not labels
+    nb = enc.names.index("log2_nbits")
+    two, four = (enc.encode(Candidate("quantized", "sdpa", "float32", 1, "quanto", n))[nb] for n in (2, 4))
+    assert two < four
+    # A model told only batch 1 and 8 places batch 2 and 4 in between, in order.
+    obs = [Observation(Candidate("dynamic", "sdpa", "float32", b), {"ttft_ms": math.log(10.0 * b)},
+                       {"ttft_ms": 0.02}) for b in (1, 8)]
+    means, _ = fit_model(sp, obs).predict([Candidate("dynamic", "sdpa", "float32", b) for b in (1, 2, 4, 8)])
+    assert list(means[:, 0]) == sorted(means[:, 0])
+
+
+def test_the_sampler_drives_a_real_study_and_never_repeats() -> None:
+    sp = space()
+    sampler = ProfileSampler(sp, PROFILE, seed=0)
+    study = optuna.create_study(directions=["minimize", "maximize", "minimize"], sampler=sampler)
+    study.enqueue_trial(BASE.params(), user_attrs={"baseline": True})
+    seen = []
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        c = sp.suggest(trial)
+        seen.append(candidate_key(c.params()))
+        return truth(c)
+
+    study.optimize(objective, n_trials=sp.size)
+    assert len(set(seen)) == sp.size  # every candidate once, none twice
+    chosen = [t for t in study.trials if t.number in sampler.last_choice]
+    assert chosen and all(sampler.last_choice[t.number] for t in chosen)
+    # Profile-directed: the best candidate of this made-up machine is among the first few.
+    best = max(sp.candidates(), key=lambda c: -0.4 * math.log(truth(c)[0]) + 0.4 * math.log(truth(c)[1])
+               - 0.2 * math.log(truth(c)[2]))
+    assert seen.index(candidate_key(best.params())) < sp.size // 2
+
+
+def test_pruned_and_failed_trials_feed_the_sampler() -> None:
+    sp = space()
+    study = new_study()
+    add_complete(study, sp, BASE, baseline=True)
+    oom = Candidate("static", "sdpa", "float32", 2, compile=False)
+    dists = {k: v for k, v in sp.distributions().items() if k in oom.params()}
+    study.add_trial(create_trial(params=oom.params(), distributions=dists, state=TrialState.PRUNED,
+                                 user_attrs={"reason": "out of memory: CUDA", "constraints": {"runs": 1.0}},
+                                 system_attrs={"constraints:runs": 1.0}))
+    early = Candidate("dynamic", "eager", "float32", 4)
+    study.add_trial(create_trial(
+        params=early.params(), distributions={k: v for k, v in sp.distributions().items() if k in early.params()}, state=TrialState.PRUNED,
+        user_attrs={"reason": "dominated by trial #0", "ttft_ms_stats": {"median": 20.0, "ci_low": 18, "ci_high": 22},
+                    "decode_tok_s_stats": {"median": 250.0, "ci_low": 240, "ci_high": 260}, "peak_mem_mb": 140.0},
+    ))
+    state = read_study(study, sp)
+    larger = {candidate_key(Candidate("static", "sdpa", "float32", b, compile=False).params()) for b in (2, 4, 8)}
+    assert larger <= state.cannot_run  # the failure and every larger batch of the same settings
+    assert candidate_key(early.params()) in state.partial
+    partial = [o for o in state.observations if o.candidate == early]
+    assert partial and partial[0].log_values["ttft_ms"] == pytest.approx(math.log(20.0))
+    assert partial[0].noise_sd["ttft_ms"] > 0.1  # a median of few runs counts for less
+    sampler = ProfileSampler(sp, PROFILE, seed=1)
+    proposed = set()
+    for n in range(10):
+        choice = sampler.choose(study, 100 + n)
+        if choice is None:
+            break
+        proposed.add(candidate_key(choice[0].params()))
+        add_complete(study, sp, choice[0])
+    assert not proposed & (larger | {candidate_key(early.params())})
+
+
+def test_convergence_stops_only_when_no_candidate_can_still_win() -> None:
+    sp = space()
+    study = new_study()
+    add_complete(study, sp, BASE, baseline=True)
+    for c in (Candidate("dynamic", "sdpa", "float32", 2), Candidate("static", "sdpa", "float32", 1),
+              Candidate("dynamic", "eager", "float32", 1)):
+        add_complete(study, sp, c)
+    # Batch helps on this machine and batch 4 and 8 are unmeasured: they can still win.
+    assert check_converged(study, sp, PROFILE) is None
+    for c in sp.candidates():
+        if c.batch_size >= 4 and c.attn_implementation == "sdpa":
+            add_complete(study, sp, c)
+    stop = check_converged(study, sp, PROFILE)
+    assert stop is not None and "static/sdpa/float32/b8" in str(stop)
+    assert str(stop).startswith("converged (best profile score")
+    # The rule itself: a best measured far above everything predicted stops; a close one does not.
+    state = read_study(study, sp)
+    model = fit_model(sp, state.observations)
+    assert convergence(state, sp, PROFILE, model, z=1.645) is not None
+    assert convergence(state, sp, PROFILE, model, z=50.0) is None  # a wide band: anything can still win
+
+
+def test_finalists_are_only_candidates_that_can_still_win() -> None:
+    def result(n: int, ttft: float, tput: float, ci: float, baseline: bool = False) -> Result:
+        stats = lambda v: {"median": v, "ci_low": v * (1 - ci), "ci_high": v * (1 + ci)}  # noqa: E731
+        return Result(n, {"batch_size": n + 1}, f"c{n}", {"ttft_ms": ttft, "decode_tok_s": tput, "peak_mem_mb": 100.0},
+                      baseline, {"ttft_ms_stats": stats(ttft), "decode_tok_s_stats": stats(tput)})
+
+    base = result(0, 10.0, 100.0, 0.02, baseline=True)
+    best = result(1, 8.0, 150.0, 0.05)
+    close = result(2, 8.2, 145.0, 0.05)  # within the best's noise
+    far = result(3, 30.0, 60.0, 0.05)  # cannot win: its band lies wholly below the best's
+    finalists = choose_finalists([base, best, close, far], best, PROFILE, top_k=3)
+    assert [r.number for r in finalists] == [1, 2, 0]
+
+
+def test_a_call_predicted_far_past_the_budget_is_skipped_with_its_reason() -> None:
+    sp = space()
+    study = new_study()
+    slow = (60_000.0, 1.0, 100.0)  # a minute to the first token at batch 1
+    add_complete(study, sp, BASE, values=slow, baseline=True)
+    low, typical, n = predict_call_seconds(study, sp, Candidate("dynamic", "sdpa", "float32", 8), new_tokens=8)
+    assert n == 1 and low > 60.0 and typical >= low
+    from kvopt.engine.loading import ModelLoader, WeightsSource
+    from kvopt.engine.workload import Workload
+    from kvopt.trial import Objective
+
+    objective = Objective(
+        sp, ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), torch.device("cpu"), 0),
+        Workload(32, 8), torch.device("cpu"), warmup=1, repetitions=3, seed=0,
+        measure=MeasureConfig(max_seconds=20.0),
+    )
+    trial = study.ask({k: v for k, v in sp.distributions().items() if k in BASE.params()})
+    reason = objective._too_slow(trial, Candidate("dynamic", "sdpa", "float32", 8))
+    assert reason is not None and reason.startswith("too slow: one generate call predicted")
+    assert "measure.max_seconds (60 s)" in reason
+    # Measured, not predicted: a first call past the limit ends the measurement as PRUNED.
+    with pytest.raises(CallTooSlow) as info:
+        _refuse_if_too_slow(75.0, MeasureConfig(max_seconds=20.0))
+    state, text = failure_reason(info.value)
+    assert state == TrialState.PRUNED and text.startswith("too slow: its first generate call took 75.0 s")
+    _refuse_if_too_slow(59.0, MeasureConfig(max_seconds=20.0))  # within 3x: measured as usual
+
+
+def test_the_dtype_probe_decides_alike_beside_a_cpu_burning_process() -> None:
+    llama = model_config("tiny-llama")
+    quiet = dtype_slowdown(llama, "float32", "float32", torch.device("cpu"))
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = dtype_slowdown(llama, "float32", "float32", torch.device("cpu"))
+    finally:
+        burner.kill()
+        burner.wait()
+    # The same dtype on both sides: paired ratios stay near 1 however busy the machine is,
+    # so a limit of 3x keeps it both times.
+    assert 1 / 3 < quiet < 3 and 1 / 3 < busy < 3
+
+
+def test_the_default_sampler_is_the_profile_sampler() -> None:
+    import yaml
+
+    from conftest import CONF
+
+    defaults = yaml.safe_load((CONF / "config.yaml").read_text())["defaults"]
+    assert {"sampler": "profile"} in defaults
