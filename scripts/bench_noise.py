@@ -9,7 +9,8 @@ confirmation stage does) and reports the spread of the confirmed ratio across pr
 Results go to benchmarks/noise.json and a markdown table on stdout.
 
     python scripts/bench_noise.py --models tiny-gpt2 gpt2 --runs 5
-    python scripts/bench_noise.py --models gpt2 --runs 3 --device cuda --modes fixed adaptive --out noise.json
+    python scripts/bench_noise.py --models gpt2 --runs 3 --device cuda --modes fixed adaptive --out noise.json \
+        --override measure.max_seconds=8
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def worker(model: str, profile: str, overrides: list[str], device_spec: str = "c
             "noisy": m.noisy, "stopped_because": m.stopped_because}
 
 
-def paired_worker(model: str, profile: str, rounds: int = 6, device_spec: str = "cpu") -> dict:
+def paired_worker(
+    model: str, profile: str, rounds: int = 6, device_spec: str = "cpu", overrides: list[str] | None = None
+) -> dict:
     """One fresh process: the static-cache candidate against the baseline, interleaved rounds.
 
     Reports the confirmed ratios (as kvopt's confirmation stage computes them): the spread
@@ -63,7 +66,7 @@ def paired_worker(model: str, profile: str, rounds: int = 6, device_spec: str = 
     from kvopt.machine import resolve_device
     from kvopt.space import Candidate
 
-    cfg = compose_config(model, profile, [])
+    cfg = compose_config(model, profile, overrides or [])
     device = resolve_device(device_spec)
     model_obj = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed).get("float32", "sdpa")[0].model
     workload = make_workload(cfg.profile, cfg.model)
@@ -102,14 +105,16 @@ def main() -> None:
     # Where the workers measure: cpu (the default, as every stored figure was taken), cuda, cuda:N.
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", nargs="+", choices=[*MODES, "paired"], default=[*MODES, "paired"])
+    # Config overrides for every worker, e.g. a smaller measure.max_seconds for a short budget.
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "PROFILE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.runs < 1:
         parser.error(f"--runs: got {args.runs}; allowed: an integer >= 1")
     if args.worker:
         model, profile, mode = args.worker
-        result = (paired_worker(model, profile, device_spec=args.device) if mode == "paired"
-                  else worker(model, profile, MODES[mode], args.device))
+        result = (paired_worker(model, profile, device_spec=args.device, overrides=args.override) if mode == "paired"
+                  else worker(model, profile, [*MODES[mode], *args.override], args.device))
         print(json.dumps(result))
         return
 
@@ -117,7 +122,8 @@ def main() -> None:
 
     device = resolve_device(args.device)  # a device that is not here: one message, exit 2 (script_main)
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
-              "profile": args.profile, "runs": args.runs, "device": str(device), "cases": []}
+              "profile": args.profile, "runs": args.runs, "device": str(device), "overrides": args.override,
+              "cases": []}
     print(f"| model | repetitions | runs | CV TTFT | CV decode tok/s | CV memory | median n | noisy runs |")
     print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
@@ -127,7 +133,8 @@ def main() -> None:
         for _ in range(args.runs):
             for mode in modes:
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--worker", model, args.profile, mode, "--device", args.device],
+                    [sys.executable, __file__, "--worker", model, args.profile, mode, "--device", args.device,
+                     *(f"--override={o}" for o in args.override)],
                     capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                 )
                 if proc.returncode != 0:  # say why the worker failed, not just that it did
