@@ -228,7 +228,7 @@ class Run:
         return True
 
     def write_summary(self) -> None:
-        self.summary["files"] = sorted(p.name for p in self.out.iterdir() if p.is_file())
+        self.summary["files"] = sorted({p.name for p in self.out.iterdir() if p.is_file()} | {SUMMARY})
         tmp = self.out / (SUMMARY + ".tmp")
         tmp.write_text(json.dumps(self.summary, indent=2, default=str), encoding="utf-8")
         tmp.replace(self.out / SUMMARY)
