@@ -9,6 +9,8 @@ confirmation stage does) and reports the spread of the confirmed ratio across pr
 Results go to benchmarks/noise.json and a markdown table on stdout.
 
     python scripts/bench_noise.py --models tiny-gpt2 gpt2 --runs 5
+    python scripts/bench_noise.py --models gpt2 --runs 3 --device cuda --modes fixed adaptive --out noise.json \
+        --override measure.max_seconds=8
 """
 
 from __future__ import annotations
@@ -22,23 +24,22 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kvopt.bench.common import compose_config
+from kvopt.bench.common import compose_config, script_main
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = {"fixed": ["measure.adaptive=false"], "adaptive": ["measure.adaptive=true"]}
 
 
-def worker(model: str, profile: str, overrides: list[str]) -> dict:
+def worker(model: str, profile: str, overrides: list[str], device_spec: str = "cpu") -> dict:
     """One fresh process: load the model, measure the baseline candidate once."""
-    import torch
-
     from kvopt.engine.loading import ModelLoader, resolve_weights
     from kvopt.engine.workload import make_workload
+    from kvopt.machine import resolve_device
     from kvopt.protocol import measure_candidate
     from kvopt.space import Candidate
 
     cfg = compose_config(model, profile, overrides)
-    device = torch.device("cpu")
+    device = resolve_device(device_spec)
     loader = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed)
     loaded, _ = loader.get("float32", "sdpa")
     m = measure_candidate(
@@ -50,22 +51,23 @@ def worker(model: str, profile: str, overrides: list[str]) -> dict:
             "noisy": m.noisy, "stopped_because": m.stopped_because}
 
 
-def paired_worker(model: str, profile: str, rounds: int = 6) -> dict:
+def paired_worker(
+    model: str, profile: str, rounds: int = 6, device_spec: str = "cpu", overrides: list[str] | None = None
+) -> dict:
     """One fresh process: the static-cache candidate against the baseline, interleaved rounds.
 
     Reports the confirmed ratios (as kvopt's confirmation stage computes them): the spread
     of these across processes is what a user sees of kvopt's confirmed gains.
     """
-    import torch
-
     from kvopt.confirm import confirmed_gains
     from kvopt.engine.generation import timed_generate
     from kvopt.engine.loading import ModelLoader, resolve_weights
     from kvopt.engine.workload import make_inputs, make_workload
+    from kvopt.machine import resolve_device
     from kvopt.space import Candidate
 
-    cfg = compose_config(model, profile, [])
-    device = torch.device("cpu")
+    cfg = compose_config(model, profile, overrides or [])
+    device = resolve_device(device_spec)
     model_obj = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed).get("float32", "sdpa")[0].model
     workload = make_workload(cfg.profile, cfg.model)
     inputs = make_inputs(workload, 1, model_obj.config.vocab_size, cfg.seed, device)
@@ -100,30 +102,45 @@ def main() -> None:
     parser.add_argument("--profile", default="chat-agent")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "noise.json")
+    # Where the workers measure: cpu (the default, as every stored figure was taken), cuda, cuda:N.
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modes", nargs="+", choices=[*MODES, "paired"], default=[*MODES, "paired"])
+    # Config overrides for every worker, e.g. a smaller measure.max_seconds for a short budget.
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "PROFILE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error(f"--runs: got {args.runs}; allowed: an integer >= 1")
     if args.worker:
         model, profile, mode = args.worker
-        result = paired_worker(model, profile) if mode == "paired" else worker(model, profile, MODES[mode])
+        result = (paired_worker(model, profile, device_spec=args.device, overrides=args.override) if mode == "paired"
+                  else worker(model, profile, [*MODES[mode], *args.override], args.device))
         print(json.dumps(result))
         return
 
-    from kvopt.machine import machine_info
+    from kvopt.machine import machine_info, resolve_device
 
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
-              "profile": args.profile, "runs": args.runs, "cases": []}
+    device = resolve_device(args.device)  # a device that is not here: one message, exit 2 (script_main)
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
+              "profile": args.profile, "runs": args.runs, "device": str(device), "overrides": args.override,
+              "cases": []}
     print(f"| model | repetitions | runs | CV TTFT | CV decode tok/s | CV memory | median n | noisy runs |")
     print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
-        modes = [*MODES, "paired"]
+        modes = list(args.modes)
         by_mode: dict[str, list[dict]] = {mode: [] for mode in modes}
         # Modes alternate run by run, so slow drift of the machine hits all alike.
         for _ in range(args.runs):
             for mode in modes:
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--worker", model, args.profile, mode],
-                    capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True,
+                    [sys.executable, __file__, "--worker", model, args.profile, mode, "--device", args.device,
+                     *(f"--override={o}" for o in args.override)],
+                    capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                 )
+                if proc.returncode != 0:  # say why the worker failed, not just that it did
+                    print(f"worker {model}/{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}",
+                          file=sys.stderr)
+                    raise SystemExit(1)
                 by_mode[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
         for mode, runs in by_mode.items():
             row = {m: cv([r[m] for r in runs]) for m in ("ttft_ms", "decode_tok_s", "peak_mem_mb")}
@@ -139,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

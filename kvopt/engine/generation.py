@@ -88,5 +88,6 @@ def timed_generate(
         ttft_s=clock.first_token_at - start,
         decode_s=end - clock.first_token_at,
         new_tokens=produced,
-        cache=getattr(out, "cache", None),
+        # Transformers renamed the output's past_key_values to cache (5.17 has only the old name).
+        cache=out.cache if hasattr(out, "cache") else getattr(out, "past_key_values", None),
     )

@@ -18,19 +18,26 @@ one ``generate_batch`` per batch of prompts, all submitted at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+from kvopt.measure.memory import storage_bytes
 
 __all__ = ["PAGE_SIZE", "PagedPool", "paged_pool", "paged_generate", "PagedRun"]
 
 # The continuous-batching manager logs every start and stop at INFO on its own logger,
 # outside transformers' verbosity setting: keep kvopt's terminal for kvopt's lines.
 logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
+
+_CB_FIELDS = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
 
 # Tokens per page. Small pages waste little on short prompts; 16 divides every workload
 # kvopt ships and is what paged-attention servers commonly use.
@@ -55,19 +62,23 @@ class PagedPool:
         return self.batch_size * self.pages_per_request
 
     def config(self) -> ContinuousBatchingConfig:
-        return ContinuousBatchingConfig(
-            page_size=self.page_size,
-            num_blocks=self.num_blocks,
+        options: dict[str, Any] = {
+            # Transformers 5.17 calls the page size block_size; later versions page_size.
+            "page_size" if "page_size" in _CB_FIELDS else "block_size": self.page_size,
+            "num_blocks": self.num_blocks,
             # The whole batch prefills in one step, as in a batched generate.
-            max_batch_tokens=self.batch_size * self.prompt_tokens,
-            max_requests_per_batch=self.batch_size,
+            "max_batch_tokens": self.batch_size * self.prompt_tokens,
+            "max_requests_per_batch": self.batch_size,
             # Identical synthetic prompts must not share pages: that would skip prefill work.
-            allow_block_sharing=False,
-            use_async_batching=False,
-            use_cuda_graph=False,
-            # Measure the attention the candidate names, not a silent switch to flash.
-            auto_switch_to_flash=False,
-        )
+            "allow_block_sharing": False,
+            "use_async_batching": False,
+            "use_cuda_graph": False,
+        }
+        if "auto_switch_to_flash" in _CB_FIELDS:
+            # Measure the attention the candidate names, not a silent switch to flash. (Versions
+            # without this option switch only where flash-attn is installed.)
+            options["auto_switch_to_flash"] = False
+        return ContinuousBatchingConfig(**options)
 
 
 def paged_pool(batch_size: int, prompt_tokens: int, new_tokens: int) -> PagedPool:
@@ -110,10 +121,11 @@ def paged_generate(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: 
                 done.append(result)
             elif result is None and not manager.is_running():
                 break
-        # The pool exists until the manager stops: read its size from the tensor itself.
+        # The pool exists until the manager stops: read its size from its tensors (one byte
+        # tensor in later Transformers; per-layer key and value tensors in 5.17).
         cache = getattr(manager.batch_processor, "cache", None)
-        tensor = getattr(cache, "cache_tensor", None)
-        pool_bytes = tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
+        pool = [getattr(cache, "cache_tensor", None), *getattr(cache, "key_cache", []), *getattr(cache, "value_cache", [])]
+        pool_bytes = storage_bytes(t for t in pool if isinstance(t, torch.Tensor))
     errors = [o.error for o in done if o.error]
     if errors or len(done) != batch_size:
         raise RuntimeError(f"continuous batching finished {len(done)}/{batch_size} requests: {errors[:1]}")

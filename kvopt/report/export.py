@@ -260,7 +260,9 @@ def main() -> None:
     model = load_model(args.model, args.random_weights, args.device)
     print(f"loaded {{args.model}}: dtype {{model.dtype}}, attention {{model.config._attn_implementation}}")
     inputs = make_inputs(model, args.model, args.prompt, args.device)
-    with torch.inference_mode():
+    # no_grad, not inference_mode: under inference_mode Transformers 5.17's paged generate fails
+    # every request (its worker thread updates tensors made here) and returns no new tokens.
+    with torch.no_grad():
         for call in range(1, args.calls + 1):
             start = time.perf_counter()
             out = model.generate(**inputs, **generate_kwargs(args.exact_length))
