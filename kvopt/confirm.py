@@ -284,6 +284,44 @@ def paired_scores(
     ]
 
 
+def _changes(result: Result, baseline: Result) -> int:
+    """How many settings differ from the baseline's (a simpler change is preferred on a tie)."""
+    keys = set(result.params) | set(baseline.params)
+    return sum(result.params.get(k) != baseline.params.get(k) for k in keys)
+
+
+def _settle_ties(
+    proven: list[Result],
+    samples: dict[int, dict[str, list[float]]],
+    baseline: Result,
+    weights: dict[str, float],
+    notes: list[str],
+) -> Result:
+    """Among finalists with a proven gain, the one the rounds can tell is best — else the simplest.
+
+    Finalists whose per-round score difference to the best median's (paired, same rounds)
+    has a CI that includes zero are tied with it; of tied ones the fewest settings changed
+    from the baseline wins (then the smaller batch, then the label), so a second run of
+    the same command, whose noise orders the tied ones differently, keeps the same one.
+    """
+    scores = {
+        r.number: paired_scores(samples[r.number], samples[baseline.number],
+                                r.values["peak_mem_mb"] / baseline.values["peak_mem_mb"], weights)
+        for r in proven
+    }
+    leader = max(proven, key=lambda r: median_ci(scores[r.number]).median)
+    tied = [r for r in proven if r.number == leader.number or median_ci(
+        [a - b for a, b in zip(scores[leader.number], scores[r.number])]).low <= 0]
+    chosen = min(tied, key=lambda r: (_changes(r, baseline), r.params.get("batch_size", 0), r.label))
+    if len(tied) > 1:
+        notes.append(
+            "finalists within each other's noise (paired score differences' CI includes zero): "
+            + ", ".join(f"#{r.number} {r.label}" for r in tied)
+            + f"; keeping the simplest change from the baseline, #{chosen.number} {chosen.label}"
+        )
+    return chosen
+
+
 def _decide(
     finalists: list[Result],
     samples: dict[int, dict[str, list[float]]],
@@ -296,7 +334,8 @@ def _decide(
     Each finalist's profile score is computed round by round against the baseline of the
     same round. A finalist can replace the baseline only if the distribution-free CI of
     its median paired score lies wholly above zero (a gain the noise cannot explain); of
-    those, the highest median wins. With none, the baseline is kept and a note says which
+    those, the highest median wins unless the rounds cannot tell it from another (then the
+    simplest change wins, :func:`_settle_ties`). With none, the baseline is kept and a note says which
     finalists were within the noise — so two runs of one command agree, or both say why.
     """
     weights = profile.weights
@@ -310,7 +349,7 @@ def _decide(
         scored.append((ci.median, ci.low, r))
     proven = [(median, r) for median, low, r in scored if low > 0]
     if proven:
-        return max(proven, key=lambda pair: pair[0])[1]
+        return _settle_ties([r for _, r in proven], samples, baseline, weights, notes)
     if not feasible_baseline and scored:
         notes.append("the baseline breaks an SLO: the best confirmed finalist is kept although its gain is not proven")
         return max(scored, key=lambda item: item[0])[2]

@@ -68,6 +68,9 @@ def test_model_configs_carry_their_architecture():
         ("profile.new_tokens=1", "profile.new_tokens", ">= 2"),
         ("profile.slo.max_ttft_ms=-1", "profile.slo.max_ttft_ms", "> 0"),
         ("storage.url=not-a-url", "storage.url", "sqlite:///"),
+        ("study.converge=maybe", "study.converge", "true or false"),
+        ("study.warm_start=@sqlite:///x.db", "study.warm_start", "STUDY@STORAGE_URL"),
+        ("sampler.front_every=-1", "sampler.front_every", "integer >= 0"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, field, allowed):

@@ -219,3 +219,57 @@ def test_the_default_sampler_is_the_profile_sampler() -> None:
 
     defaults = yaml.safe_load((CONF / "config.yaml").read_text())["defaults"]
     assert {"sampler": "profile"} in defaults
+
+
+def test_warm_start_from_a_study_that_is_not_there_is_refused_before_any_work(run_cli, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'kvopt.db'}"
+    proc = run_cli("model=tiny-gpt2", "profile=ci-micro", f"storage.url={url}", "study.warm_start=nope")
+    assert proc.returncode == 2, proc.stderr
+    assert "study.warm_start: got 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("outputs/*/*/results.json"))  # nothing written
+
+
+def test_warm_start_from_another_study_tries_its_best_first(run_cli, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'kvopt.db'}"
+    space = ["search_space.dtype=[float32]", "search_space.cache_implementation=[dynamic,static]",
+             "confirm.rounds=0"]
+    first = run_cli("model=tiny-gpt2", "profile=ci-micro", f"storage.url={url}", "study.name=old",
+                    "study.n_trials=4", *space)
+    assert first.returncode == 0, first.stderr
+    old = optuna.load_study(study_name="old", storage=url)
+    old_best = old.user_attrs and [t for t in old.trials if t.state == TrialState.COMPLETE]
+    assert old_best
+    second = run_cli("model=tiny-gpt2", "profile=ci-micro", f"storage.url={url}", "study.name=new",
+                     "study.n_trials=2", "study.warm_start=old", *space)
+    assert second.returncode == 0, second.stderr
+    assert "warm start    old:" in second.stdout
+    new = optuna.load_study(study_name="new", storage=url).trials
+    assert new[0].user_attrs.get("baseline")
+    assert new[1].user_attrs.get("chosen_because") == "warm start: the other study's profile-best"
+
+
+def test_confirmation_keeps_the_baseline_unless_a_gain_is_shown_and_settles_ties_alike() -> None:
+    from kvopt.confirm import _decide
+
+    def result(n: int, params: dict, baseline: bool = False) -> Result:
+        return Result(n, params, f"c{n}", {"ttft_ms": 10.0, "decode_tok_s": 100.0, "peak_mem_mb": 100.0}, baseline)
+
+    base = result(0, {"cache_implementation": "dynamic", "dtype": "float32", "batch_size": 1}, baseline=True)
+    simple = result(1, {"cache_implementation": "dynamic", "dtype": "bfloat16", "batch_size": 1})
+    double = result(2, {"cache_implementation": "static", "dtype": "bfloat16", "batch_size": 1})
+    rounds = 6
+    flat = {"ttft_ms": [10.0] * rounds, "decode_tok_s": [100.0] * rounds}
+    noisy = {"ttft_ms": [9.0, 11.0, 9.5, 10.5, 9.8, 10.2], "decode_tok_s": [100.0] * rounds}
+    notes: list[str] = []
+    assert _decide([simple, base], {0: flat, 1: noisy}, base, PROFILE, notes) is base  # no proven gain
+    assert "keeping the baseline" in notes[-1]
+    # Both clearly faster than the baseline, within each other's noise; the busier change
+    # has the higher median this time, yet the simpler one is kept (and a note says why).
+    faster = {"ttft_ms": [5.0, 5.2, 4.9, 5.1, 5.0, 5.05], "decode_tok_s": [100.0] * rounds}
+    also = {"ttft_ms": [4.9, 5.3, 4.8, 5.2, 4.95, 5.0], "decode_tok_s": [100.0] * rounds}
+    notes = []
+    assert _decide([double, simple, base], {0: flat, 1: faster, 2: also}, base, PROFILE, notes) is simple
+    assert "within each other's noise" in notes[-1]
+    # A gain the rounds can tell apart wins even if it changes more.
+    much = {"ttft_ms": [2.0] * rounds, "decode_tok_s": [100.0] * rounds}
+    assert _decide([double, simple, base], {0: flat, 1: faster, 2: much}, base, PROFILE, []) is double
