@@ -216,13 +216,29 @@ def observations_of(trials: Sequence[FrozenTrial], space: SearchSpace, state: St
     return out
 
 
+# The last few fits, keyed by what they were fitted on: a trial asks for the same fit up to
+# three times (the sampler's choice, the bounded-call check, the convergence check).
+_FITS: dict[tuple[Any, ...], PerformanceModel] = {}
+_FITS_KEPT = 8
+
+
 def fit_model(
     space: SearchSpace,
     observations: Sequence[Observation],
     memory_prior_mb: Callable[[Candidate], float] | None = None,
 ) -> PerformanceModel:
-    """A performance model of the space fitted on these observations."""
-    return PerformanceModel(space, memory_prior_mb).fit(observations)
+    """A performance model of the space fitted on these observations (memoised)."""
+    key = (id(space), id(memory_prior_mb), tuple(
+        (o.candidate, tuple(sorted(o.log_values.items())), tuple(sorted(o.noise_sd.items())), o.source)
+        for o in observations
+    ))
+    model = _FITS.get(key)
+    if model is None or model.space is not space:
+        model = PerformanceModel(space, memory_prior_mb).fit(observations)
+        if len(_FITS) >= _FITS_KEPT:
+            _FITS.pop(next(iter(_FITS)))
+        _FITS[key] = model
+    return model
 
 
 def _best_measured(state: StudyState, profile: ProfileConfig) -> tuple[Key, float, float] | None:

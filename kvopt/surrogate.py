@@ -137,6 +137,7 @@ class CandidateEncoder:
         names.append("source")
         blocks.append("source")
         self.names = names
+        self._memo: dict[tuple[Candidate, int], np.ndarray] = {}
         self.prior_sd = np.array([_PRIOR_SD[b] for b in blocks])
         # Which weights the fitted prior multiplier scales (not the free intercepts).
         self.scaled = np.array([b not in ("intercept", "source") for b in blocks])
@@ -151,7 +152,14 @@ class CandidateEncoder:
         return {"cache": _cache_variant(candidate), "attn": candidate.attn_implementation, "dtype": candidate.dtype}
 
     def encode(self, candidate: Candidate, source: int = 0) -> np.ndarray:
-        """The feature vector of one candidate."""
+        """The feature vector of one candidate (memoised: a study asks for the same ones often)."""
+        key = (candidate, source)
+        row = self._memo.get(key)
+        if row is None:
+            row = self._memo[key] = self._encode(candidate, source)
+        return row
+
+    def _encode(self, candidate: Candidate, source: int) -> np.ndarray:
         levels = self.levels(candidate)
         x = (math.log2(candidate.batch_size) - self._base_log2_batch) / self._log2_batch_span
         row: list[float] = [1.0]
@@ -168,6 +176,19 @@ class CandidateEncoder:
 
     def encode_many(self, candidates: Sequence[Candidate], source: int = 0) -> np.ndarray:
         return np.array([self.encode(c, source) for c in candidates]).reshape(len(candidates), len(self.names))
+
+
+_ENCODERS: dict[int, tuple[SearchSpace, CandidateEncoder]] = {}
+
+
+def encoder_for(space: SearchSpace) -> CandidateEncoder:
+    """One encoder per search space, so its memoised feature vectors serve every fit."""
+    kept = _ENCODERS.get(id(space))
+    if kept is None or kept[0] is not space:
+        if len(_ENCODERS) >= 16:
+            _ENCODERS.pop(next(iter(_ENCODERS)))
+        kept = _ENCODERS[id(space)] = (space, CandidateEncoder(space))
+    return kept[1]
 
 
 @dataclass
@@ -194,7 +215,7 @@ class PerformanceModel:
     n_observations: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.encoder = CandidateEncoder(self.space)
+        self.encoder = encoder_for(self.space)
 
     def _offset(self, metric: str, candidate: Candidate) -> float:
         if metric == "peak_mem_mb" and self.memory_prior_mb is not None:
