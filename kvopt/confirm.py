@@ -25,7 +25,7 @@ from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
-from kvopt.select import Recommendation, Result, pareto_front, profile_score, slo_violations
+from kvopt.select import Recommendation, Result, profile_score, slo_violations
 from kvopt.space import SearchSpace
 
 __all__ = [
@@ -280,7 +280,9 @@ def paired_scores(
     memory = -weights["peak_mem_mb"] * math.log(memory_ratio)
     return [
         -weights["ttft_ms"] * math.log(t / bt) + weights["decode_tok_s"] * math.log(d / bd) + memory
-        for t, bt, d, bd in zip(samples["ttft_ms"], baseline["ttft_ms"], samples["decode_tok_s"], baseline["decode_tok_s"])
+        for t, bt, d, bd in zip(
+            samples["ttft_ms"], baseline["ttft_ms"], samples["decode_tok_s"], baseline["decode_tok_s"]
+        )
     ]
 
 

@@ -22,15 +22,15 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kvopt.config import METRICS, QUANTIZED_BACKENDS, KvoptConfig
-from kvopt.errors import ConfigError
 from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
+from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
-from kvopt.probe import backend_missing, default_attn_implementation, probe
 from kvopt.predict import memory_prior
+from kvopt.probe import backend_missing, default_attn_implementation, probe
 from kvopt.report.dashboard import publish_study
 from kvopt.report.export import StudySettings, write_settings
 from kvopt.report.results import trial_records, write_json
@@ -54,6 +54,7 @@ from kvopt.study import (
     study_device_label,
     study_name,
 )
+from kvopt.trial import Objective, TrialOutcome, outcome_of
 from kvopt.workers import (
     DeviceLock,
     Requeue,
@@ -63,7 +64,6 @@ from kvopt.workers import (
     recover_dead_trials,
     worker_identity,
 )
-from kvopt.trial import Objective, TrialOutcome, outcome_of
 
 __all__ = ["Prepared", "StudyResult", "prepare", "tune"]
 
@@ -201,7 +201,9 @@ def _read_warm_start(cfg: KvoptConfig, storage: BaseStorage, name: str, space: S
     try:
         names = optuna.get_all_study_names(storage=source)
     except Exception as exc:  # a file that is not an Optuna storage, a server that went away
-        raise ConfigError([f"study.warm_start: got {arg!r} but its storage cannot be read ({type(exc).__name__})"]) from None
+        raise ConfigError(
+            [f"study.warm_start: got {arg!r} but its storage cannot be read ({type(exc).__name__})"]
+        ) from None
     if study_name not in names or (not sep and study_name == name):
         have = ", ".join(repr(n) for n in sorted(set(names) - {name})) or "none"
         raise ConfigError([f"study.warm_start: got {arg!r} but there is no such other study; allowed: "

@@ -184,10 +184,12 @@ def _same_but_batch(a: Candidate, b: Candidate) -> bool:
     return pa == pb
 
 
-def observations_of(trials: Sequence[FrozenTrial], space: SearchSpace, state: StudyState, source: int = 0) -> list[Observation]:
+def observations_of(
+    trials: Sequence[FrozenTrial], space: SearchSpace, state: StudyState, source: int = 0
+) -> list[Observation]:
     """Observations for the performance model: complete trials, and partial medians of early-stopped ones."""
     out: list[Observation] = []
-    for key, (candidate, values, noise) in state.measured.items():
+    for candidate, values, noise in state.measured.values():
         out.append(Observation(
             candidate, {m: math.log(v) for m, v in zip(METRICS, values) if v > 0},
             dict(zip(METRICS, noise)), source,

@@ -137,7 +137,8 @@ def _stop_runs(table: ReplayTable, cfg: Any, seeds: int, size: int, warm: Any, l
     out = {**summarize(traces, size, 1.0), **summarize_stop(traces, size)}
     print(f"  profile, convergence stop, {label}: stops after {_fmt(out['measurements_at_stop'])} measurements "
           f"({_fmt(out['share_at_stop'], True)} of {size}); recommended the grid's best (within its noise) in "
-          f"{out['recommended_best_within_noise']}/{seeds} seeds, within 2% in {out['recommended_within_2pct']}/{seeds}; "
+          f"{out['recommended_best_within_noise']}/{seeds} seeds, "
+          f"within 2% in {out['recommended_within_2pct']}/{seeds}; "
           f"within 2% after {_fmt(out['measurements_to_best_within_2pct'])} measurements", flush=True)
     return out
 

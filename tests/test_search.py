@@ -14,11 +14,11 @@ import torch
 from optuna.trial import TrialState, create_trial
 
 from conftest import model_config, profile_config
+from kvopt.config import MeasureConfig
 from kvopt.confirm import choose_finalists
 from kvopt.failures import failure_reason
 from kvopt.probe import dtype_slowdown
 from kvopt.protocol import CallTooSlow, _refuse_if_too_slow
-from kvopt.config import MeasureConfig
 from kvopt.sampler import (
     ProfileSampler,
     check_converged,
@@ -111,8 +111,9 @@ def test_pruned_and_failed_trials_feed_the_sampler() -> None:
                                  user_attrs={"reason": "out of memory: CUDA", "constraints": {"runs": 1.0}},
                                  system_attrs={"constraints:runs": 1.0}))
     early = Candidate("dynamic", "eager", "float32", 4)
+    early_dists = {k: v for k, v in sp.distributions().items() if k in early.params()}
     study.add_trial(create_trial(
-        params=early.params(), distributions={k: v for k, v in sp.distributions().items() if k in early.params()}, state=TrialState.PRUNED,
+        params=early.params(), distributions=early_dists, state=TrialState.PRUNED,
         user_attrs={"reason": "dominated by trial #0", "ttft_ms_stats": {"median": 20.0, "ci_low": 18, "ci_high": 22},
                     "decode_tok_s_stats": {"median": 250.0, "ci_low": 240, "ci_high": 260}, "peak_mem_mb": 140.0},
     ))

@@ -25,15 +25,15 @@ from optuna.trial import TrialState
 from kvopt.bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
 from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 from kvopt.config import DIRECTIONS, KvoptConfig
-from kvopt.errors import ConfigError
-from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
+from kvopt.confirm import score_interval
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import make_workload
+from kvopt.errors import ConfigError
+from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MB, MemoryReading
-from kvopt.protocol import Measurement, stop_rule
 from kvopt.predict import memory_prior
-from kvopt.confirm import score_interval
+from kvopt.protocol import Measurement, stop_rule
 from kvopt.sampler import WarmStart, check_converged, warm_start_from
 from kvopt.select import Result, collect_results, dominated_by, pareto_front, profile_score, recommend
 from kvopt.space import Candidate, SearchSpace, candidate_key
