@@ -203,18 +203,18 @@ def observations_of(
             continue
         seen.add(key)
         log_values: dict[str, float] = {}
-        noise: dict[str, float] = {}
+        partial_noise: dict[str, float] = {}
         for metric in ("ttft_ms", "decode_tok_s"):
             median = (t.user_attrs.get(f"{metric}_stats") or {}).get("median")
             if median and median > 0:
                 log_values[metric] = math.log(median)
-                noise[metric] = _PARTIAL_NOISE_SD
+                partial_noise[metric] = _PARTIAL_NOISE_SD
         mem = t.user_attrs.get("peak_mem_mb")
         if mem and mem > 0:  # memory is exact after the first call, even if the trial stopped early
             log_values["peak_mem_mb"] = math.log(mem)
-            noise["peak_mem_mb"] = _MEMORY_NOISE_SD
+            partial_noise["peak_mem_mb"] = _MEMORY_NOISE_SD
         if log_values:
-            out.append(Observation(space.make_candidate(t.params), log_values, noise, source))
+            out.append(Observation(space.make_candidate(t.params), log_values, partial_noise, source))
     return out
 
 
