@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from kvopt.config import MeasureConfig, ModelConfig
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload
+from kvopt.env import quiet_libraries
 from kvopt.failures import failure_reason
 from kvopt.measure.memory import MB
 from kvopt.measure.rss import PeakRSS
@@ -57,8 +58,6 @@ class IsolatedFailure(Exception):
 
 
 def _child(job: TrialJob, conn: Connection) -> None:
-    from kvopt.cli import quiet_libraries
-
     try:
         quiet_libraries()
         device = torch.device(job.device)

@@ -29,10 +29,10 @@ from kvopt.engine.workload import Workload, make_workload
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
+from kvopt.paths import write_json_atomic
 from kvopt.probe import backend_missing, default_attn_implementation, probe
 from kvopt.report.dashboard import publish_study
 from kvopt.report.export import StudySettings, write_settings
-from kvopt.report.results import trial_records, write_json
 from kvopt.report.terminal import (
     StudyProgress,
     paste_snippet,
@@ -43,6 +43,7 @@ from kvopt.report.terminal import (
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage, study_lock
+from kvopt.stored import trial_records
 from kvopt.study import (
     check_compatible,
     enqueue_baseline,
@@ -432,7 +433,7 @@ def _write_outputs(
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "trials": trial_records(study),
     }
-    write_json(output_dir / "results.json", payload)
+    write_json_atomic(output_dir / "results.json", payload)
     write_settings(output_dir, StudySettings(
         study=p.name, model=p.cfg.model, profile=p.cfg.profile.name, slo=p.cfg.profile.slo,
         device=str(p.device), workload=p.workload, recommendation=result.recommendation,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from kvopt.cli import conf_dir
+from kvopt.paths import conf_dir
 from kvopt.config import SearchSpaceConfig, validate
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import ModelLoader, WeightsSource

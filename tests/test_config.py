@@ -7,7 +7,8 @@ import itertools
 import pytest
 from hydra import compose, initialize_config_dir
 
-from kvopt.cli import conf_dir, unknown_group_options
+from kvopt.compose import unknown_group_options
+from kvopt.paths import conf_dir
 from kvopt.config import validate
 from kvopt.errors import ConfigError
 

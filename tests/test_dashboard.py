@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from report_helpers import free_port
 
-from kvopt.cli import conf_dir
+from kvopt.paths import conf_dir
 from kvopt.config import validate
 from kvopt.runner import tune
 

@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from kvopt.cli import conf_dir
+from kvopt.paths import conf_dir
 from kvopt.config import validate
 from kvopt.measure.memory import MB
 from kvopt.measure.rss import PeakRSS

@@ -35,7 +35,7 @@ def test_the_wheel_carries_conf_and_runs_a_study(tmp_path: Path):
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
     where = subprocess.run(
-        [sys.executable, "-c", "import kvopt.cli as c; print(c.__file__); print(c.conf_dir())"],
+        [sys.executable, "-c", "import kvopt.paths as p; print(p.__file__); print(p.conf_dir())"],
         cwd=work, env=env, capture_output=True, text=True, check=True,
     ).stdout.split()
     assert all(str(target) in line for line in where)

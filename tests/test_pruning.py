@@ -170,7 +170,7 @@ def test_the_pruning_replay_on_a_recorded_grid_never_prunes_the_true_front():
 def test_the_memory_budget_reaches_the_study():
     from hydra import compose, initialize_config_dir
 
-    from kvopt.cli import conf_dir
+    from kvopt.paths import conf_dir
     from kvopt.config import validate
     from kvopt.runner import prepare
 

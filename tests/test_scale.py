@@ -488,7 +488,7 @@ def test_the_submitit_local_launcher_runs_workers_on_one_study(tmp_path):
 def test_the_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
-    from kvopt.cli import conf_dir
+    from kvopt.paths import conf_dir
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "worker=3", "device=cuda:${worker}"],

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from kvopt.cli import conf_dir
+from kvopt.paths import conf_dir
 from kvopt.config import validate
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload

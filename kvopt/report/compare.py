@@ -14,10 +14,10 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from kvopt.config import METRICS
-from kvopt.errors import KvoptError
+from kvopt.env import quiet_libraries
+from kvopt.errors import KvoptError, print_error
 from kvopt.report.terminal import format_gains
 from kvopt.select import Recommendation, Result
 from kvopt.space import candidate_key
@@ -159,9 +159,6 @@ def print_comparison(console: Console, c: Comparison) -> None:
 
 def compare_command(args: list[str]) -> int:
     """Entry of ``python -m kvopt compare``; returns the exit status (2 on bad input)."""
-    from kvopt.cli import quiet_libraries
-
-    err = Console(stderr=True, soft_wrap=True)
     if any(a in ("-h", "--help") for a in args):
         Console(soft_wrap=True).print(USAGE, highlight=False, markup=False)
         return 0
@@ -172,19 +169,18 @@ def compare_command(args: list[str]) -> int:
         if sep and key == "storage.url":
             storage = value
         elif sep and "@" not in key:
-            err.print(f"kvopt: error: compare: got {arg!r}; allowed: storage.url=URL\n{USAGE}", highlight=False, markup=False)
+            print_error(f"compare: got {arg!r}; allowed: storage.url=URL\n{USAGE}")
             return 2
         else:
             positional.append(arg)
     if len(positional) != 2:
-        err.print(f"kvopt: error: compare: got {len(positional)} study argument(s) {positional}; allowed: exactly two, A and B\n{USAGE}",
-                  highlight=False, markup=False)
+        print_error(f"compare: got {len(positional)} study argument(s) {positional}; allowed: exactly two, A and B\n{USAGE}")
         return 2
     quiet_libraries()
     try:
         a, b = (load_study(*parse_source(arg, storage)) for arg in positional)
     except KvoptError as exc:
-        err.print(Text.assemble(("kvopt: error: ", "bold red"), str(exc)), highlight=False)
+        print_error(str(exc))
         return 2
     print_comparison(Console(soft_wrap=False), compare_studies(a, b))
     return 0

@@ -17,9 +17,10 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from kvopt.compose import parse_key_values
 from kvopt.config import StorageConfig
-from kvopt.errors import ConfigError, KvoptError
-from kvopt.report.command import parse_key_values, print_error
+from kvopt.errors import ConfigError, KvoptError, print_error
+from kvopt.paths import sqlite_path
 from kvopt.report.files import ReportFiles, write_report
 from kvopt.report.markdown import study_note
 
@@ -41,8 +42,9 @@ def artifact_dir(cfg: StorageConfig) -> Path | None:
     if cfg.backend == "memory" or not cfg.url:
         return None
     url = str(cfg.url)
-    if cfg.backend == "journal" or url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else url).expanduser().resolve()
+    local = url if cfg.backend == "journal" else sqlite_path(url)
+    if local is not None:
+        path = Path(local).expanduser().resolve()
         return path.with_name(f"{path.stem}-artifacts")
     return Path("kvopt-artifacts").resolve()  # a database server: no file to sit beside
 

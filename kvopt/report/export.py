@@ -18,6 +18,7 @@ import yaml
 from transformers import CompileConfig, ContinuousBatchingConfig
 
 from kvopt.config import METRICS, ModelConfig
+from kvopt.paths import write_text_atomic
 from kvopt.select import Recommendation, Result, gains_pct
 from kvopt.space import Candidate, SearchSpace
 
@@ -308,12 +309,6 @@ def settings_script(src: StudySettings, result: Result | None = None) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_settings(output_dir: Path, src: StudySettings) -> list[Path]:
     """Write recommended.yaml and recommended.py; nothing when there is no recommendation."""
     if src.recommendation is None:
@@ -324,6 +319,6 @@ def write_settings(output_dir: Path, src: StudySettings) -> list[Path]:
         "# alternatives: the Pareto front's extremes, measured in the same study.\n"
     )
     yaml_path, py_path = output_dir / "recommended.yaml", output_dir / "recommended.py"
-    _write_atomic(yaml_path, header + yaml.safe_dump(settings_document(src), sort_keys=False, allow_unicode=True))
-    _write_atomic(py_path, settings_script(src))
+    write_text_atomic(yaml_path, header + yaml.safe_dump(settings_document(src), sort_keys=False, allow_unicode=True))
+    write_text_atomic(py_path, settings_script(src))
     return [yaml_path, py_path]
