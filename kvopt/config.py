@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kvopt.errors import ConfigError
+from kvopt.metrics import DIRECTIONS, METRICS, SLO_KEYS
 
 __all__ = [
     "CACHE_IMPLEMENTATIONS",
@@ -24,6 +25,8 @@ __all__ = [
     "SAMPLERS",
     "STORAGE_BACKENDS",
     "METRICS",
+    "DIRECTIONS",
+    "SLO_KEYS",
     "ModelConfig",
     "ProfileConfig",
     "SearchSpaceConfig",
@@ -52,10 +55,7 @@ WEIGHTS_MODES = ("auto", "pretrained", "random")
 ISOLATION_MODES = ("inline", "process")
 # What a worker does when another kvopt process measures on the same host and device.
 SHARED_DEVICE_POLICIES = ("wait", "refuse", "flag")
-# The study's objectives, in Optuna's order, with their directions.
-METRICS = ("ttft_ms", "decode_tok_s", "peak_mem_mb")
-DIRECTIONS = ("minimize", "maximize", "minimize")
-SLO_KEYS = ("max_ttft_ms", "min_decode_tok_s", "max_mem_mb")
+# METRICS, DIRECTIONS and SLO_KEYS (the study's objectives) are defined in kvopt.metrics.
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

@@ -21,7 +21,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from rich.console import Console
 
-from kvopt.config import METRICS, QUANTIZED_BACKENDS, KvoptConfig
+from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
 from kvopt.errors import ConfigError
 from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
@@ -29,6 +29,7 @@ from kvopt.engine.workload import Workload, make_workload
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
+from kvopt.metrics import METRICS
 from kvopt.paths import write_json_atomic
 from kvopt.probe import backend_missing, default_attn_implementation, probe
 from kvopt.report.dashboard import publish_study

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from kvopt.attrs import BASELINE_ATTR, REASON_ATTR
 from kvopt.config import StorageConfig, validate_profile
 from kvopt.confirm import confirmed_recommendation
 from kvopt.errors import ConfigError, StorageError
@@ -129,8 +130,8 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
                 "state": t.state.name,
                 "params": dict(t.params),
                 "values": list(t.values) if t.values is not None else None,
-                "reason": t.user_attrs.get("reason"),
-                "baseline": bool(t.user_attrs.get("baseline")),
+                "reason": t.user_attrs.get(REASON_ATTR),
+                "baseline": bool(t.user_attrs.get(BASELINE_ATTR)),
                 "user_attrs": dict(t.user_attrs),
                 "duration_s": t.duration.total_seconds() if t.duration else None,
             }

@@ -8,8 +8,10 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from kvopt.config import DIRECTIONS, METRICS, KvoptConfig, SamplerConfig
+from kvopt.attrs import BASELINE_ATTR
+from kvopt.config import KvoptConfig, SamplerConfig
 from kvopt.errors import StorageError
+from kvopt.metrics import DIRECTIONS, METRICS
 from kvopt.space import SearchSpace
 
 __all__ = [
@@ -21,8 +23,6 @@ __all__ = [
     "enqueue_baseline",
     "BASELINE_ATTR",
 ]
-
-BASELINE_ATTR = "baseline"
 
 
 def study_name(cfg: KvoptConfig, device_label: str) -> str:

@@ -23,14 +23,16 @@ import torch
 from optuna.trial import TrialState
 
 from kvopt.bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
+from kvopt.attrs import Failure, failure_kind
 from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
-from kvopt.config import DIRECTIONS, KvoptConfig
+from kvopt.config import KvoptConfig
 from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import make_workload
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
-from kvopt.measure.memory import MB, MemoryReading
+from kvopt.measure.memory import MemoryReading
+from kvopt.metrics import DIRECTIONS, MB
 from kvopt.protocol import Measurement, stop_rule
 from kvopt.select import Result, dominated_by, pareto_front, profile_score
 from kvopt.space import Candidate, SearchSpace, candidate_key
@@ -189,7 +191,7 @@ def replay_study(
         if t.state == TrialState.COMPLETE:
             found.add(key)
             best = max(best, table.scores.get(key, -math.inf))
-        elif str(t.user_attrs.get("reason", "")).startswith("dominated by"):
+        elif failure_kind(t.user_attrs) == Failure.DOMINATED:
             pruned += 1
             wrong += key in table.front_keys
         hv.append(table.hypervolume(found) / table.full_hv if table.full_hv > 0 else 1.0)

@@ -15,9 +15,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from kvopt.config import METRICS
 from kvopt.env import quiet_libraries
 from kvopt.errors import KvoptError, print_error
+from kvopt.metrics import METRICS, OBJECTIVES
 from kvopt.report.terminal import format_gains
 from kvopt.select import Recommendation, Result
 from kvopt.space import candidate_key
@@ -31,7 +31,7 @@ USAGE = (
     "  A, B: STUDY (a study in storage.url, default sqlite:///kvopt.db) or STUDY@STORAGE_URL\n"
     "  e.g.: python -m kvopt compare gpt2-rag-cuda@sqlite:///h100.db gpt2-rag-cuda@sqlite:///a100.db"
 )
-_HEADERS = {"ttft_ms": "TTFT ms", "decode_tok_s": "tok/s", "peak_mem_mb": "mem MB"}
+_HEADERS = {m.name: m.column for m in OBJECTIVES}
 
 
 def _key(r: Result) -> tuple[tuple[str, Any], ...]:

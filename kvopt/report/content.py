@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-from kvopt.config import METRICS
+from kvopt.attrs import CONSTRAINTS_ATTR, NOISY_ATTR, REUSED_FROM_ATTR
+from kvopt.metrics import METRIC_BY_NAME, METRICS, OBJECTIVES
 from kvopt.select import Result
 
 if TYPE_CHECKING:  # kvopt.stored imports kvopt.report: no import cycle at run time
@@ -32,7 +33,7 @@ __all__ = [
     "parameter_importance",
 ]
 
-GAIN_LABELS = {"ttft_ms": "TTFT", "decode_tok_s": "decode throughput", "peak_mem_mb": "peak memory"}
+GAIN_LABELS = {m.name: m.long_label for m in OBJECTIVES}
 # PED-ANOVA compares the best trials with all of them: with fewer, "best" is one or two
 # noisy points and the importances mean nothing.
 MIN_IMPORTANCE_TRIALS = 8
@@ -178,11 +179,11 @@ def _notes(t: dict[str, Any]) -> str:
     notes = []
     if t["baseline"]:
         notes.append("baseline")
-    if attrs.get("reused_from") is not None:
-        notes.append(f"reused #{attrs['reused_from']}")
-    if attrs.get("noisy"):
+    if attrs.get(REUSED_FROM_ATTR) is not None:
+        notes.append(f"reused #{attrs[REUSED_FROM_ATTR]}")
+    if attrs.get(NOISY_ATTR):
         notes.append("noisy")
-    broken = {k: v for k, v in (attrs.get("constraints") or {}).items() if isinstance(v, (int, float)) and v > 0}
+    broken = {k: v for k, v in (attrs.get(CONSTRAINTS_ATTR) or {}).items() if isinstance(v, (int, float)) and v > 0}
     if broken:
         notes.append("constraints violated: " + ", ".join(f"{k} {v:g}" for k, v in broken.items()))
     if t["state"] in ("FAIL", "PRUNED"):
@@ -214,7 +215,7 @@ def noise_rows(s: StoredStudy) -> list[tuple[str, str, str]]:
     rows = []
     for t in s.trials:
         attrs = t["user_attrs"]
-        if not attrs.get("noisy"):
+        if not attrs.get(NOISY_ATTR):
             continue
         why = []
         if attrs.get("stopped_because"):
@@ -266,7 +267,7 @@ def parameter_importance(study: optuna.Study, min_trials: int = MIN_IMPORTANCE_T
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for i, m in enumerate(METRICS):
-                sign = -1.0 if m == "decode_tok_s" else 1.0  # PED-ANOVA takes lower as better
+                sign = -METRIC_BY_NAME[m].sign  # PED-ANOVA takes lower as better
                 values[m] = get_param_importances(
                     study,
                     evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile),

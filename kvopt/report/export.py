@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from transformers import CompileConfig, ContinuousBatchingConfig
 
-from kvopt.config import METRICS, ModelConfig
+from kvopt.config import ModelConfig
+from kvopt.metrics import METRICS
 from kvopt.paths import write_text_atomic
 from kvopt.select import Recommendation, Result, gains_pct
 from kvopt.space import Candidate, SearchSpace

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kvopt.metrics import OBJECTIVES
 from kvopt.report import content
 
 if TYPE_CHECKING:
@@ -24,9 +25,10 @@ PLOT_TITLES = {
     "importance": "Parameter importance per objective",
 }
 
-FRONT_HEADER = ("#", "candidate", "TTFT ms", "decode tok/s", "memory MB", "")
-TRIAL_HEADER = ("#", "state", "candidate", "TTFT ms", "decode tok/s", "memory MB", "runs", "seconds", "notes")
-CONFIRM_HEADER = ("#", "candidate", "TTFT", "decode", "memory", "")
+_VALUE_HEADERS = tuple(m.header for m in OBJECTIVES)  # "TTFT ms", "decode tok/s", "memory MB"
+FRONT_HEADER = ("#", "candidate", *_VALUE_HEADERS, "")
+TRIAL_HEADER = ("#", "state", "candidate", *_VALUE_HEADERS, "runs", "seconds", "notes")
+CONFIRM_HEADER = ("#", "candidate", *(m.label for m in OBJECTIVES), "")
 
 
 def md_escape(text: str) -> str:

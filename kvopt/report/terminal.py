@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from kvopt.metrics import OBJECTIVES
 from kvopt.report.export import call_args
 from kvopt.select import Recommendation, Result
 from kvopt.space import Candidate
@@ -30,7 +31,7 @@ __all__ = [
     "paste_snippet",
 ]
 
-_GAIN_LABELS = {"ttft_ms": "TTFT", "decode_tok_s": "decode", "peak_mem_mb": "memory"}
+_GAIN_LABELS = {m.name: m.label for m in OBJECTIVES}
 
 
 def print_plan(console: Console, lines: list[tuple[str, str]], dropped: dict[str, str]) -> None:
@@ -112,7 +113,7 @@ def print_confirmation(console: Console, confirmation: Any) -> None:
     )
     table = _candidate_table(
         f"confirmed over {confirmation.rounds} interleaved rounds (gain vs baseline, {coverage:.0%} CI)",
-        ("TTFT", "decode", "memory"),
+        tuple(m.label for m in OBJECTIVES),
     )
     for r in confirmation.finalists:
         if r.is_baseline:
@@ -162,7 +163,7 @@ def print_summary(
         console.print("[red]no candidate completed a measurement[/red]")
         return
     table = _candidate_table(
-        "Pareto front (TTFT min, decode tok/s max, memory min)", ("TTFT ms", "tok/s", "mem MB")
+        "Pareto front (TTFT min, decode tok/s max, memory min)", tuple(m.column for m in OBJECTIVES)
     )
     table.add_column("", justify="left", no_wrap=True)
     rec_number = recommendation.result.number if recommendation else None
