@@ -29,10 +29,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from kvopt.config import ModelConfig
-from kvopt.engine.paged import PAGE_SIZE
-from kvopt.engine.workload import Workload
-from kvopt.measure.memory import MB
-from kvopt.space import Candidate
+from kvopt.metrics import MB
+from kvopt.space import PAGE_SIZE, Candidate
+from kvopt.workload import Workload
 
 __all__ = [
     "MemoryPrediction",

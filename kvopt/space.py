@@ -7,20 +7,76 @@ to turn itself into ``from_pretrained`` and ``generate`` keyword arguments.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
-from transformers import CompileConfig
+from transformers import CompileConfig, ContinuousBatchingConfig
 
 from kvopt.config import SearchSpaceConfig
 
-__all__ = ["Candidate", "SearchSpace", "candidate_key", "PARAM_NAMES", "BACKEND_NBITS", "STATIC_CACHES"]
+__all__ = [
+    "Candidate",
+    "SearchSpace",
+    "candidate_key",
+    "PARAM_NAMES",
+    "BACKEND_NBITS",
+    "STATIC_CACHES",
+    "PAGE_SIZE",
+    "PagedPool",
+    "paged_pool",
+]
 
 PARAM_NAMES = ("cache_implementation", "attn_implementation", "dtype", "batch_size")
 # Which nbits each quantized-cache backend takes (fp8 quantizes per tensor: none).
 BACKEND_NBITS: dict[str, tuple[int, ...]] = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}
 STATIC_CACHES = ("static", "offloaded_static")
+
+# Tokens per page. Small pages waste little on short prompts; 16 divides every workload
+# kvopt ships and is what paged-attention servers commonly use.
+PAGE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class PagedPool:
+    """The pages one batch needs: every request holds prompt + new tokens at its end."""
+
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    page_size: int = PAGE_SIZE
+
+    @property
+    def pages_per_request(self) -> int:
+        """Whole pages for one request's prompt and new tokens."""
+        return math.ceil((self.prompt_tokens + self.new_tokens) / self.page_size)
+
+    @property
+    def num_blocks(self) -> int:
+        """Pages in the pool: one request's pages for every request of the batch."""
+        return self.batch_size * self.pages_per_request
+
+    def config(self) -> ContinuousBatchingConfig:
+        """The continuous-batching config ``generate`` takes for this pool."""
+        return ContinuousBatchingConfig(
+            page_size=self.page_size,
+            num_blocks=self.num_blocks,
+            # The whole batch prefills in one step, as in a batched generate.
+            max_batch_tokens=self.batch_size * self.prompt_tokens,
+            max_requests_per_batch=self.batch_size,
+            # Identical synthetic prompts must not share pages: that would skip prefill work.
+            allow_block_sharing=False,
+            use_async_batching=False,
+            use_cuda_graph=False,
+            # Measure the attention the candidate names, not a silent switch to flash.
+            auto_switch_to_flash=False,
+        )
+
+
+def paged_pool(batch_size: int, prompt_tokens: int, new_tokens: int) -> PagedPool:
+    """The page pool of a ``paged`` candidate: exactly the pages its batch needs, never more."""
+    return PagedPool(batch_size, prompt_tokens, new_tokens)
 
 
 def candidate_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -77,8 +133,6 @@ class Candidate:
         """
         kwargs: dict[str, Any] = {"cache_implementation": self.cache_implementation}
         if self.cache_implementation == "paged" and prompt_tokens is not None and new_tokens is not None:
-            from kvopt.engine.paged import paged_pool  # engine imports this module: import late
-
             kwargs["continuous_batching_config"] = paged_pool(self.batch_size, prompt_tokens, new_tokens).config()
         if self.cache_implementation == "quantized":
             kwargs["cache_config"] = {"backend": self.quantized_backend}

@@ -5,7 +5,7 @@ it lives in the continuous-batching manager, which owns a pool of fixed-size pag
 runs the model in a background thread. kvopt measures it the way a batch user calls it:
 one ``generate_batch`` per batch of prompts, all submitted at once.
 
-- **Pool sized from the workload**, never from free memory: left alone, Transformers sizes
+- **Pool sized from the workload** (:class:`kvopt.space.PagedPool`), never from free memory: left alone, Transformers sizes
   the pool from a share of what the device has free (on a CPU that is most of the RAM,
   allocated and zeroed on every call). kvopt gives it exactly the pages the batch needs.
 - **TTFT** is submission to the moment the *last* request of the batch has its first
@@ -19,60 +19,21 @@ one ``generate_batch`` per batch of prompts, all submitted at once.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel
-from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+# The pool's size is knowledge about the candidate (its generate kwargs carry it): defined
+# in kvopt.space, named here too for code that runs paged generation.
+from kvopt.space import PAGE_SIZE, PagedPool, paged_pool
 
 __all__ = ["PAGE_SIZE", "PagedPool", "paged_pool", "paged_generate", "PagedRun"]
 
 # The continuous-batching manager logs every start and stop at INFO on its own logger,
 # outside transformers' verbosity setting: keep kvopt's terminal for kvopt's lines.
 logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
-
-# Tokens per page. Small pages waste little on short prompts; 16 divides every workload
-# kvopt ships and is what paged-attention servers commonly use.
-PAGE_SIZE = 16
-
-
-@dataclass(frozen=True)
-class PagedPool:
-    """The pages one batch needs: every request holds prompt + new tokens at its end."""
-
-    batch_size: int
-    prompt_tokens: int
-    new_tokens: int
-    page_size: int = PAGE_SIZE
-
-    @property
-    def pages_per_request(self) -> int:
-        return math.ceil((self.prompt_tokens + self.new_tokens) / self.page_size)
-
-    @property
-    def num_blocks(self) -> int:
-        return self.batch_size * self.pages_per_request
-
-    def config(self) -> ContinuousBatchingConfig:
-        return ContinuousBatchingConfig(
-            page_size=self.page_size,
-            num_blocks=self.num_blocks,
-            # The whole batch prefills in one step, as in a batched generate.
-            max_batch_tokens=self.batch_size * self.prompt_tokens,
-            max_requests_per_batch=self.batch_size,
-            # Identical synthetic prompts must not share pages: that would skip prefill work.
-            allow_block_sharing=False,
-            use_async_batching=False,
-            use_cuda_graph=False,
-            # Measure the attention the candidate names, not a silent switch to flash.
-            auto_switch_to_flash=False,
-        )
-
-
-def paged_pool(batch_size: int, prompt_tokens: int, new_tokens: int) -> PagedPool:
-    return PagedPool(batch_size, prompt_tokens, new_tokens)
-
 
 @dataclass
 class PagedRun:

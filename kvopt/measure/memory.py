@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from kvopt.metrics import MB  # the unit of every memory figure; named here for memory code
+
 __all__ = [
     "MB",
     "MemoryReading",
@@ -36,7 +38,6 @@ __all__ = [
     "nvml_uuid",
 ]
 
-MB = 2**20
 T = TypeVar("T")
 
 
