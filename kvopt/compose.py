@@ -116,12 +116,13 @@ def compose_config(config: Overrides = None, /, **overrides: Any) -> KvoptConfig
         except HydraException as exc:
             raise ConfigError([f"overrides: {str(exc).splitlines()[0]}"]) from None
     try:
-        composed = OmegaConf.merge(composed, merged)
+        final = OmegaConf.merge(composed, merged)
     except ConfigKeyError as exc:  # a key the config does not have
-        raise ConfigError([_unknown_key(composed, exc.full_key)]) from None
+        raise ConfigError([_unknown_key(composed, exc.full_key or "")]) from None
     except OmegaConfBaseException as exc:  # e.g. a mapping given where a value belongs
         raise ConfigError([f"{exc.full_key or 'config'}: {str(exc).splitlines()[0]}"]) from None
-    return validate(composed)
+    assert isinstance(final, DictConfig)  # a mapping merged into the composed mapping
+    return validate(final)
 
 
 def _unknown_key(composed: DictConfig, full_key: str) -> str:

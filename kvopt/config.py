@@ -326,7 +326,9 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
     if isinstance(backends, str):
         backends = [backends]
     if not isinstance(backends, (list, tuple)) or not backends or any(b not in QUANTIZED_BACKENDS for b in backends):
-        problems.add("search_space.quantized.backends", backends_in, f"auto, or a list of {', '.join(QUANTIZED_BACKENDS)}")
+        problems.add(
+            "search_space.quantized.backends", backends_in, f"auto, or a list of {', '.join(QUANTIZED_BACKENDS)}"
+        )
         backends = ("fp8",)
     nbits_in = quant.get("nbits", [4])
     nbits = [nbits_in] if _is_int(nbits_in) else nbits_in

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "Metric",
+    "Direction",
     "OBJECTIVES",
     "METRIC_BY_NAME",
     "METRICS",
@@ -24,6 +26,9 @@ __all__ = [
     "slo_violations",
 ]
 
+# Optuna's names for the two ways an objective can go.
+Direction = Literal["minimize", "maximize"]
+
 # Bytes in one MB, the unit of every memory figure kvopt reports (MiB, as torch reports).
 MB = 1024 * 1024
 
@@ -33,7 +38,7 @@ class Metric:
     """One objective of the study and every way kvopt names it."""
 
     name: str  # Optuna's metric name and the key in Result.values: "ttft_ms"
-    direction: str  # Optuna's direction: "minimize" or "maximize"
+    direction: Direction
     unit: str  # "ms", "tok/s", "MB"
     label: str  # short, in sentences and narrow tables: "decode"
     long_label: str  # in the report's gain rows: "decode throughput"
@@ -83,7 +88,7 @@ OBJECTIVES: tuple[Metric, ...] = (
 )
 METRIC_BY_NAME: dict[str, Metric] = {m.name: m for m in OBJECTIVES}
 METRICS: tuple[str, ...] = tuple(m.name for m in OBJECTIVES)
-DIRECTIONS: tuple[str, ...] = tuple(m.direction for m in OBJECTIVES)
+DIRECTIONS: tuple[Direction, ...] = tuple(m.direction for m in OBJECTIVES)
 SLO_KEYS: tuple[str, ...] = tuple(m.slo_key for m in OBJECTIVES)
 # Metric name -> +1 (higher is better) or -1 (lower is better).
 SIGN: dict[str, float] = {m.name: m.sign for m in OBJECTIVES}

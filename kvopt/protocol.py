@@ -37,8 +37,8 @@ from kvopt.engine.loading import LoadedModel
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import StopRule, median_ci, repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MB, MemoryReading, measure_peak, storage_bytes, weights_bytes
-from kvopt.predict import activation_bytes, shape_of_config
 from kvopt.measure.stats import summarize
+from kvopt.predict import activation_bytes, shape_of_config
 from kvopt.space import Candidate
 
 __all__ = ["Measurement", "measure_candidate", "stop_rule", "describe_stats", "SETTLE_BELOW_S"]

@@ -22,10 +22,10 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
-from kvopt.errors import ConfigError
 from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
+from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
@@ -53,6 +53,7 @@ from kvopt.study import (
     study_device_label,
     study_name,
 )
+from kvopt.trial import Objective, TrialOutcome, outcome_of
 from kvopt.workers import (
     DeviceLock,
     Requeue,
@@ -62,7 +63,6 @@ from kvopt.workers import (
     recover_dead_trials,
     worker_identity,
 )
-from kvopt.trial import Objective, TrialOutcome, outcome_of
 
 __all__ = ["Prepared", "StudyResult", "prepare", "tune"]
 

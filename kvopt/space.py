@@ -142,7 +142,7 @@ class Candidate:
             if self.compile:
                 config = CompileConfig(fullgraph=False)
                 # Transformers compiles static caches on CUDA only unless told otherwise.
-                config._compile_all_devices = True
+                config._compile_all_devices = True  # type: ignore[assignment]  # declared None in transformers
                 kwargs["compile_config"] = config
             else:
                 kwargs["disable_compile"] = True
@@ -215,11 +215,11 @@ class SearchSpace:
     def _cache_variants(self, cache: str) -> list[dict[str, Any]]:
         """The conditional options one cache takes, one dict per distinct variant."""
         if cache == "quantized":
-            return [
-                {"quantized_backend": backend, "quantized_nbits": nbits}
-                for backend in self.quantized_backends
-                for nbits in (self.nbits_for(backend) or [None])
-            ]
+            variants = []
+            for backend in self.quantized_backends:
+                nbits: list[int | None] = [*self.nbits_for(backend)] or [None]  # None: the backend takes none
+                variants += [{"quantized_backend": backend, "quantized_nbits": n} for n in nbits]
+            return variants
         if cache in STATIC_CACHES:
             return [{"compile": compile_} for compile_ in self.static_compile]
         return [{}]

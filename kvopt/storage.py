@@ -76,7 +76,7 @@ def open_storage(
     *,
     heartbeat_s: int | None = None,
     grace_s: int | None = None,
-    on_stale: Callable[[Any, Any], None] | None = None,
+    on_stale: Callable[[Any, Any], object] | None = None,
 ) -> BaseStorage:
     """Open (or create) the storage; raise :class:`StorageError` naming what to fix.
 

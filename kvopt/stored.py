@@ -63,12 +63,15 @@ class StoredStudy:
 
 def default_storage_url() -> str:
     """The storage a plain ``python -m kvopt`` run uses: conf/config.yaml's default group."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     root = Path(conf_dir())
-    defaults = OmegaConf.to_container(OmegaConf.load(root / "config.yaml"))["defaults"]  # type: ignore[index]
-    option = next(d["storage"] for d in defaults if isinstance(d, dict) and "storage" in d)
-    return str(OmegaConf.load(root / "storage" / f"{option}.yaml")["url"])
+    top, option_files = OmegaConf.load(root / "config.yaml"), root / "storage"
+    assert isinstance(top, DictConfig)  # config.yaml is a mapping
+    option = next(d["storage"] for d in top["defaults"] if isinstance(d, DictConfig) and "storage" in d)
+    storage = OmegaConf.load(option_files / f"{option}.yaml")
+    assert isinstance(storage, DictConfig)
+    return str(storage["url"])
 
 
 def storage_config(storage_url: str) -> StorageConfig:

@@ -78,7 +78,7 @@ def check_compatible(storage: BaseStorage, name: str, space: SearchSpace) -> int
             if param in ours and dist != ours[param]:
                 raise StorageError(
                     f"study.name: {name!r} exists with other choices for {param} "
-                    f"({list(dist.choices)} there, {list(ours[param].choices)} now: "
+                    f"({list(dist.choices)} there, {list(ours[param].choices)} now: "  # type: ignore[attr-defined]
                     "a different search space or a different machine); "
                     "allowed: a new study.name, or the search space the study was made with"
                 )

@@ -60,7 +60,7 @@ def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutc
         number=trial.number,
         candidate=space.make_candidate(trial.params),
         state=trial.state,
-        values=tuple(trial.values) if trial.values is not None else None,  # type: ignore[arg-type]
+        values=tuple(trial.values) if trial.values is not None else None,
         reason=trial.user_attrs.get(REASON_ATTR),
         reused_from=trial.user_attrs.get(REUSED_FROM_ATTR),
         is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
@@ -148,7 +148,7 @@ class Objective:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         for key, value in earlier.constraints.items():
             trial.set_constraint(key, value)
-        return tuple(earlier.values)  # type: ignore[return-value]
+        return tuple(earlier.values)
 
     def _fail_like(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> NoReturn:
         # Failures are deterministic here (unsupported, out of memory): say so, do not rerun.

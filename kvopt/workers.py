@@ -39,7 +39,15 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from kvopt.attrs import BASELINE_ATTR, CANDIDATE_ATTR, CANDIDATE_SETTINGS_ATTR, FAILURE_ATTR, NOISY_ATTR, REASON_ATTR, Failure
+from kvopt.attrs import (
+    BASELINE_ATTR,
+    CANDIDATE_ATTR,
+    CANDIDATE_SETTINGS_ATTR,
+    FAILURE_ATTR,
+    NOISY_ATTR,
+    REASON_ATTR,
+    Failure,
+)
 from kvopt.config import ScaleConfig
 from kvopt.errors import DeviceError
 from kvopt.space import SearchSpace

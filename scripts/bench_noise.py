@@ -112,7 +112,7 @@ def main() -> None:
 
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
               "profile": args.profile, "runs": args.runs, "cases": []}
-    print(f"| model | repetitions | runs | CV TTFT | CV decode tok/s | CV memory | median n | noisy runs |")
+    print("| model | repetitions | runs | CV TTFT | CV decode tok/s | CV memory | median n | noisy runs |")
     print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
         modes = [*MODES, "paired"]

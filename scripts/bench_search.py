@@ -114,7 +114,9 @@ def main() -> None:
     if args.seeds < 1 or (args.gp_seeds is not None and args.gp_seeds < 1):
         parser.error(f"--seeds/--gp-seeds: got {args.seeds}/{args.gp_seeds}; allowed: integers >= 1")
     if not args.grid.is_file():
-        raise ConfigError([f"--grid: got {str(args.grid)!r}, which is not a file; allowed: a grid JSON from record_grid.py"])
+        raise ConfigError(
+            [f"--grid: got {str(args.grid)!r}, which is not a file; allowed: a grid JSON from record_grid.py"]
+        )
     grid = json.loads(args.grid.read_text())
     table = ReplayTable(grid)
     size = table.space.size

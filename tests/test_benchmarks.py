@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -73,11 +74,12 @@ def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None
         for mode in ("pruning_on", "pruning_off"):
             curve = entry[mode]["hv_curve_median"]
             assert all(0.0 <= v <= 1.0 + 1e-12 for v in curve), (name, curve)
-            assert all(b >= a - 1e-12 for a, b in zip(curve, curve[1:])), (name, curve)
+            assert all(b >= a - 1e-12 for a, b in itertools.pairwise(curve)), (name, curve)
             summary = entry[mode]
             # A measurement is a trial that did not repeat a candidate: never more than the trials.
             for level in ("95", "99"):
-                trials, measured = summary[f"trials_to_{level}"]["median"], summary[f"measurements_to_{level}"]["median"]
+                trials = summary[f"trials_to_{level}"]["median"]
+                measured = summary[f"measurements_to_{level}"]["median"]
                 assert (trials is None) == (measured is None) and (measured is None or measured <= trials)
             assert summary["hv_at_30pct_measurements"]["median"] >= summary["hv_at_30pct"]["median"] - 1e-12
     # The grid order measures every candidate: without pruning it ends on the whole front.

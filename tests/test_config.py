@@ -7,12 +7,11 @@ import itertools
 import pytest
 from hydra import compose, initialize_config_dir
 
+from conftest import CONF
 from kvopt.compose import unknown_group_options
-from kvopt.paths import conf_dir
 from kvopt.config import validate
 from kvopt.errors import ConfigError
-
-from conftest import CONF
+from kvopt.paths import conf_dir
 
 
 def _options(group: str) -> list[str]:

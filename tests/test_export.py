@@ -13,14 +13,13 @@ import yaml
 from transformers import CompileConfig
 
 import kvopt
+from conftest import model_config
 from kvopt.config import METRICS
 from kvopt.engine.workload import Workload
 from kvopt.report.export import StudySettings, call_args, plain, settings_document, settings_script, write_settings
 from kvopt.report.terminal import paste_snippet
 from kvopt.select import Recommendation, Result
 from kvopt.space import Candidate, SearchSpace
-
-from conftest import model_config
 
 MODEL = "tiny-gpt2"
 
@@ -71,7 +70,9 @@ def test_alternatives_are_the_fronts_extremes(run_dir: Path):
     alternatives = doc["alternatives"]
     assert set(alternatives) == {"lowest_ttft", "highest_throughput", "lowest_memory"}
     for name, metric, pick in (
-        ("lowest_ttft", "ttft_ms", min), ("highest_throughput", "decode_tok_s", max), ("lowest_memory", "peak_mem_mb", min)
+        ("lowest_ttft", "ttft_ms", min),
+        ("highest_throughput", "decode_tok_s", max),
+        ("lowest_memory", "peak_mem_mb", min),
     ):
         best = pick(front, key=lambda r: r["values"][metric])
         alt = alternatives[name]

@@ -10,10 +10,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from kvopt.paths import conf_dir
 from kvopt.config import validate
 from kvopt.measure.memory import MB
 from kvopt.measure.rss import PeakRSS
+from kvopt.paths import conf_dir
 from kvopt.runner import tune
 
 

@@ -23,7 +23,9 @@ def test_the_notebook_runs_and_draws_its_plots(tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("MPLBACKEND", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     # Raises CellExecutionError, with the cell and its traceback, if any cell fails.
-    NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    resources = {"metadata": {"path": str(tmp_path)}}
+    client = NotebookClient(notebook, timeout=180, kernel_name="python3", resources=resources)
+    client.execute()
     nbformat.write(notebook, tmp_path / "executed.ipynb")  # kept with the test's files for a look
 
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]

@@ -12,13 +12,13 @@ import optuna
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from report_helpers import STUDY, hostile_copy, make_study, run_kvopt
 
 from kvopt.errors import StorageError
 from kvopt.report.command import report_command
 from kvopt.report.content import MIN_IMPORTANCE_TRIALS, parameter_importance
 from kvopt.report.dashboard import dashboard_command
 from kvopt.stored import load_study
+from report_helpers import STUDY, hostile_copy, make_study, run_kvopt
 
 N_TRIALS = 8  # enough complete trials for parameter importance
 
@@ -101,7 +101,7 @@ def test_the_run_writes_the_report_with_every_part(study_run: dict):
                      "transformers 5.", "optuna 5.", "Pareto front", "Parameter importance", "Noise flags",
                      "Every trial", rec.result.label, f"{rec.gains_pct['decode_tok_s']:+.1f}%"):
             assert part in text, part
-        assert f"median of 3 paired interleaved rounds" in text
+        assert "median of 3 paired interleaved rounds" in text
         assert "PED-ANOVA" in text and "not computed" not in text
     # Plots: files for report.md, inline SVG with one mark per measured candidate in report.html.
     assert "![TTFT against decode throughput" in md and (run / "plots" / "pareto.svg").is_file()

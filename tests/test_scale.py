@@ -103,7 +103,8 @@ def _overlapping_pairs(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[int
     pairs = []
     for i, a in enumerate(timed):
         for b in timed[i + 1 :]:
-            if a.user_attrs["device_key"] == b.user_attrs["device_key"] and b.user_attrs["device_start"] < a.user_attrs["device_end"]:
+            same_device = a.user_attrs["device_key"] == b.user_attrs["device_key"]
+            if same_device and b.user_attrs["device_start"] < a.user_attrs["device_end"]:
                 pairs.append((a.number, b.number))
     return pairs
 

@@ -22,14 +22,14 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from kvopt.bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
 from kvopt.attrs import Failure, failure_kind
+from kvopt.bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
 from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 from kvopt.config import KvoptConfig
-from kvopt.errors import ConfigError
-from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import make_workload
+from kvopt.errors import ConfigError
+from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MemoryReading
 from kvopt.metrics import DIRECTIONS, MB

@@ -5,8 +5,8 @@ it lives in the continuous-batching manager, which owns a pool of fixed-size pag
 runs the model in a background thread. kvopt measures it the way a batch user calls it:
 one ``generate_batch`` per batch of prompts, all submitted at once.
 
-- **Pool sized from the workload** (:class:`kvopt.space.PagedPool`), never from free memory: left alone, Transformers sizes
-  the pool from a share of what the device has free (on a CPU that is most of the RAM,
+- **Pool sized from the workload** (:class:`kvopt.space.PagedPool`), never from free memory:
+  left alone, Transformers sizes the pool from a share of what the device has free (on a CPU that is most of the RAM,
   allocated and zeroed on every call). kvopt gives it exactly the pages the batch needs.
 - **TTFT** is submission to the moment the *last* request of the batch has its first
   token (a batched ``generate`` gives every prompt its first token at once, so the two
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -55,9 +56,10 @@ def paged_generate(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: 
         pad_token_id=0,
     )
     prompts = input_ids.tolist()
-    done = []
+    done: list[Any] = []
     start = time.perf_counter()
-    with model.continuous_batching_context_manager(
+    # Declared on a generation mixin that PreTrainedModel's type does not list.
+    with model.continuous_batching_context_manager(  # type: ignore[operator]
         generation_config=config,
         continuous_batching_config=pool.config(),
         block=True,

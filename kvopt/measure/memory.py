@@ -135,6 +135,8 @@ def _profiled_peak_extra(fn: Callable[[], T], device_type: str) -> tuple[T, int,
         for child in node.children:
             walk(child)
 
+    # Entered and exited above, the profiler always holds its results here.
+    assert prof.profiler is not None and prof.profiler.kineto_results is not None
     for root in prof.profiler.kineto_results.experimental_event_tree():
         walk(root)
     events.sort()

@@ -174,7 +174,9 @@ def compare_command(args: list[str]) -> int:
         else:
             positional.append(arg)
     if len(positional) != 2:
-        print_error(f"compare: got {len(positional)} study argument(s) {positional}; allowed: exactly two, A and B\n{USAGE}")
+        print_error(
+            f"compare: got {len(positional)} study argument(s) {positional}; allowed: exactly two, A and B\n{USAGE}"
+        )
         return 2
     quiet_libraries()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,7 @@ def gains_heading(s: StoredStudy) -> str:
         return "no gain to show: the baseline was not measured"
     if not rec.confirmed_rounds:
         return "gain over the baseline from the study's own measurements (not confirmed); positive = better"
-    coverage = min((c["ci_coverage"] for c in (rec.gains_ci or {}).values() if c.get("ci_coverage")), default=0.0)
+    coverage = min((cov for c in (rec.gains_ci or {}).values() if (cov := c.get("ci_coverage"))), default=0.0)
     return (
         f"gain over the baseline, confirmed: median of {rec.confirmed_rounds} paired interleaved rounds "
         f"with its {coverage:.0%} confidence interval; positive = better"
@@ -163,7 +164,7 @@ def front_rows(s: StoredStudy) -> list[tuple[str, ...]]:
     shown = list(s.front)
     if s.baseline is not None and s.baseline.number not in {r.number for r in shown}:
         shown.append(s.baseline)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in shown:
         marks = []
         if r.number == rec:
@@ -193,7 +194,7 @@ def _notes(t: dict[str, Any]) -> str:
 
 def trial_rows(s: StoredStudy) -> list[tuple[str, ...]]:
     """Every trial: number, state, candidate, objectives, repetitions, duration, notes."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for t in s.trials:
         attrs = t["user_attrs"]
         values = ("", "", "")
@@ -243,6 +244,12 @@ def settings_snippet(s: StoredStudy) -> str | None:
     )
 
 
+def _lower_is_better(index: int, metric: str) -> Callable[[optuna.trial.FrozenTrial], float]:
+    """Objective ``index`` of a trial, signed so that lower is better (as PED-ANOVA takes it)."""
+    sign = -METRIC_BY_NAME[metric].sign
+    return lambda trial: sign * trial.values[index]
+
+
 @dataclass(frozen=True)
 class Importance:
     """Per objective, each parameter's importance (sums to 1); or why there is none."""
@@ -267,11 +274,10 @@ def parameter_importance(study: optuna.Study, min_trials: int = MIN_IMPORTANCE_T
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for i, m in enumerate(METRICS):
-                sign = -METRIC_BY_NAME[m].sign  # PED-ANOVA takes lower as better
                 values[m] = get_param_importances(
                     study,
                     evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile),
-                    target=lambda t, i=i, sign=sign: sign * t.values[i],
+                    target=_lower_is_better(i, m),
                 )
     except Exception as exc:  # e.g. every complete trial has the same settings
         return Importance(None, f"not computed: optuna could not assess importance ({type(exc).__name__}: {exc})")

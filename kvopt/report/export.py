@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pprint
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,9 +107,14 @@ def alternatives(front: list[Result], baseline: Result | None, workload: Workloa
     if not front:
         return {}
     return {
-        name: _settings(pick(front, key=lambda r, m=metric: r.values[m]), baseline, workload)
+        name: _settings(_extreme(front, metric, pick), baseline, workload)
         for name, (metric, pick) in _EXTREMES.items()
     }
+
+
+def _extreme(front: list[Result], metric: str, pick: Callable[..., Result]) -> Result:
+    """The front member with the lowest (``pick=min``) or highest (``max``) ``metric``."""
+    return pick(front, key=lambda r: r.values[metric])
 
 
 @dataclass(frozen=True)
