@@ -25,6 +25,7 @@ def _readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-c", _readme_example()], cwd=tmp_path, env=ENV,
@@ -37,6 +38,7 @@ def test_the_readme_example_runs(tmp_path: Path):
     assert (tmp_path / "kvopt.db").is_file()
 
 
+@pytest.mark.slow
 def test_import_is_cheap_and_every_public_name_resolves():
     code = (
         "import json, sys, kvopt\n"

@@ -52,6 +52,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "grid_tiny.json"
 
 
+@pytest.mark.slow
 def test_record_grid_writes_every_candidate_with_provenance(grid: Path) -> None:
     data = json.loads(grid.read_text())
     assert data["candidates"] == data["space"]["size"] == 4 and data["failed"] == 0
@@ -64,6 +65,7 @@ def test_record_grid_writes_every_candidate_with_provenance(grid: Path) -> None:
     assert grid.with_suffix(".csv").read_text().count("\n") == 5  # header + 4 rows
 
 
+@pytest.mark.slow
 def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None:
     out = tmp_path / "search.json"
     proc = script("bench_search.py", "--grid", str(grid), "--seeds", "2", "--gp-seeds", "1", "--out", str(out))
@@ -89,6 +91,7 @@ def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None
     assert data["pruning_rule_random_orders"]["candidates"] == 4
 
 
+@pytest.mark.slow
 def test_bench_overhead_and_gain_on_a_tiny_study(grid: Path, tmp_path: Path) -> None:
     extra = ["--extra", "study.n_trials=3", "confirm.rounds=2", *TINY]
     gain_out = tmp_path / "gain.json"
@@ -116,6 +119,7 @@ def test_bench_overhead_and_gain_on_a_tiny_study(grid: Path, tmp_path: Path) -> 
     assert sum(c["seconds"].values()) == pytest.approx(c["wall_s"], rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "args", "field"),
     [

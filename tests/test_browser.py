@@ -23,6 +23,9 @@ from kvopt.report.dashboard import artifact_dir, publish_study
 from kvopt.stored import load_study, storage_config
 from report_helpers import HOSTILE, STUDY, free_port, hostile_copy, make_study
 
+# Headless Chromium over the DevTools protocol, on a study made first.
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 METRICS = ("ttft_ms", "decode_tok_s", "peak_mem_mb")
 
 

@@ -10,6 +10,9 @@ from nbclient import NotebookClient
 
 from tiny_studies import make_two_studies
 
+# Executes the notebook in a kernel on two studies it makes first.
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "analyze_study.ipynb"
 
 

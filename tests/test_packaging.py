@@ -8,7 +8,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
+
+# Builds and installs a wheel, then runs a study from it: minutes, and pip on the path.
+pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 
 
 def test_the_wheel_carries_conf_and_runs_a_study(tmp_path: Path):

@@ -111,6 +111,7 @@ def _config(tmp_path, *overrides):
         )
 
 
+@pytest.mark.slow
 def test_a_finite_space_stops_when_every_candidate_was_measured(tmp_path):
     cfg = _config(
         tmp_path,
@@ -139,6 +140,7 @@ def test_study_timeout_stops_new_trials(tmp_path):
     assert len(result.outcomes) <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random", "grid"])
 def test_every_sampler_runs_a_study(tmp_path, sampler):
     cfg = _config(
