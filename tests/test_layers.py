@@ -1,7 +1,7 @@
 """kvopt's layers: each module imports only modules of its own layer or the layers below.
 
-The order is written once, in :data:`LAYERS` (bottom first); README's Layout section and
-docs/design.md describe the same picture. Every import counts, wherever it is written:
+The order is written once, in :data:`LAYERS` (bottom first); README's Layout section shows
+the same picture. Every import counts, wherever it is written:
 at the top of a module, inside a function (a lazy import still ties the two modules
 together) and under ``if TYPE_CHECKING:`` (the type is still a dependency). Within a
 layer any import is allowed, but no import cycle is, anywhere.
