@@ -72,6 +72,7 @@ SUBCOMMANDS = {
 
 
 def main() -> None:
+    """Run ``python -m kvopt ARGS``: a subcommand, or a study from Hydra overrides; exits with its status."""
     args = sys.argv[1:]
     if args and args[0] in SUBCOMMANDS:
         module, _, function = SUBCOMMANDS[args[0]].partition(":")

@@ -61,6 +61,8 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model to tune: its hub id and revision, which weights, its dtype and architecture."""
+
     name: str
     hub_id: str
     revision: str
@@ -71,11 +73,14 @@ class ModelConfig:
 
     @property
     def model_type(self) -> str:
+        """The architecture family (``gpt2``, ``llama``, ...) from config.json's ``model_type``."""
         return str(self.architecture["model_type"])
 
 
 @dataclass(frozen=True)
 class ProfileConfig:
+    """A workload (prompt and new tokens, warm-up, repetitions) and what matters in it (weights, SLOs)."""
+
     name: str
     prompt_tokens: int
     new_tokens: int
@@ -88,6 +93,8 @@ class ProfileConfig:
 
 @dataclass(frozen=True)
 class SearchSpaceConfig:
+    """The choices the study may sample, before the probe drops what cannot run here."""
+
     name: str
     cache_implementation: tuple[str, ...]
     attn_implementation: tuple[str, ...]
@@ -104,6 +111,8 @@ class SearchSpaceConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
+    """Which Optuna sampler proposes candidates, and its few settings."""
+
     name: str
     n_startup_trials: int | None = None
     population_size: int | None = None
@@ -111,12 +120,16 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """Where the study lives: an RDB URL, a journal file, or memory."""
+
     backend: str
     url: str | None
 
 
 @dataclass(frozen=True)
 class StudyConfig:
+    """The study's name (None: derived from model, profile and device) and its trial and time budget."""
+
     name: str | None
     n_trials: int
     timeout: float | None
@@ -159,6 +172,8 @@ class ConfirmConfig:
 
 @dataclass(frozen=True)
 class KvoptConfig:
+    """The whole validated configuration of one run; build it with :func:`validate` or ``kvopt.compose_config``."""
+
     model: ModelConfig
     profile: ProfileConfig
     search_space: SearchSpaceConfig

@@ -48,6 +48,7 @@ class Metric:
 
     @property
     def higher_is_better(self) -> bool:
+        """Whether larger values are better (throughput), not smaller (time, memory)."""
         return self.direction == "maximize"
 
     @property

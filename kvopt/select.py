@@ -52,6 +52,12 @@ class Result:
 
 @dataclass
 class Recommendation:
+    """The candidate kvopt proposes for the profile, with its gain over the baseline.
+
+    ``model_kwargs()`` and ``generate_kwargs()`` apply it in your own code. After confirmation,
+    ``gains_pct`` are the confirmed medians and ``gains_ci`` their confidence intervals.
+    """
+
     result: Result
     score: float
     gains_pct: dict[str, float] | None  # None when the baseline could not be measured
@@ -127,6 +133,13 @@ def gains_pct(result: Result, baseline: Result) -> dict[str, float]:
 
 
 def profile_score(result: Result, reference: dict[str, float], weights: dict[str, float]) -> float:
+    """The profile's weighted sum of log-ratios to ``reference`` (see the module docstring); higher is better.
+
+    Args:
+        result: the measured candidate.
+        reference: metric -> value to compare with (the baseline's, normally).
+        weights: the profile's objective weights.
+    """
     return sum(
         weights[m] * SIGN[m] * math.log(result.values[m] / reference[m])
         for m in METRICS

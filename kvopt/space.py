@@ -99,6 +99,7 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        """A short readable name: ``static+compile/sdpa/float16/b4``."""
         cache = self.cache_implementation
         if cache == "quantized":
             bits = f"-{self.quantized_nbits}bit" if self.quantized_nbits else ""
@@ -119,6 +120,7 @@ class Candidate:
         return params
 
     def as_dict(self) -> dict[str, Any]:
+        """The candidate's fields that are set, as a plain mapping."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -198,6 +200,7 @@ class SearchSpace:
         return {name: list(getattr(self, name)) for name in PARAM_NAMES}
 
     def nbits_for(self, backend: str) -> list[int]:
+        """The configured nbits that ``backend`` takes (none for fp8)."""
         return [n for n in self.quantized_nbits if n in BACKEND_NBITS[backend]]
 
     def all_choices(self) -> dict[str, list[Any]]:
@@ -239,6 +242,7 @@ class SearchSpace:
         return len(self.candidates())
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """Every parameter as Optuna's categorical distribution (to check a stored study fits this space)."""
         return {
             name: optuna.distributions.CategoricalDistribution(values)
             for name, values in self.all_choices().items()

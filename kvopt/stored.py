@@ -36,6 +36,12 @@ _KINDS = "the storage a study was run with: sqlite:///file.db, postgresql://…,
 
 @dataclass
 class StoredStudy:
+    """A finished (or running) study as kvopt describes it, read from its storage alone.
+
+    The same description the end of a run prints and writes: results, front, baseline, the
+    (confirmed) recommendation, every trial as plain data, and the Optuna study itself.
+    """
+
     name: str
     storage: str  # masked label: never a password
     attrs: dict[str, Any]
@@ -48,10 +54,12 @@ class StoredStudy:
 
     @property
     def model(self) -> str:
+        """The model's name as the study stored it (``?`` if missing)."""
         return str(self.attrs.get("model", "?"))
 
     @property
     def profile(self) -> str:
+        """The profile's name as the study stored it (``?`` if missing)."""
         return str(self.attrs.get("profile", "?"))
 
     @property

@@ -83,6 +83,7 @@ class WorkerIdentity:
     device_key: str
 
     def attrs(self) -> dict[str, Any]:
+        """What every trial of this worker stores: host, device key and the worker's process."""
         return {
             "host": self.host,
             "device_key": self.device_key,
@@ -121,6 +122,7 @@ def device_key(device: torch.device) -> str:
 
 
 def worker_identity(worker: int, device: torch.device) -> WorkerIdentity:
+    """This process as worker ``worker`` on ``device``."""
     host = socket.gethostname()
     return WorkerIdentity(
         worker=worker,
@@ -173,6 +175,7 @@ class DeviceLock:
         self._held = False
 
     def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting unless ``blocking`` is False); whether it is held now."""
         if self._held:
             return True
         try:
@@ -186,6 +189,7 @@ class DeviceLock:
         return True
 
     def release(self) -> None:
+        """Let the next worker have the device."""
         if self._held:
             self._held = False
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -208,6 +212,7 @@ class DeviceLock:
         self.close()
 
     def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it (for a refusal message)."""
         try:
             return self.path.read_text().strip() or "unknown"
         except OSError:

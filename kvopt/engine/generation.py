@@ -37,6 +37,8 @@ class _FirstTokenClock(LogitsProcessor):
 
 @dataclass
 class GenerateRun:
+    """One timed ``generate`` call: time to the first token, decode time, tokens, and the cache it used."""
+
     ttft_s: float
     decode_s: float
     new_tokens: int
@@ -47,6 +49,7 @@ class GenerateRun:
 
     @property
     def kv_bytes(self) -> int:
+        """Bytes of the KV cache the call filled (the paged pool's size for ``paged``)."""
         return self.pool_bytes if self.pool_bytes is not None else cache_bytes(self.cache)
 
 
@@ -70,6 +73,10 @@ def timed_generate(
     new_tokens: int,
     device: torch.device,
 ) -> GenerateRun:
+    """One greedy ``generate`` of exactly ``new_tokens`` tokens, timed to the first token and to the last.
+
+    Raises KeyboardInterrupt first if a Ctrl-C came during the previous call (see :mod:`kvopt.interrupt`).
+    """
     raise_if_interrupted()  # a Ctrl-C swallowed during the last run stops here, cleanly
     if candidate.cache_implementation == "paged":
         run = paged_generate(model, inputs["input_ids"], new_tokens)

@@ -38,6 +38,8 @@ logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
 
 @dataclass
 class PagedRun:
+    """One continuous-batching call: time to the batch's first tokens, decode time, tokens, pool bytes."""
+
     ttft_s: float
     decode_s: float
     new_tokens: int

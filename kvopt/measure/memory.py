@@ -43,6 +43,8 @@ T = TypeVar("T")
 
 @dataclass
 class MemoryReading:
+    """A peak memory figure, how it was read (``method``) and the parts it was read from."""
+
     peak_bytes: int
     method: str
     details: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +67,7 @@ def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def weights_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (shared storages counted once)."""
     return storage_bytes([*model.parameters(), *model.buffers()])
 
 

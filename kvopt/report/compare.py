@@ -40,6 +40,8 @@ def _key(r: Result) -> tuple[tuple[str, Any], ...]:
 
 @dataclass
 class Comparison:
+    """Two stored studies matched candidate by candidate (same params), and what only one measured."""
+
     a: StoredStudy
     b: StoredStudy
     matched: list[tuple[Result, Result]]  # same params in both, in A's TTFT order
@@ -65,6 +67,7 @@ class Comparison:
 
 
 def compare_studies(a: StoredStudy, b: StoredStudy) -> Comparison:
+    """Match the candidates both studies measured; list the rest by side."""
     in_b = {_key(r): r for r in b.results}
     in_a = {_key(r) for r in a.results}
     matched = [(r, in_b[_key(r)]) for r in sorted(a.results, key=lambda r: r.values["ttft_ms"]) if _key(r) in in_b]
@@ -142,6 +145,7 @@ def _recommendation_line(name: str, rec: Recommendation | None) -> str:
 
 
 def print_comparison(console: Console, c: Comparison) -> None:
+    """Print the facts of both studies, the matched candidates with B/A ratios, and both recommendations."""
     console.print(_facts(c))
     if c.matched:
         console.print(_matched_table(c))

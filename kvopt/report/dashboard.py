@@ -111,6 +111,14 @@ def _port(value: str) -> int:
 
 
 def dashboard_command(args: list[str]) -> int:
+    """``python -m kvopt dashboard``: serve a storage with optuna-dashboard on 127.0.0.1.
+
+    Args:
+        args: optionally ``storage.url=URL`` and ``port=N``.
+
+    Returns:
+        0 when the server stops (Ctrl-C), 2 after printing what is wrong with the input.
+    """
     if any(a in ("-h", "--help") for a in args):
         print(DASHBOARD_USAGE)
         return 0

@@ -20,12 +20,15 @@ __all__ = ["ReportFiles", "build_plots", "write_report"]
 
 @dataclass(frozen=True)
 class ReportFiles:
+    """The files one report consists of."""
+
     markdown: Path
     html: Path
     plots: list[Path]
 
     @property
     def all(self) -> list[Path]:
+        """Every file, the HTML report first (the order they are published in)."""
         return [self.html, self.markdown, *self.plots]
 
 

@@ -32,12 +32,14 @@ CONFIRM_HEADER = ("#", "candidate", *(m.label for m in OBJECTIVES), "")
 
 
 def md_escape(text: str) -> str:
+    """``text`` safe in a Markdown table cell: HTML entities, backslashed punctuation, one line."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = re.sub(r"([\\`*_\[\]|#!{}])", r"\\\1", text)
     return " ".join(text.splitlines())
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, every cell escaped."""
     lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
