@@ -171,6 +171,21 @@ class ConfirmConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Many workers on one study: device turns and recovery from dead workers."""
+
+    shared_device: str = "wait"
+    # Host-local folder for the device locks; None: the system's temp folder.
+    lock_dir: str | None = None
+    # RDB storages: a running trial records a heartbeat every heartbeat_s seconds; one
+    # silent for grace_s is failed by any worker and its candidate re-queued.
+    heartbeat_s: int = 10
+    grace_s: int = 60
+    # How many times a trial whose worker died is re-queued (0: never).
+    max_retry: int = 1
+
+
+@dataclass(frozen=True)
 class KvoptConfig:
     """The whole validated configuration of one run; build it with :func:`validate` or ``kvopt.compose_config``."""
 
@@ -188,7 +203,7 @@ class KvoptConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     # This process's index among workers sharing a study; never part of the study name.
     worker: int = 0
-    scale: ScaleConfig = field(default_factory=lambda: ScaleConfig())
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -435,73 +450,69 @@ def _positive_number(problems: _Problems, key: str, value: Any, default: float) 
     return float(value)
 
 
+# The defaults of the sections that have them are the dataclasses' (conf/config.yaml states
+# the same values for Hydra and --help; tests/test_config.py checks that the two agree).
+
+
 def _measure(problems: _Problems, m: Mapping[str, Any]) -> MeasureConfig:
-    adaptive = m.get("adaptive", True)
+    default = MeasureConfig()
+    adaptive = m.get("adaptive", default.adaptive)
     if not isinstance(adaptive, bool):
         problems.add("measure.adaptive", adaptive, "true or false")
-        adaptive = True
-    rel = m.get("rel_precision", 0.05)
+        adaptive = default.adaptive
+    rel = m.get("rel_precision", default.rel_precision)
     if not _is_number(rel) or not 0 < rel < 1:
         problems.add("measure.rel_precision", rel, "a fraction between 0 and 1 (0.05 = ±5%)")
-        rel = 0.05
+        rel = default.rel_precision
+    repetitions = m.get("max_repetitions", default.max_repetitions)
+    max_seconds = m.get("max_seconds", default.max_seconds)
     return MeasureConfig(
         adaptive=adaptive,
         rel_precision=float(rel),
-        max_repetitions=_positive_int(problems, "measure.max_repetitions", m.get("max_repetitions", 20)),
-        max_seconds=_positive_number(problems, "measure.max_seconds", m.get("max_seconds", 20.0), 20.0),
+        max_repetitions=_positive_int(problems, "measure.max_repetitions", repetitions),
+        max_seconds=_positive_number(problems, "measure.max_seconds", max_seconds, default.max_seconds),
     )
 
 
 def _trial(problems: _Problems, t: Mapping[str, Any]) -> TrialConfig:
-    isolation = t.get("isolation", "inline")
+    default = TrialConfig()
+    isolation = t.get("isolation", default.isolation)
     if isolation not in ISOLATION_MODES:
         problems.add("trial.isolation", isolation, ", ".join(ISOLATION_MODES))
-        isolation = "inline"
-    timeout = _positive_number(problems, "trial.timeout_s", t.get("timeout_s", 600.0), 600.0)
+        isolation = default.isolation
+    timeout = _positive_number(problems, "trial.timeout_s", t.get("timeout_s", default.timeout_s), default.timeout_s)
     return TrialConfig(isolation=str(isolation), timeout_s=timeout)
 
 
 def _pruning(problems: _Problems, p: Mapping[str, Any]) -> PruningConfig:
-    budget = p.get("memory_budget_mb")
+    default = PruningConfig()
+    budget = p.get("memory_budget_mb", default.memory_budget_mb)
     if budget is not None and (not _is_number(budget) or budget <= 0):
         problems.add("pruning.memory_budget_mb", budget, "null (what the device has free) or a number of MB > 0")
-        budget = None
-    dominated = p.get("dominated", True)
+        budget = default.memory_budget_mb
+    dominated = p.get("dominated", default.dominated)
     if not isinstance(dominated, bool):
         problems.add("pruning.dominated", dominated, "true or false")
-        dominated = True
+        dominated = default.dominated
     return PruningConfig(memory_budget_mb=None if budget is None else float(budget), dominated=dominated)
 
 
 def _confirm(problems: _Problems, c: Mapping[str, Any]) -> ConfirmConfig:
-    top_k = c.get("top_k", 3)
+    default = ConfirmConfig()
+    top_k = c.get("top_k", default.top_k)
     if not _is_int(top_k) or top_k < 0:
         problems.add("confirm.top_k", top_k, "an integer >= 0")
-        top_k = 3
-    rounds = c.get("rounds", 6)
+        top_k = default.top_k
+    rounds = c.get("rounds", default.rounds)
     if not _is_int(rounds) or rounds < 0:
         problems.add("confirm.rounds", rounds, "an integer >= 0 (0 turns confirmation off)")
-        rounds = 6
+        rounds = default.rounds
+    max_seconds = c.get("max_seconds", default.max_seconds)
     return ConfirmConfig(
         top_k=int(top_k),
         rounds=int(rounds),
-        max_seconds=_positive_number(problems, "confirm.max_seconds", c.get("max_seconds", 90.0), 90.0),
+        max_seconds=_positive_number(problems, "confirm.max_seconds", max_seconds, default.max_seconds),
     )
-
-
-@dataclass(frozen=True)
-class ScaleConfig:
-    """Many workers on one study: device turns and recovery from dead workers."""
-
-    shared_device: str = "wait"
-    # Host-local folder for the device locks; None: the system's temp folder.
-    lock_dir: str | None = None
-    # RDB storages: a running trial records a heartbeat every heartbeat_s seconds; one
-    # silent for grace_s is failed by any worker and its candidate re-queued.
-    heartbeat_s: int = 10
-    grace_s: int = 60
-    # How many times a trial whose worker died is re-queued (0: never).
-    max_retry: int = 1
 
 
 def _worker(problems: _Problems, value: Any) -> int:
@@ -512,22 +523,23 @@ def _worker(problems: _Problems, value: Any) -> int:
 
 
 def _scale(problems: _Problems, s: Mapping[str, Any]) -> ScaleConfig:
-    policy = s.get("shared_device", "wait")
+    default = ScaleConfig()
+    policy = s.get("shared_device", default.shared_device)
     if policy not in SHARED_DEVICE_POLICIES:
         problems.add("scale.shared_device", policy, ", ".join(SHARED_DEVICE_POLICIES))
-        policy = "wait"
-    lock_dir = s.get("lock_dir")
+        policy = default.shared_device
+    lock_dir = s.get("lock_dir", default.lock_dir)
     if lock_dir is not None and (not isinstance(lock_dir, str) or not lock_dir):
         problems.add("scale.lock_dir", lock_dir, "null (the system temp folder) or a folder path")
-        lock_dir = None
-    heartbeat = _positive_int(problems, "scale.heartbeat_s", s.get("heartbeat_s", 10))
-    grace = _positive_int(problems, "scale.grace_s", s.get("grace_s", 60))
+        lock_dir = default.lock_dir
+    heartbeat = _positive_int(problems, "scale.heartbeat_s", s.get("heartbeat_s", default.heartbeat_s))
+    grace = _positive_int(problems, "scale.grace_s", s.get("grace_s", default.grace_s))
     if grace <= heartbeat:
         problems.add("scale.grace_s", grace, f"more seconds than scale.heartbeat_s ({heartbeat})")
-    retry = s.get("max_retry", 1)
+    retry = s.get("max_retry", default.max_retry)
     if not _is_int(retry) or retry < 0:
         problems.add("scale.max_retry", retry, "an integer >= 0 (0: never re-queue)")
-        retry = 1
+        retry = default.max_retry
     return ScaleConfig(
         shared_device=str(policy), lock_dir=lock_dir, heartbeat_s=heartbeat,
         grace_s=grace, max_retry=int(retry),
@@ -580,7 +592,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
         trial=_trial(problems, raw.get("trial") or {}),
         confirm=_confirm(problems, raw.get("confirm") or {}),
         pruning=_pruning(problems, raw.get("pruning") or {}),
-        worker=_worker(problems, raw.get("worker", 0)),
+        worker=_worker(problems, raw.get("worker", KvoptConfig.worker)),
         scale=_scale(problems, raw.get("scale") or {}),
         raw=raw,
     )
