@@ -21,11 +21,10 @@ from kvopt.metrics import METRICS, OBJECTIVES
 from kvopt.report.terminal import format_gains
 from kvopt.select import Recommendation, Result
 from kvopt.space import candidate_key
-from kvopt.stored import StoredStudy, load_study
+from kvopt.stored import StoredStudy, default_storage_url, load_study
 
 __all__ = ["Comparison", "compare_studies", "parse_source", "print_comparison", "compare_command"]
 
-DEFAULT_STORAGE = "sqlite:///kvopt.db"
 USAGE = (
     "usage: python -m kvopt compare A B [storage.url=URL]\n"
     "  A, B: STUDY (a study in storage.url, default sqlite:///kvopt.db) or STUDY@STORAGE_URL\n"
@@ -166,7 +165,7 @@ def compare_command(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         Console(soft_wrap=True).print(USAGE, highlight=False, markup=False)
         return 0
-    storage = DEFAULT_STORAGE
+    storage = ""  # default: the storage a plain run uses (conf/config.yaml), read when needed
     positional = []
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -184,7 +183,7 @@ def compare_command(args: list[str]) -> int:
         return 2
     quiet_libraries()
     try:
-        a, b = (load_study(*parse_source(arg, storage)) for arg in positional)
+        a, b = (load_study(*parse_source(arg, storage or default_storage_url())) for arg in positional)
     except KvoptError as exc:
         print_error(str(exc))
         return 2
