@@ -1,3 +1,5 @@
+"""``python -m kvopt``: the command line (see :mod:`kvopt.cli`)."""
+
 from kvopt.cli import main
 
 # Guarded: trial processes are spawned, and spawn re-imports the main module.

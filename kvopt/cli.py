@@ -3,74 +3,24 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import sys
-import warnings
-from importlib import resources
 from pathlib import Path
-
-import importlib
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.console import Console
 
+from kvopt.compose import unknown_group_options
 from kvopt.config import validate
-from kvopt.errors import ConfigError, KvoptError
+from kvopt.env import quiet_libraries
+from kvopt.errors import ConfigError, KvoptError, print_error
+from kvopt.paths import conf_dir
 
-__all__ = ["main", "conf_dir"]
-
-
-def conf_dir() -> str:
-    """The shipped Hydra configs: ``kvopt/conf`` in a wheel, ``conf/`` in a source checkout."""
-    try:
-        packaged = Path(str(resources.files("kvopt.conf")))
-        if (packaged / "config.yaml").is_file():
-            return str(packaged)
-    except ModuleNotFoundError:
-        pass
-    return str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def quiet_libraries() -> None:
-    """Keep the terminal for kvopt's own lines; library chatter goes to the log file."""
-    import optuna
-    import transformers
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # kvopt prints each trial itself
-    transformers.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def _fail(message: str) -> None:
-    Console(stderr=True, soft_wrap=True).print(
-        f"[bold red]kvopt: error:[/bold red] {message}", highlight=False, markup=True
-    )
-
-
-def unknown_group_options(args: list[str], conf: str) -> list[str]:
-    """Problems with ``group=option`` arguments, found before Hydra composes anything.
-
-    Hydra would also refuse them, but with its search path and a hint about stack traces;
-    this names the group, the value given and the allowed options in kvopt's own words.
-    """
-    problems = []
-    root = Path(conf)
-    groups = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key.lstrip("+~") not in groups:
-            continue
-        group = key.lstrip("+~")
-        allowed = sorted(p.stem for p in (root / group).glob("*.yaml"))
-        for option in value.split(","):  # multirun sweeps list options with commas
-            if option and option not in allowed:
-                problems.append(f"{group}: got {option!r}; allowed: {', '.join(allowed)}")
-    return problems
+__all__ = ["main", "SUBCOMMANDS"]
 
 
 def _remove_half_written_run_dir() -> None:
@@ -100,7 +50,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         settings = validate(cfg)
         prepared = prepare(settings)
     except KvoptError as exc:
-        _fail(str(exc))
+        print_error(str(exc))
         _remove_half_written_run_dir()
         sys.exit(2)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -122,13 +72,14 @@ SUBCOMMANDS = {
 
 
 def main() -> None:
+    """Run ``python -m kvopt ARGS``: a subcommand, or a study from Hydra overrides; exits with its status."""
     args = sys.argv[1:]
     if args and args[0] in SUBCOMMANDS:
         module, _, function = SUBCOMMANDS[args[0]].partition(":")
         sys.exit(getattr(importlib.import_module(module), function)(args[1:]))
     problems = unknown_group_options(args, conf_dir())
     if problems:
-        _fail(str(ConfigError(problems)))
+        print_error(str(ConfigError(problems)))
         sys.exit(2)
     _hydra_main()
 

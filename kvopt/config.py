@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kvopt.errors import ConfigError
+from kvopt.metrics import DIRECTIONS, METRICS, SLO_KEYS
 
 __all__ = [
     "CACHE_IMPLEMENTATIONS",
@@ -24,6 +25,8 @@ __all__ = [
     "SAMPLERS",
     "STORAGE_BACKENDS",
     "METRICS",
+    "DIRECTIONS",
+    "SLO_KEYS",
     "ModelConfig",
     "ProfileConfig",
     "SearchSpaceConfig",
@@ -52,15 +55,14 @@ WEIGHTS_MODES = ("auto", "pretrained", "random")
 ISOLATION_MODES = ("inline", "process")
 # What a worker does when another kvopt process measures on the same host and device.
 SHARED_DEVICE_POLICIES = ("wait", "refuse", "flag")
-# The study's objectives, in Optuna's order, with their directions.
-METRICS = ("ttft_ms", "decode_tok_s", "peak_mem_mb")
-DIRECTIONS = ("minimize", "maximize", "minimize")
-SLO_KEYS = ("max_ttft_ms", "min_decode_tok_s", "max_mem_mb")
+# METRICS, DIRECTIONS and SLO_KEYS (the study's objectives) are defined in kvopt.metrics.
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model to tune: its hub id and revision, which weights, its dtype and architecture."""
+
     name: str
     hub_id: str
     revision: str
@@ -71,11 +73,14 @@ class ModelConfig:
 
     @property
     def model_type(self) -> str:
+        """The architecture family (``gpt2``, ``llama``, ...) from config.json's ``model_type``."""
         return str(self.architecture["model_type"])
 
 
 @dataclass(frozen=True)
 class ProfileConfig:
+    """A workload (prompt and new tokens, warm-up, repetitions) and what matters in it (weights, SLOs)."""
+
     name: str
     prompt_tokens: int
     new_tokens: int
@@ -88,6 +93,8 @@ class ProfileConfig:
 
 @dataclass(frozen=True)
 class SearchSpaceConfig:
+    """The choices the study may sample, before the probe drops what cannot run here."""
+
     name: str
     cache_implementation: tuple[str, ...]
     attn_implementation: tuple[str, ...]
@@ -104,6 +111,8 @@ class SearchSpaceConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
+    """Which Optuna sampler proposes candidates, and its few settings."""
+
     name: str
     n_startup_trials: int | None = None
     population_size: int | None = None
@@ -113,12 +122,16 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
+    """Where the study lives: an RDB URL, a journal file, or memory."""
+
     backend: str
     url: str | None
 
 
 @dataclass(frozen=True)
 class StudyConfig:
+    """The study's name (None: derived from model, profile and device) and its trial and time budget."""
+
     name: str | None
     n_trials: int
     timeout: float | None
@@ -165,7 +178,24 @@ class ConfirmConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """Many workers on one study: device turns and recovery from dead workers."""
+
+    shared_device: str = "wait"
+    # Host-local folder for the device locks; None: the system's temp folder.
+    lock_dir: str | None = None
+    # RDB storages: a running trial records a heartbeat every heartbeat_s seconds; one
+    # silent for grace_s is failed by any worker and its candidate re-queued.
+    heartbeat_s: int = 10
+    grace_s: int = 60
+    # How many times a trial whose worker died is re-queued (0: never).
+    max_retry: int = 1
+
+
+@dataclass(frozen=True)
 class KvoptConfig:
+    """The whole validated configuration of one run; build it with :func:`validate` or ``kvopt.compose_config``."""
+
     model: ModelConfig
     profile: ProfileConfig
     search_space: SearchSpaceConfig
@@ -180,7 +210,7 @@ class KvoptConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     # This process's index among workers sharing a study; never part of the study name.
     worker: int = 0
-    scale: ScaleConfig = field(default_factory=lambda: ScaleConfig())
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -333,7 +363,9 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
     if isinstance(backends, str):
         backends = [backends]
     if not isinstance(backends, (list, tuple)) or not backends or any(b not in QUANTIZED_BACKENDS for b in backends):
-        problems.add("search_space.quantized.backends", backends_in, f"auto, or a list of {', '.join(QUANTIZED_BACKENDS)}")
+        problems.add(
+            "search_space.quantized.backends", backends_in, f"auto, or a list of {', '.join(QUANTIZED_BACKENDS)}"
+        )
         backends = ("fp8",)
     nbits_in = quant.get("nbits", [4])
     nbits = [nbits_in] if _is_int(nbits_in) else nbits_in
@@ -439,73 +471,69 @@ def _positive_number(problems: _Problems, key: str, value: Any, default: float) 
     return float(value)
 
 
+# The defaults of the sections that have them are the dataclasses' (conf/config.yaml states
+# the same values for Hydra and --help; tests/test_config.py checks that the two agree).
+
+
 def _measure(problems: _Problems, m: Mapping[str, Any]) -> MeasureConfig:
-    adaptive = m.get("adaptive", True)
+    default = MeasureConfig()
+    adaptive = m.get("adaptive", default.adaptive)
     if not isinstance(adaptive, bool):
         problems.add("measure.adaptive", adaptive, "true or false")
-        adaptive = True
-    rel = m.get("rel_precision", 0.05)
+        adaptive = default.adaptive
+    rel = m.get("rel_precision", default.rel_precision)
     if not _is_number(rel) or not 0 < rel < 1:
         problems.add("measure.rel_precision", rel, "a fraction between 0 and 1 (0.05 = ±5%)")
-        rel = 0.05
+        rel = default.rel_precision
+    repetitions = m.get("max_repetitions", default.max_repetitions)
+    max_seconds = m.get("max_seconds", default.max_seconds)
     return MeasureConfig(
         adaptive=adaptive,
         rel_precision=float(rel),
-        max_repetitions=_positive_int(problems, "measure.max_repetitions", m.get("max_repetitions", 20)),
-        max_seconds=_positive_number(problems, "measure.max_seconds", m.get("max_seconds", 20.0), 20.0),
+        max_repetitions=_positive_int(problems, "measure.max_repetitions", repetitions),
+        max_seconds=_positive_number(problems, "measure.max_seconds", max_seconds, default.max_seconds),
     )
 
 
 def _trial(problems: _Problems, t: Mapping[str, Any]) -> TrialConfig:
-    isolation = t.get("isolation", "inline")
+    default = TrialConfig()
+    isolation = t.get("isolation", default.isolation)
     if isolation not in ISOLATION_MODES:
         problems.add("trial.isolation", isolation, ", ".join(ISOLATION_MODES))
-        isolation = "inline"
-    timeout = _positive_number(problems, "trial.timeout_s", t.get("timeout_s", 600.0), 600.0)
+        isolation = default.isolation
+    timeout = _positive_number(problems, "trial.timeout_s", t.get("timeout_s", default.timeout_s), default.timeout_s)
     return TrialConfig(isolation=str(isolation), timeout_s=timeout)
 
 
 def _pruning(problems: _Problems, p: Mapping[str, Any]) -> PruningConfig:
-    budget = p.get("memory_budget_mb")
+    default = PruningConfig()
+    budget = p.get("memory_budget_mb", default.memory_budget_mb)
     if budget is not None and (not _is_number(budget) or budget <= 0):
         problems.add("pruning.memory_budget_mb", budget, "null (what the device has free) or a number of MB > 0")
-        budget = None
-    dominated = p.get("dominated", True)
+        budget = default.memory_budget_mb
+    dominated = p.get("dominated", default.dominated)
     if not isinstance(dominated, bool):
         problems.add("pruning.dominated", dominated, "true or false")
-        dominated = True
+        dominated = default.dominated
     return PruningConfig(memory_budget_mb=None if budget is None else float(budget), dominated=dominated)
 
 
 def _confirm(problems: _Problems, c: Mapping[str, Any]) -> ConfirmConfig:
-    top_k = c.get("top_k", 3)
+    default = ConfirmConfig()
+    top_k = c.get("top_k", default.top_k)
     if not _is_int(top_k) or top_k < 0:
         problems.add("confirm.top_k", top_k, "an integer >= 0")
-        top_k = 3
-    rounds = c.get("rounds", 6)
+        top_k = default.top_k
+    rounds = c.get("rounds", default.rounds)
     if not _is_int(rounds) or rounds < 0:
         problems.add("confirm.rounds", rounds, "an integer >= 0 (0 turns confirmation off)")
-        rounds = 6
+        rounds = default.rounds
+    max_seconds = c.get("max_seconds", default.max_seconds)
     return ConfirmConfig(
         top_k=int(top_k),
         rounds=int(rounds),
-        max_seconds=_positive_number(problems, "confirm.max_seconds", c.get("max_seconds", 90.0), 90.0),
+        max_seconds=_positive_number(problems, "confirm.max_seconds", max_seconds, default.max_seconds),
     )
-
-
-@dataclass(frozen=True)
-class ScaleConfig:
-    """Many workers on one study: device turns and recovery from dead workers."""
-
-    shared_device: str = "wait"
-    # Host-local folder for the device locks; None: the system's temp folder.
-    lock_dir: str | None = None
-    # RDB storages: a running trial records a heartbeat every heartbeat_s seconds; one
-    # silent for grace_s is failed by any worker and its candidate re-queued.
-    heartbeat_s: int = 10
-    grace_s: int = 60
-    # How many times a trial whose worker died is re-queued (0: never).
-    max_retry: int = 1
 
 
 def _worker(problems: _Problems, value: Any) -> int:
@@ -516,22 +544,23 @@ def _worker(problems: _Problems, value: Any) -> int:
 
 
 def _scale(problems: _Problems, s: Mapping[str, Any]) -> ScaleConfig:
-    policy = s.get("shared_device", "wait")
+    default = ScaleConfig()
+    policy = s.get("shared_device", default.shared_device)
     if policy not in SHARED_DEVICE_POLICIES:
         problems.add("scale.shared_device", policy, ", ".join(SHARED_DEVICE_POLICIES))
-        policy = "wait"
-    lock_dir = s.get("lock_dir")
+        policy = default.shared_device
+    lock_dir = s.get("lock_dir", default.lock_dir)
     if lock_dir is not None and (not isinstance(lock_dir, str) or not lock_dir):
         problems.add("scale.lock_dir", lock_dir, "null (the system temp folder) or a folder path")
-        lock_dir = None
-    heartbeat = _positive_int(problems, "scale.heartbeat_s", s.get("heartbeat_s", 10))
-    grace = _positive_int(problems, "scale.grace_s", s.get("grace_s", 60))
+        lock_dir = default.lock_dir
+    heartbeat = _positive_int(problems, "scale.heartbeat_s", s.get("heartbeat_s", default.heartbeat_s))
+    grace = _positive_int(problems, "scale.grace_s", s.get("grace_s", default.grace_s))
     if grace <= heartbeat:
         problems.add("scale.grace_s", grace, f"more seconds than scale.heartbeat_s ({heartbeat})")
-    retry = s.get("max_retry", 1)
+    retry = s.get("max_retry", default.max_retry)
     if not _is_int(retry) or retry < 0:
         problems.add("scale.max_retry", retry, "an integer >= 0 (0: never re-queue)")
-        retry = 1
+        retry = default.max_retry
     return ScaleConfig(
         shared_device=str(policy), lock_dir=lock_dir, heartbeat_s=heartbeat,
         grace_s=grace, max_retry=int(retry),
@@ -584,7 +613,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
         trial=_trial(problems, raw.get("trial") or {}),
         confirm=_confirm(problems, raw.get("confirm") or {}),
         pruning=_pruning(problems, raw.get("pruning") or {}),
-        worker=_worker(problems, raw.get("worker", 0)),
+        worker=_worker(problems, raw.get("worker", KvoptConfig.worker)),
         scale=_scale(problems, raw.get("scale") or {}),
         raw=raw,
     )

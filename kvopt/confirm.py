@@ -220,9 +220,9 @@ def confirm(
             }
 
         runners[number] = once
-    for once in runners.values():  # warm every finalist before the first timed round
+    for warm in runners.values():  # warm every finalist before the first timed round
         for _ in range(profile.warmup):
-            once()
+            warm()
     timed_s = 0.0  # the warm-up calls are setup, not measurement
     setup_s = time.monotonic() - setup_start
 

@@ -1,8 +1,12 @@
-"""Errors that kvopt reports to the user as one clear message, without a traceback."""
+"""Errors that kvopt reports to the user as one clear message, without a traceback.
+
+Foundation: imports nothing from kvopt. :func:`print_error` is the one way a command
+prints such a message.
+"""
 
 from __future__ import annotations
 
-__all__ = ["KvoptError", "ConfigError", "StorageError", "DeviceError"]
+__all__ = ["KvoptError", "ConfigError", "StorageError", "DeviceError", "print_error"]
 
 
 class KvoptError(Exception):
@@ -25,3 +29,15 @@ class StorageError(KvoptError):
 
 class DeviceError(KvoptError):
     """The requested device does not exist on this machine."""
+
+
+def print_error(message: str) -> None:
+    """Print ``kvopt: error: <message>`` on stderr, the prefix in bold red on a terminal.
+
+    The message is printed as is (never read as rich markup) and never wrapped, so a
+    path or URL in it stays whole and can be copied.
+    """
+    from rich.console import Console  # imported here: ``import kvopt.errors`` must stay cheap
+    from rich.text import Text
+
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("kvopt: error: ", "bold red"), message))

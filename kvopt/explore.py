@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from kvopt.attrs import REUSED_FROM_ATTR
 from kvopt.space import Candidate, SearchSpace, candidate_key
 
 __all__ = ["queue_unmeasured_after_repeat", "tried_candidates"]
@@ -32,7 +33,7 @@ def queue_unmeasured_after_repeat(
     study: optuna.Study, space: SearchSpace, trial: optuna.trial.FrozenTrial, rng: random.Random
 ) -> Candidate | None:
     """If ``trial`` repeated an earlier candidate, queue an unmeasured one; return it (or None)."""
-    if trial.user_attrs.get("reused_from") is None:
+    if trial.user_attrs.get(REUSED_FROM_ATTR) is None:
         return None
     # The grid sampler walks every point itself and cannot take a trial it did not plan.
     if isinstance(study.sampler, optuna.samplers.GridSampler):
@@ -48,6 +49,6 @@ def queue_unmeasured_after_repeat(
     choice = rng.choice(unmeasured)
     study.enqueue_trial(
         choice.params(),
-        user_attrs={"queued_because": f"trial #{trial.number} repeated #{trial.user_attrs['reused_from']}"},
+        user_attrs={"queued_because": f"trial #{trial.number} repeated #{trial.user_attrs[REUSED_FROM_ATTR]}"},
     )
     return choice

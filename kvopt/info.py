@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from rich.console import Console
 from rich.table import Table
 
-from kvopt.config import ATTN_IMPLEMENTATIONS, CACHE_IMPLEMENTATIONS, DTYPES, QUANTIZED_BACKENDS, validate
-from kvopt.errors import KvoptError
+from kvopt.compose import compose_config
+from kvopt.config import ATTN_IMPLEMENTATIONS, CACHE_IMPLEMENTATIONS, DTYPES, QUANTIZED_BACKENDS
+from kvopt.env import quiet_libraries
+from kvopt.errors import KvoptError, print_error
 from kvopt.machine import machine_info, resolve_device
 from kvopt.probe import default_attn_implementation, probe
 from kvopt.space import Candidate
@@ -17,17 +17,21 @@ __all__ = ["info_command"]
 
 
 def info_command(overrides: list[str]) -> int:
-    from kvopt.cli import conf_dir, quiet_libraries
+    """``python -m kvopt info [overrides]``: print the machine and what runs on it.
 
+    Args:
+        overrides: Hydra-style overrides (``model=gpt2``, ``device=cuda:1``) as for a run.
+
+    Returns:
+        The exit status: 0, or 2 after printing what is wrong with the input.
+    """
     quiet_libraries()
     console = Console()
-    err = Console(stderr=True)
     try:
-        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
-            cfg = validate(compose(config_name="config", overrides=overrides))
+        cfg = compose_config(list(overrides))
         device = resolve_device(cfg.device)
-    except (KvoptError, HydraException) as exc:
-        err.print(f"[bold red]kvopt: error:[/bold red] {exc}", highlight=False)
+    except KvoptError as exc:
+        print_error(str(exc))
         return 2
 
     info = machine_info(device)

@@ -26,6 +26,7 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 def interrupt_requested() -> bool:
+    """Whether Ctrl-C came while :func:`catch_interrupts` was active."""
     return _requested.is_set()
 
 

@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from optuna.trial import TrialState
 
+from kvopt.attrs import Failure
 from kvopt.config import MeasureConfig, ModelConfig
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload
+from kvopt.env import quiet_libraries
 from kvopt.failures import failure_reason
-from kvopt.measure.memory import MB
 from kvopt.measure.rss import PeakRSS
+from kvopt.metrics import MB
 from kvopt.protocol import Measurement, measure_candidate
 from kvopt.select import Result, can_win_check
 from kvopt.space import Candidate
@@ -48,17 +50,16 @@ class TrialJob:
 
 
 class IsolatedFailure(Exception):
-    """The trial process failed; ``state`` is FAIL or PRUNED and ``reason`` says why."""
+    """The trial process failed; ``state`` is FAIL or PRUNED, ``reason`` says why, ``kind`` is a Failure."""
 
-    def __init__(self, state: TrialState, reason: str) -> None:
+    def __init__(self, state: TrialState, reason: str, kind: str) -> None:
         super().__init__(reason)
         self.state = state
         self.reason = reason
+        self.kind = kind
 
 
 def _child(job: TrialJob, conn: Connection) -> None:
-    from kvopt.cli import quiet_libraries
-
     try:
         quiet_libraries()
         device = torch.device(job.device)
@@ -79,8 +80,8 @@ def _child(job: TrialJob, conn: Connection) -> None:
         )
         conn.send(("ok", measurement, loaded.load_s))
     except BaseException as exc:  # report everything; the parent decides
-        state, reason = failure_reason(exc)
-        conn.send(("error", state.name, reason))
+        failed = failure_reason(exc)
+        conn.send(("error", failed.state.name, failed.reason, failed.kind))
     finally:
         conn.close()
 
@@ -113,7 +114,7 @@ def run_isolated(job: TrialJob, timeout_s: float) -> tuple[Measurement, float]:
             process.kill()
             process.join()
             raise IsolatedFailure(
-                TrialState.FAIL, f"trial exceeded trial.timeout_s={timeout_s:g} s and was killed"
+                TrialState.FAIL, f"trial exceeded trial.timeout_s={timeout_s:g} s and was killed", Failure.TIMEOUT
             )
     finally:
         receiver.close()
@@ -122,7 +123,7 @@ def run_isolated(job: TrialJob, timeout_s: float) -> tuple[Measurement, float]:
         process.kill()
         process.join()
     if message is None:
-        raise IsolatedFailure(TrialState.FAIL, _death_reason(process.exitcode))
+        raise IsolatedFailure(TrialState.FAIL, _death_reason(process.exitcode), Failure.CRASHED)
     if message[0] == "error":
-        raise IsolatedFailure(TrialState[message[1]], message[2])
+        raise IsolatedFailure(TrialState[message[1]], message[2], message[3])
     return message[1], message[2]

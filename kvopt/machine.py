@@ -25,6 +25,7 @@ _LIBRARIES = ("torch", "transformers", "accelerate", "optuna", "optuna-dashboard
 
 
 def kvopt_version() -> str:
+    """The installed kvopt's version (``unknown (not installed)`` when it is not installed)."""
     try:
         return importlib.metadata.version("kvopt")
     except importlib.metadata.PackageNotFoundError:
@@ -92,6 +93,7 @@ def _cpu_name() -> str:
 
 
 def library_versions() -> dict[str, str]:
+    """Python's and every measured library's version: what a reader needs to compare runs."""
     versions = {"python": platform.python_version(), "kvopt": kvopt_version()}
     for name in _LIBRARIES:
         try:

@@ -22,18 +22,17 @@ gpt2 at a 992-token prompt, batch 1 to 8, eager and sdpa).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from kvopt.config import ModelConfig
-from kvopt.engine.paged import PAGE_SIZE
-from kvopt.engine.workload import Workload
-from kvopt.measure.memory import MB
-from kvopt.space import Candidate
+from kvopt.metrics import MB
+from kvopt.space import PAGE_SIZE, Candidate
+from kvopt.workload import Workload
 
 __all__ = [
     "MemoryPrediction",
@@ -53,6 +52,8 @@ QUANTIZED_RESIDUAL = 128
 
 @dataclass(frozen=True)
 class ModelShape:
+    """The sizes the memory model needs, read from the architecture (parameter count from the meta device)."""
+
     parameters: int
     layers: int
     hidden: int
@@ -65,19 +66,24 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class MemoryPrediction:
+    """Predicted peak memory of a candidate, by part, in bytes."""
+
     weights_bytes: int
     kv_bytes: int
     activation_bytes: int
 
     @property
     def total_bytes(self) -> int:
+        """Weights + KV cache + activations."""
         return self.weights_bytes + self.kv_bytes + self.activation_bytes
 
     @property
     def total_mb(self) -> float:
+        """The total in MB (see :data:`kvopt.metrics.MB`)."""
         return self.total_bytes / MB
 
     def as_dict(self) -> dict[str, float]:
+        """The prediction as trial user attrs (``predicted_mem_mb`` and its parts)."""
         return {
             "predicted_mem_mb": self.total_mb,
             "predicted_weights_mb": self.weights_bytes / MB,
@@ -120,6 +126,13 @@ def shape_of_config(config: PretrainedConfig, parameters: int) -> ModelShape:
 
 
 def predict_memory(model_cfg: ModelConfig, candidate: Candidate, workload: Workload) -> MemoryPrediction:
+    """What ``candidate`` will need on the workload, before anything is loaded (see the module docstring).
+
+    Args:
+        model_cfg: the model; its architecture gives the shape.
+        candidate: the settings (cache, dtype, batch size, attention).
+        workload: prompt and new tokens of one call.
+    """
     shape = model_shape(model_cfg)
     size = _BYTES[candidate.dtype]
     batch, prompt = candidate.batch_size, workload.prompt_tokens

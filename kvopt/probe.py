@@ -39,6 +39,8 @@ _PROBE_VOCAB = 1024
 
 @dataclass
 class ProbeResult:
+    """What the probe found: each tried choice that ran, and each that cannot, with why."""
+
     # "param=value" -> one-line reason it cannot run here.
     unavailable: dict[str, str] = field(default_factory=dict)
     # "param=value" that ran.

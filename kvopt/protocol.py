@@ -35,6 +35,7 @@ from kvopt.config import MeasureConfig
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import LoadedModel
 from kvopt.engine.workload import Workload, make_inputs
+from kvopt.failures import CallTooSlow
 from kvopt.measure.adaptive import StopRule, median_ci, repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MB, MemoryReading, measure_peak, storage_bytes, weights_bytes
 from kvopt.measure.stats import summarize
@@ -132,10 +133,6 @@ def stop_rule(measure: MeasureConfig, min_repetitions: int) -> StopRule:
 # A candidate whose one generate call takes this many times the trial budget
 # (measure.max_seconds) is not measured further: each timed run would overrun it.
 SLOW_CALL_FACTOR = 3.0
-
-
-class CallTooSlow(RuntimeError):
-    """One ``generate`` call of this candidate would take several times the trial budget."""
 
 
 def _refuse_if_too_slow(call_s: float, measure: MeasureConfig | None) -> None:

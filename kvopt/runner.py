@@ -21,7 +21,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from rich.console import Console
 
-from kvopt.config import METRICS, QUANTIZED_BACKENDS, KvoptConfig
+from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
 from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
@@ -29,11 +29,12 @@ from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
+from kvopt.metrics import METRICS
+from kvopt.paths import write_json_atomic
 from kvopt.predict import memory_prior
 from kvopt.probe import backend_missing, default_attn_implementation, probe
 from kvopt.report.dashboard import publish_study
 from kvopt.report.export import StudySettings, write_settings
-from kvopt.report.results import trial_records, write_json
 from kvopt.report.terminal import (
     StudyProgress,
     paste_snippet,
@@ -45,7 +46,7 @@ from kvopt.sampler import WarmStart, check_converged, warm_start_from
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage, study_lock
-from kvopt.stored import open_existing_storage
+from kvopt.stored import open_existing_storage, trial_records
 from kvopt.study import (
     check_compatible,
     enqueue_baseline,
@@ -486,7 +487,7 @@ def _write_outputs(
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "trials": trial_records(study),
     }
-    write_json(output_dir / "results.json", payload)
+    write_json_atomic(output_dir / "results.json", payload)
     write_settings(output_dir, StudySettings(
         study=p.name, model=p.cfg.model, profile=p.cfg.profile.name, slo=p.cfg.profile.slo,
         device=str(p.device), workload=p.workload, recommendation=result.recommendation,

@@ -40,7 +40,9 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from kvopt.config import METRICS, ProfileConfig
+from kvopt.attrs import BASELINE_ATTR, CONSTRAINTS_ATTR, Failure, failure_kind
+from kvopt.config import ProfileConfig
+from kvopt.metrics import METRIC_BY_NAME, METRICS
 from kvopt.select import slo_violations
 from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.surrogate import Observation, PerformanceModel, score_of, score_sd_of
@@ -76,8 +78,7 @@ _PARTIAL_NOISE_SD = 0.15
 _MEMORY_NOISE_SD = 0.02
 # Samples per candidate for the front step's Monte Carlo estimate.
 _FRONT_SAMPLES = 64
-_SLO_METRIC = {"max_ttft_ms": ("ttft_ms", 1.0), "min_decode_tok_s": ("decode_tok_s", -1.0),
-               "max_mem_mb": ("peak_mem_mb", 1.0)}
+_SLO_METRIC = {m.slo_key: m for m in METRIC_BY_NAME.values()}
 
 
 def _log_noise_sd(stats: dict[str, Any] | None, floor: float) -> float:
@@ -92,12 +93,12 @@ def _log_noise_sd(stats: dict[str, Any] | None, floor: float) -> float:
 
 def _failed_to_run(trial: FrozenTrial) -> bool:
     """The candidate cannot run here (constraint ``runs`` > 0): never propose it again."""
-    runs = trial.constraints.get("runs", trial.user_attrs.get("constraints", {}).get("runs"))
+    runs = trial.constraints.get("runs", trial.user_attrs.get(CONSTRAINTS_ATTR, {}).get("runs"))
     return runs is not None and runs > 0
 
 
 def _out_of_memory(trial: FrozenTrial) -> bool:
-    return str(trial.user_attrs.get("reason", "")).startswith("out of memory")
+    return failure_kind(trial.user_attrs) == Failure.OUT_OF_MEMORY
 
 
 @dataclass
@@ -151,7 +152,7 @@ def read_study(study: optuna.Study, space: SearchSpace, *, skip_trial: int | Non
             )
             values = (float(t.values[0]), float(t.values[1]), float(t.values[2]))
             state.measured[key] = (candidate, values, noise)
-            if t.user_attrs.get("baseline"):
+            if t.user_attrs.get(BASELINE_ATTR):
                 state.baseline = values
         elif t.state == TrialState.PRUNED:
             if _failed_to_run(t):
@@ -265,9 +266,9 @@ def _p_meets_slo(means: np.ndarray, sds: np.ndarray, slo: dict[str, float | None
     for name, limit in slo.items():
         if limit is None or name not in _SLO_METRIC:
             continue
-        metric, sign = _SLO_METRIC[name]
-        j = METRICS.index(metric)
-        z = sign * (math.log(limit) - means[:, j]) / sds[:, j]
+        metric = _SLO_METRIC[name]
+        j = METRICS.index(metric.name)
+        z = -metric.sign * (math.log(limit) - means[:, j]) / sds[:, j]
         p *= _normal_cdf(z)
     return p
 
@@ -333,7 +334,7 @@ def convergence(
     if not pool:
         return Converged(label, best_score, noise, None, None, 0)
     means, sds = model.predict(pool)
-    base = np.log(np.array(state.baseline))  # type: ignore[arg-type]
+    base = np.log(np.array(state.baseline))
     upper = score_of(means, base, profile.weights) + z * score_sd_of(sds, profile.weights)
     plausible = _p_meets_slo(means, sds, profile.slo) >= 0.05
     threat = np.where(plausible, upper, -np.inf)
@@ -539,7 +540,7 @@ def warm_start_from(other: optuna.Study, space: SearchSpace, profile: ProfileCon
             noise = (_log_noise_sd(t.user_attrs.get("ttft_ms_stats"), 0.02),
                      _log_noise_sd(t.user_attrs.get("decode_tok_s_stats"), 0.02), _MEMORY_NOISE_SD)
             state.measured[candidate_key(t.params)] = (space.make_candidate(t.params), values, noise)
-            if t.user_attrs.get("baseline"):
+            if t.user_attrs.get(BASELINE_ATTR):
                 state.baseline = values
         elif t.state == TrialState.PRUNED and "ttft_ms_stats" in t.user_attrs and not _failed_to_run(t):
             state.partial.add(candidate_key(t.params))

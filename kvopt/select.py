@@ -19,7 +19,9 @@ from typing import Any
 
 import optuna
 
-from kvopt.config import METRICS, ProfileConfig
+from kvopt.attrs import BASELINE_ATTR, CANDIDATE_ATTR
+from kvopt.config import ProfileConfig
+from kvopt.metrics import METRICS, SIGN, slo_violations
 from kvopt.space import Candidate, SearchSpace, candidate_key
 
 __all__ = [
@@ -34,8 +36,6 @@ __all__ = [
     "dominated_by",
     "can_win_check",
 ]
-
-_SIGN = {"ttft_ms": -1.0, "decode_tok_s": 1.0, "peak_mem_mb": -1.0}  # +1: higher is better
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ class Result:
 
 @dataclass
 class Recommendation:
+    """The candidate kvopt proposes for the profile, with its gain over the baseline.
+
+    ``model_kwargs()`` and ``generate_kwargs()`` apply it in your own code. After confirmation,
+    ``gains_pct`` are the confirmed medians and ``gains_ci`` their confidence intervals.
+    """
+
     result: Result
     score: float
     gains_pct: dict[str, float] | None  # None when the baseline could not be measured
@@ -90,9 +96,9 @@ def collect_results(study: optuna.Study) -> list[Result]:
             Result(
                 number=trial.number,
                 params=dict(trial.params),
-                label=str(trial.user_attrs.get("candidate", key)),
+                label=str(trial.user_attrs.get(CANDIDATE_ATTR, key)),
                 values=dict(zip(METRICS, trial.values)),
-                is_baseline=bool(trial.user_attrs.get("baseline")),
+                is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
                 user_attrs=dict(trial.user_attrs),
             )
         )
@@ -100,8 +106,8 @@ def collect_results(study: optuna.Study) -> list[Result]:
 
 
 def _dominates(a: Result, b: Result) -> bool:
-    at_least_as_good = all(_SIGN[m] * a.values[m] >= _SIGN[m] * b.values[m] for m in METRICS)
-    better = any(_SIGN[m] * a.values[m] > _SIGN[m] * b.values[m] for m in METRICS)
+    at_least_as_good = all(SIGN[m] * a.values[m] >= SIGN[m] * b.values[m] for m in METRICS)
+    better = any(SIGN[m] * a.values[m] > SIGN[m] * b.values[m] for m in METRICS)
     return at_least_as_good and better
 
 
@@ -119,7 +125,7 @@ def gains_pct(result: Result, baseline: Result) -> dict[str, float]:
     out = {}
     for m in METRICS:
         base, value = baseline.values[m], result.values[m]
-        if _SIGN[m] > 0:
+        if SIGN[m] > 0:
             out[m] = (value / base - 1.0) * 100.0
         else:
             out[m] = (1.0 - value / base) * 100.0
@@ -127,22 +133,18 @@ def gains_pct(result: Result, baseline: Result) -> dict[str, float]:
 
 
 def profile_score(result: Result, reference: dict[str, float], weights: dict[str, float]) -> float:
+    """The profile's weighted sum of log-ratios to ``reference`` (see the module docstring); higher is better.
+
+    Args:
+        result: the measured candidate.
+        reference: metric -> value to compare with (the baseline's, normally).
+        weights: the profile's objective weights.
+    """
     return sum(
-        weights[m] * _SIGN[m] * math.log(result.values[m] / reference[m])
+        weights[m] * SIGN[m] * math.log(result.values[m] / reference[m])
         for m in METRICS
         if weights[m] > 0
     )
-
-
-def slo_violations(values: dict[str, float], slo: dict[str, float | None]) -> list[str]:
-    out = []
-    if slo.get("max_ttft_ms") is not None and values["ttft_ms"] > slo["max_ttft_ms"]:
-        out.append(f"TTFT {values['ttft_ms']:.1f} ms > {slo['max_ttft_ms']:g} ms")
-    if slo.get("min_decode_tok_s") is not None and values["decode_tok_s"] < slo["min_decode_tok_s"]:
-        out.append(f"decode {values['decode_tok_s']:.1f} tok/s < {slo['min_decode_tok_s']:g} tok/s")
-    if slo.get("max_mem_mb") is not None and values["peak_mem_mb"] > slo["max_mem_mb"]:
-        out.append(f"memory {values['peak_mem_mb']:.1f} MB > {slo['max_mem_mb']:g} MB")
-    return out
 
 
 def dominated_by(

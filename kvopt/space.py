@@ -6,21 +6,83 @@ to turn itself into ``from_pretrained`` and ``generate`` keyword arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
-from transformers import CompileConfig
+from transformers import CompileConfig, ContinuousBatchingConfig
 
 from kvopt.config import SearchSpaceConfig
 
-__all__ = ["Candidate", "SearchSpace", "candidate_key", "PARAM_NAMES", "BACKEND_NBITS", "STATIC_CACHES"]
+__all__ = [
+    "Candidate",
+    "SearchSpace",
+    "candidate_key",
+    "PARAM_NAMES",
+    "BACKEND_NBITS",
+    "STATIC_CACHES",
+    "PAGE_SIZE",
+    "PagedPool",
+    "paged_pool",
+]
 
 PARAM_NAMES = ("cache_implementation", "attn_implementation", "dtype", "batch_size")
 # Which nbits each quantized-cache backend takes (fp8 quantizes per tensor: none).
 BACKEND_NBITS: dict[str, tuple[int, ...]] = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}
 STATIC_CACHES = ("static", "offloaded_static")
+
+# Tokens per page. Small pages waste little on short prompts; 16 divides every workload
+# kvopt ships and is what paged-attention servers commonly use.
+PAGE_SIZE = 16
+_CB_FIELDS = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+
+
+@dataclass(frozen=True)
+class PagedPool:
+    """The pages one batch needs: every request holds prompt + new tokens at its end."""
+
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    page_size: int = PAGE_SIZE
+
+    @property
+    def pages_per_request(self) -> int:
+        """Whole pages for one request's prompt and new tokens."""
+        return math.ceil((self.prompt_tokens + self.new_tokens) / self.page_size)
+
+    @property
+    def num_blocks(self) -> int:
+        """Pages in the pool: one request's pages for every request of the batch."""
+        return self.batch_size * self.pages_per_request
+
+    def config(self) -> ContinuousBatchingConfig:
+        """The continuous-batching config ``generate`` takes for this pool."""
+        options: dict[str, Any] = {
+            # Transformers 5.17 calls the page size block_size; later versions page_size.
+            "page_size" if "page_size" in _CB_FIELDS else "block_size": self.page_size,
+            "num_blocks": self.num_blocks,
+            # The whole batch prefills in one step, as in a batched generate.
+            "max_batch_tokens": self.batch_size * self.prompt_tokens,
+            "max_requests_per_batch": self.batch_size,
+            # Identical synthetic prompts must not share pages: that would skip prefill work.
+            "allow_block_sharing": False,
+            "use_async_batching": False,
+            "use_cuda_graph": False,
+        }
+        if "auto_switch_to_flash" in _CB_FIELDS:
+            # Measure the attention the candidate names, not a silent switch to flash. (Versions
+            # without this option switch only where flash-attn is installed.)
+            options["auto_switch_to_flash"] = False
+        return ContinuousBatchingConfig(**options)
+
+
+def paged_pool(batch_size: int, prompt_tokens: int, new_tokens: int) -> PagedPool:
+    """The page pool of a ``paged`` candidate: exactly the pages its batch needs, never more."""
+    return PagedPool(batch_size, prompt_tokens, new_tokens)
 
 
 def candidate_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -43,6 +105,7 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        """A short readable name: ``static+compile/sdpa/float16/b4``."""
         cache = self.cache_implementation
         if cache == "quantized":
             bits = f"-{self.quantized_nbits}bit" if self.quantized_nbits else ""
@@ -63,6 +126,7 @@ class Candidate:
         return params
 
     def as_dict(self) -> dict[str, Any]:
+        """The candidate's fields that are set, as a plain mapping."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -77,8 +141,6 @@ class Candidate:
         """
         kwargs: dict[str, Any] = {"cache_implementation": self.cache_implementation}
         if self.cache_implementation == "paged" and prompt_tokens is not None and new_tokens is not None:
-            from kvopt.engine.paged import paged_pool  # engine imports this module: import late
-
             kwargs["continuous_batching_config"] = paged_pool(self.batch_size, prompt_tokens, new_tokens).config()
         if self.cache_implementation == "quantized":
             kwargs["cache_config"] = {"backend": self.quantized_backend}
@@ -88,7 +150,7 @@ class Candidate:
             if self.compile:
                 config = CompileConfig(fullgraph=False)
                 # Transformers compiles static caches on CUDA only unless told otherwise.
-                config._compile_all_devices = True
+                config._compile_all_devices = True  # type: ignore[assignment]  # declared None in transformers
                 kwargs["compile_config"] = config
             else:
                 kwargs["disable_compile"] = True
@@ -144,6 +206,7 @@ class SearchSpace:
         return {name: list(getattr(self, name)) for name in PARAM_NAMES}
 
     def nbits_for(self, backend: str) -> list[int]:
+        """The configured nbits that ``backend`` takes (none for fp8)."""
         return [n for n in self.quantized_nbits if n in BACKEND_NBITS[backend]]
 
     def all_choices(self) -> dict[str, list[Any]]:
@@ -161,11 +224,11 @@ class SearchSpace:
     def _cache_variants(self, cache: str) -> list[dict[str, Any]]:
         """The conditional options one cache takes, one dict per distinct variant."""
         if cache == "quantized":
-            return [
-                {"quantized_backend": backend, "quantized_nbits": nbits}
-                for backend in self.quantized_backends
-                for nbits in (self.nbits_for(backend) or [None])
-            ]
+            variants = []
+            for backend in self.quantized_backends:
+                nbits: list[int | None] = [*self.nbits_for(backend)] or [None]  # None: the backend takes none
+                variants += [{"quantized_backend": backend, "quantized_nbits": n} for n in nbits]
+            return variants
         if cache in STATIC_CACHES:
             return [{"compile": compile_} for compile_ in self.static_compile]
         return [{}]
@@ -185,6 +248,7 @@ class SearchSpace:
         return len(self.candidates())
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """Every parameter as Optuna's categorical distribution (to check a stored study fits this space)."""
         return {
             name: optuna.distributions.CategoricalDistribution(values)
             for name, values in self.all_choices().items()

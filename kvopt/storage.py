@@ -18,6 +18,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from kvopt.config import StorageConfig
 from kvopt.errors import StorageError
+from kvopt.paths import SQLITE_PREFIX, sqlite_path
 
 __all__ = ["open_storage", "mask_url", "mask_urls", "describe_storage", "study_lock"]
 
@@ -38,13 +39,15 @@ def mask_urls(text: str) -> str:
 
 
 def describe_storage(cfg: StorageConfig) -> str:
+    """The storage in words, safe to print: a file's absolute path, a URL without its password."""
     if cfg.backend == "memory":
         return "memory (nothing is kept after the run)"
     if cfg.backend == "journal":
         return f"journal file {Path(str(cfg.url)).resolve()}"
     url = str(cfg.url)
-    if url.startswith("sqlite:///"):
-        return f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"
+    local = sqlite_path(url)
+    if local is not None:
+        return f"{SQLITE_PREFIX}{Path(local).resolve()}"
     return mask_url(url)
 
 
@@ -73,7 +76,7 @@ def open_storage(
     *,
     heartbeat_s: int | None = None,
     grace_s: int | None = None,
-    on_stale: Callable[[Any, Any], None] | None = None,
+    on_stale: Callable[[Any, Any], object] | None = None,
 ) -> BaseStorage:
     """Open (or create) the storage; raise :class:`StorageError` naming what to fix.
 
@@ -92,8 +95,9 @@ def open_storage(
         except OSError as exc:
             raise StorageError(f"storage.url: cannot open journal file {url!r}: {exc}") from None
     engine_kwargs: dict[str, object] = {}
-    if url.startswith("sqlite:///"):
-        _check_parent(Path(url[len("sqlite:///") :]).expanduser(), "storage.url", url)
+    local = sqlite_path(url)
+    if local is not None:
+        _check_parent(Path(local).expanduser(), "storage.url", url)
     elif url.startswith(("postgresql", "mysql")):
         # Fail within seconds when the server is unreachable, instead of the driver's default.
         engine_kwargs["connect_args"] = {"connect_timeout": 5}
@@ -172,8 +176,9 @@ def study_lock(cfg: StorageConfig, storage: BaseStorage, name: str) -> Iterator[
         with _file_lock(Path(url).expanduser().with_name(Path(url).name + ".kvopt-lock")):
             yield
         return
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///") :]).expanduser()
+    local = sqlite_path(url)
+    if local is not None:
+        db = Path(local).expanduser()
         with _file_lock(db.with_name(db.name + ".kvopt-lock")):
             yield
         return

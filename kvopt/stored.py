@@ -13,9 +13,11 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from kvopt.attrs import BASELINE_ATTR, REASON_ATTR
 from kvopt.config import StorageConfig, validate_profile
 from kvopt.confirm import confirmed_recommendation
 from kvopt.errors import ConfigError, StorageError
+from kvopt.paths import conf_dir, sqlite_path
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
 from kvopt.storage import describe_storage, mask_url, mask_urls, open_storage
 
@@ -26,6 +28,7 @@ __all__ = [
     "open_existing_storage",
     "storage_config",
     "default_storage_url",
+    "trial_records",
 ]
 
 _KINDS = "the storage a study was run with: sqlite:///file.db, postgresql://…, or a journal file path"
@@ -33,6 +36,12 @@ _KINDS = "the storage a study was run with: sqlite:///file.db, postgresql://…,
 
 @dataclass
 class StoredStudy:
+    """A finished (or running) study as kvopt describes it, read from its storage alone.
+
+    The same description the end of a run prints and writes: results, front, baseline, the
+    (confirmed) recommendation, every trial as plain data, and the Optuna study itself.
+    """
+
     name: str
     storage: str  # masked label: never a password
     attrs: dict[str, Any]
@@ -45,10 +54,12 @@ class StoredStudy:
 
     @property
     def model(self) -> str:
+        """The model's name as the study stored it (``?`` if missing)."""
         return str(self.attrs.get("model", "?"))
 
     @property
     def profile(self) -> str:
+        """The profile's name as the study stored it (``?`` if missing)."""
         return str(self.attrs.get("profile", "?"))
 
     @property
@@ -60,14 +71,15 @@ class StoredStudy:
 
 def default_storage_url() -> str:
     """The storage a plain ``python -m kvopt`` run uses: conf/config.yaml's default group."""
-    from omegaconf import OmegaConf
-
-    from kvopt.cli import conf_dir
+    from omegaconf import DictConfig, OmegaConf
 
     root = Path(conf_dir())
-    defaults = OmegaConf.to_container(OmegaConf.load(root / "config.yaml"))["defaults"]  # type: ignore[index]
-    option = next(d["storage"] for d in defaults if isinstance(d, dict) and "storage" in d)
-    return str(OmegaConf.load(root / "storage" / f"{option}.yaml")["url"])
+    top, option_files = OmegaConf.load(root / "config.yaml"), root / "storage"
+    assert isinstance(top, DictConfig)  # config.yaml is a mapping
+    option = next(d["storage"] for d in top["defaults"] if isinstance(d, DictConfig) and "storage" in d)
+    storage = OmegaConf.load(option_files / f"{option}.yaml")
+    assert isinstance(storage, DictConfig)
+    return str(storage["url"])
 
 
 def storage_config(storage_url: str) -> StorageConfig:
@@ -86,9 +98,7 @@ def open_existing_storage(storage_url: str) -> tuple[BaseStorage, str]:
     if not storage_url:
         raise StorageError(f"storage.url: got ''; allowed: {_KINDS}")
     cfg = storage_config(storage_url)
-    local = storage_url[len("sqlite:///") :] if storage_url.startswith("sqlite:///") else None
-    if cfg.backend == "journal":
-        local = storage_url
+    local = storage_url if cfg.backend == "journal" else sqlite_path(storage_url)
     if local is not None and not Path(local).expanduser().is_file():
         raise StorageError(
             f"storage.url: got {mask_url(storage_url)!r} but the file {str(Path(local).expanduser())!r} "
@@ -121,11 +131,27 @@ def load_study(study_name: str, storage_url: str) -> StoredStudy:
     return stored_study(study, label)
 
 
+def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial of the study as plain data: the ``trials`` of results.json and of the report."""
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        records.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": dict(t.params),
+                "values": list(t.values) if t.values is not None else None,
+                "reason": t.user_attrs.get(REASON_ATTR),
+                "baseline": bool(t.user_attrs.get(BASELINE_ATTR)),
+                "user_attrs": dict(t.user_attrs),
+                "duration_s": t.duration.total_seconds() if t.duration else None,
+            }
+        )
+    return records
+
+
 def stored_study(study: optuna.Study, storage_label: str) -> StoredStudy:
     """Everything the report needs, derived from the study's stored trials and attrs."""
-    # Imported here: kvopt.report's modules import this one, so no cycle at import time.
-    from kvopt.report.results import trial_records
-
     attrs = dict(study.user_attrs)
     profile_section = (attrs.get("config") or {}).get("profile")
     if not isinstance(profile_section, dict):

@@ -9,8 +9,10 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from kvopt.config import DIRECTIONS, METRICS, KvoptConfig, ProfileConfig, SamplerConfig
+from kvopt.attrs import BASELINE_ATTR
+from kvopt.config import KvoptConfig, ProfileConfig, SamplerConfig
 from kvopt.errors import StorageError
+from kvopt.metrics import DIRECTIONS, METRICS
 from kvopt.sampler import ProfileSampler
 from kvopt.space import Candidate, SearchSpace
 from kvopt.surrogate import Observation
@@ -24,8 +26,6 @@ __all__ = [
     "enqueue_baseline",
     "BASELINE_ATTR",
 ]
-
-BASELINE_ATTR = "baseline"
 
 
 def study_name(cfg: KvoptConfig, device_label: str) -> str:
@@ -98,7 +98,7 @@ def check_compatible(storage: BaseStorage, name: str, space: SearchSpace) -> int
             if param in ours and dist != ours[param]:
                 raise StorageError(
                     f"study.name: {name!r} exists with other choices for {param} "
-                    f"({list(dist.choices)} there, {list(ours[param].choices)} now: "
+                    f"({list(dist.choices)} there, {list(ours[param].choices)} now: "  # type: ignore[attr-defined]
                     "a different search space or a different machine); "
                     "allowed: a new study.name, or the search space the study was made with"
                 )

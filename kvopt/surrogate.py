@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvopt.config import DIRECTIONS, METRICS
+from kvopt.metrics import METRICS, SIGN
 from kvopt.space import Candidate, SearchSpace
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # +1 where higher is better (throughput), -1 where lower is (TTFT, memory).
-_SIGNS = np.array([1.0 if d == "maximize" else -1.0 for d in DIRECTIONS])
+_SIGNS = np.array([SIGN[m] for m in METRICS])
 # Noise floor of one measured median on the log scale (kvopt measures to about ±5%).
 _MIN_NOISE_SD = 0.02
 # Prior scales (log units) of the blocks of weights, before the fitted multiplier.

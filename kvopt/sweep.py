@@ -60,13 +60,17 @@ def scrub_file(path: Path) -> None:
 
 
 class KvoptCallback(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/config.yaml): masks passwords, summarises sweeps."""
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mask passwords in this process's log records."""
         mask_log_records()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mask passwords in this process's log records."""
         mask_log_records()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mask passwords in the job's log records and in the Hydra files saved for it."""
         mask_log_records()
         subdir = config.hydra.output_subdir
         if subdir is not None:
@@ -75,6 +79,7 @@ class KvoptCallback(Callback):
                 scrub_file(hydra_dir / name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mask passwords in multirun.yaml and print (and write) the sweep summary."""
         sweep_dir = Path(str(config.hydra.sweep.dir))
         scrub_file(sweep_dir / "multirun.yaml")
         try:

@@ -17,18 +17,29 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from kvopt.config import METRICS, MeasureConfig, TrialConfig
+from kvopt.attrs import (
+    BASELINE_ATTR,
+    CANDIDATE_ATTR,
+    CANDIDATE_SETTINGS_ATTR,
+    CONSTRAINTS_ATTR,
+    FAILURE_ATTR,
+    NOISY_ATTR,
+    REASON_ATTR,
+    REUSED_FROM_ATTR,
+    Failure,
+    failure_kind,
+)
+from kvopt.config import MeasureConfig, TrialConfig
 from kvopt.engine.loading import ModelLoader, free_device_memory
 from kvopt.engine.workload import Workload
 from kvopt.failures import failure_reason
 from kvopt.isolation import IsolatedFailure, TrialJob, run_isolated
-from kvopt.measure.memory import MB
+from kvopt.metrics import MB, METRICS, OBJECTIVES
 from kvopt.predict import predict_memory
 from kvopt.protocol import SLOW_CALL_FACTOR, Measurement, measure_candidate
 from kvopt.sampler import predict_call_seconds
 from kvopt.select import Result, can_win_check, collect_results, pareto_front
 from kvopt.space import Candidate, SearchSpace
-from kvopt.study import BASELINE_ATTR
 
 __all__ = ["TrialOutcome", "Objective", "outcome_of", "slo_constraints", "RUNS"]
 
@@ -50,9 +61,9 @@ def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutc
         number=trial.number,
         candidate=space.make_candidate(trial.params),
         state=trial.state,
-        values=tuple(trial.values) if trial.values is not None else None,  # type: ignore[arg-type]
-        reason=trial.user_attrs.get("reason"),
-        reused_from=trial.user_attrs.get("reused_from"),
+        values=tuple(trial.values) if trial.values is not None else None,
+        reason=trial.user_attrs.get(REASON_ATTR),
+        reused_from=trial.user_attrs.get(REUSED_FROM_ATTR),
         is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
     )
 
@@ -60,21 +71,16 @@ def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutc
 # Constraint names (Optuna: value <= 0 is feasible). "runs" > 0 means the candidate
 # cannot run here (out of memory, unsupported, crashed): samplers learn to avoid it.
 RUNS = "runs"
-_SLO_CONSTRAINTS = {
-    "max_ttft_ms": ("ttft_ms", +1.0),
-    "min_decode_tok_s": ("decode_tok_s", -1.0),
-    "max_mem_mb": ("peak_mem_mb", +1.0),
-}
 
 
 def slo_constraints(values: tuple[float, float, float], slo: dict[str, float | None]) -> dict[str, float]:
     """Constraint values for the profile's SLOs: how far past each limit (<= 0: met)."""
     named = dict(zip(METRICS, values))
     out = {RUNS: 0.0}
-    for key, (metric, sign) in _SLO_CONSTRAINTS.items():
-        limit = slo.get(key)
+    for metric in OBJECTIVES:
+        limit = slo.get(metric.slo_key)
         if limit is not None:
-            out[f"slo_{key}"] = sign * (named[metric] - limit)
+            out[f"slo_{metric.slo_key}"] = metric.slo_excess(named[metric.name], limit)
     return out
 
 
@@ -118,60 +124,64 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = self.space.suggest(trial)
-        trial.set_user_attr("candidate", candidate.label)
+        trial.set_user_attr(CANDIDATE_ATTR, candidate.label)
         # Why the sampler proposed it (kvopt's profile sampler says; others do not).
         why = getattr(trial.study.sampler, "last_choice", {}).get(trial.number)
         if why:
             trial.set_user_attr("chosen_because", why)
-        trial.set_user_attr("candidate_settings", candidate.as_dict())
+        trial.set_user_attr(CANDIDATE_SETTINGS_ATTR, candidate.as_dict())
         try:
             earlier = _finished_before(trial, candidate)
             if earlier is not None and earlier.state == TrialState.COMPLETE:
                 return self._reuse(trial, earlier)
             if earlier is not None:
                 self._fail_like(trial, earlier)
-            reason = self._cannot_fit(trial, candidate)
-            if reason is not None:
-                self._infeasible(trial, reason)
+            cannot_fit = self._cannot_fit(trial, candidate)
+            if cannot_fit is not None:
+                self._infeasible(trial, *cannot_fit)
             return self._measure(trial, candidate)
         except KeyboardInterrupt:
-            trial.set_user_attr("reason", "interrupted by the user (Ctrl-C)")
+            trial.set_user_attr(REASON_ATTR, "interrupted by the user (Ctrl-C)")
+            trial.set_user_attr(FAILURE_ATTR, Failure.INTERRUPTED)
             raise
 
     def _reuse(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
         # The same settings measured again would only add cost: reuse, and say so.
-        trial.set_user_attr("reused_from", earlier.number)
-        for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb", "noisy", "constraints"):
+        trial.set_user_attr(REUSED_FROM_ATTR, earlier.number)
+        for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb", NOISY_ATTR, CONSTRAINTS_ATTR):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         for key, value in earlier.constraints.items():
             trial.set_constraint(key, value)
-        return tuple(earlier.values)  # type: ignore[return-value]
+        return tuple(earlier.values)
 
     def _fail_like(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> NoReturn:
         # Failures are deterministic here (unsupported, out of memory): say so, do not rerun.
-        reason = f"same candidate as trial #{earlier.number}: {earlier.user_attrs.get('reason')}"
-        trial.set_user_attr("reused_from", earlier.number)
+        reason = f"same candidate as trial #{earlier.number}: {earlier.user_attrs.get(REASON_ATTR)}"
+        trial.set_user_attr(REUSED_FROM_ATTR, earlier.number)
         if earlier.constraints.get(RUNS, 0.0) > 0:
-            self._infeasible(trial, reason)
-        trial.set_user_attr("reason", reason)
+            self._infeasible(trial, reason, Failure.REPEAT)
+        trial.set_user_attr(REASON_ATTR, reason)
+        trial.set_user_attr(FAILURE_ATTR, Failure.REPEAT)
         raise optuna.TrialPruned(reason)
 
-    def _infeasible(self, trial: optuna.Trial, reason: str) -> NoReturn:
+    def _infeasible(self, trial: optuna.Trial, reason: str, kind: str) -> NoReturn:
         """End the trial PRUNED and tell the sampler this candidate cannot run here."""
-        trial.set_user_attr("reason", reason)
-        trial.set_user_attr("constraints", {RUNS: 1.0})
+        trial.set_user_attr(REASON_ATTR, reason)
+        trial.set_user_attr(FAILURE_ATTR, kind)
+        trial.set_user_attr(CONSTRAINTS_ATTR, {RUNS: 1.0})
         trial.set_constraint(RUNS, 1.0)
         free_device_memory(self.device)
         raise optuna.TrialPruned(reason)
 
-    def _cannot_fit(self, trial: optuna.Trial, candidate: Candidate) -> str | None:
-        """A reason this candidate cannot fit in memory, found without loading anything."""
+    def _cannot_fit(self, trial: optuna.Trial, candidate: Candidate) -> tuple[str, str] | None:
+        """(reason, failure kind) if this candidate cannot fit in memory, found without loading anything."""
         smaller = _oom_at_smaller_batch(trial, candidate)
         if smaller is not None:
             return (
                 f"batch {candidate.batch_size} >= batch {smaller.params['batch_size']}, which ran "
-                f"out of memory with the same settings in trial #{smaller.number}"
+                f"out of memory with the same settings in trial #{smaller.number}",
+                Failure.LARGER_THAN_OOM,
             )
         prediction = predict_memory(self.loader.model_cfg, candidate, self.workload)
         for key, value in prediction.as_dict().items():
@@ -180,11 +190,12 @@ class Objective:
         if budget is not None and prediction.total_bytes > budget:
             return (
                 f"predicted {prediction.total_mb:.1f} MB > memory budget {budget / MB:.1f} MB "
-                "(memory.budget_mb); not loaded"
+                "(memory.budget_mb); not loaded",
+                Failure.OVER_BUDGET,
             )
         return self._too_slow(trial, candidate)
 
-    def _too_slow(self, trial: optuna.Trial, candidate: Candidate) -> str | None:
+    def _too_slow(self, trial: optuna.Trial, candidate: Candidate) -> tuple[str, str] | None:
         """A reason not to run a candidate whose one call would take several trial budgets.
 
         The call's time is predicted from the candidates measured so far (the performance
@@ -201,11 +212,12 @@ class Objective:
         low, typical, n = estimate
         return (
             f"too slow: one generate call predicted at {typical:.0f} s (at least {low:.0f} s; from {n} measured "
-            f"candidates) > {SLOW_CALL_FACTOR:g} x measure.max_seconds ({limit:g} s); not loaded"
+            f"candidates) > {SLOW_CALL_FACTOR:g} x measure.max_seconds ({limit:g} s); not loaded",
+            Failure.TOO_SLOW,
         )
 
     def _front(self, trial: optuna.Trial) -> list[Result]:
-        results = [r for r in collect_results(trial.study) if r.user_attrs.get("constraints", {}).get(RUNS, 0) <= 0]
+        results = [r for r in collect_results(trial.study) if r.user_attrs.get(CONSTRAINTS_ATTR, {}).get(RUNS, 0) <= 0]
         return pareto_front(results)
 
     def _measure(self, trial: optuna.Trial, candidate: Candidate) -> tuple[float, float, float]:
@@ -218,9 +230,10 @@ class Objective:
             else:
                 measurement, load_s, reused_model = self._measure_inline(candidate, front)
         except IsolatedFailure as failure:
-            self._record_failure(trial, start, failure.reason)
+            self._record_failure(trial, start, failure.reason, failure.kind)
         except Exception as exc:  # a failing candidate must never stop the study
-            self._record_failure(trial, start, failure_reason(exc)[1])
+            failed = failure_reason(exc)
+            self._record_failure(trial, start, failed.reason, failed.kind)
         attrs: dict[str, Any] = measurement.to_attrs()
         attrs.update(
             {
@@ -240,11 +253,12 @@ class Objective:
             trial.set_user_attr(key, value)
         if measurement.pruned_reason is not None:
             # Stopped early: it cannot reach the front. Feasible, just not worth measuring.
-            trial.set_user_attr("reason", measurement.pruned_reason)
+            trial.set_user_attr(REASON_ATTR, measurement.pruned_reason)
+            trial.set_user_attr(FAILURE_ATTR, Failure.DOMINATED)
             trial.set_constraint(RUNS, 0.0)
             raise optuna.TrialPruned(measurement.pruned_reason)
         constraints = slo_constraints(measurement.values, self.slo)
-        trial.set_user_attr("constraints", constraints)
+        trial.set_user_attr(CONSTRAINTS_ATTR, constraints)
         for key, value in constraints.items():
             trial.set_constraint(key, value)
         return measurement.values
@@ -276,17 +290,16 @@ class Objective:
         )
         return run_isolated(job, self.trial.timeout_s)
 
-    def _record_failure(self, trial: optuna.Trial, start: float, reason: str) -> NoReturn:
+    def _record_failure(self, trial: optuna.Trial, start: float, reason: str, kind: str) -> NoReturn:
         trial.set_user_attr("trial_s", time.perf_counter() - start)
-        self._infeasible(trial, reason)
+        self._infeasible(trial, reason, kind)
 
 
 def _oom_at_smaller_batch(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:
     """An earlier trial with the same settings that ran out of memory at a batch <= this one."""
     others = {k: v for k, v in candidate.params().items() if k != "batch_size"}
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
-        reason = str(t.user_attrs.get("reason", ""))
-        if not reason.startswith("out of memory"):
+        if failure_kind(t.user_attrs) != Failure.OUT_OF_MEMORY:
             continue
         same = {k: v for k, v in t.params.items() if k != "batch_size"} == others
         if same and t.params.get("batch_size", 0) <= candidate.batch_size:
@@ -307,7 +320,7 @@ def _finished_before(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.
             continue
         if other.state == TrialState.COMPLETE:
             return other
-        reason = str(other.user_attrs.get("reason", ""))
-        if failed is None and reason and not reason.startswith(("interrupted", "same candidate")):
+        kind = failure_kind(other.user_attrs)
+        if failed is None and kind is not None and kind not in (Failure.INTERRUPTED, Failure.REPEAT):
             failed = other
     return failed

@@ -39,6 +39,15 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from kvopt.attrs import (
+    BASELINE_ATTR,
+    CANDIDATE_ATTR,
+    CANDIDATE_SETTINGS_ATTR,
+    FAILURE_ATTR,
+    NOISY_ATTR,
+    REASON_ATTR,
+    Failure,
+)
 from kvopt.config import ScaleConfig
 from kvopt.errors import DeviceError
 from kvopt.space import SearchSpace
@@ -57,7 +66,7 @@ __all__ = [
 ]
 
 # User attrs a re-queued trial keeps from the one that died; the rest described that run.
-KEPT_ON_RETRY = ("candidate", "candidate_settings", "baseline")
+KEPT_ON_RETRY = (CANDIDATE_ATTR, CANDIDATE_SETTINGS_ATTR, BASELINE_ATTR)
 _POLL_S = 0.2
 
 
@@ -74,6 +83,7 @@ class WorkerIdentity:
     device_key: str
 
     def attrs(self) -> dict[str, Any]:
+        """What every trial of this worker stores: host, device key and the worker's process."""
         return {
             "host": self.host,
             "device_key": self.device_key,
@@ -112,6 +122,7 @@ def device_key(device: torch.device) -> str:
 
 
 def worker_identity(worker: int, device: torch.device) -> WorkerIdentity:
+    """This process as worker ``worker`` on ``device``."""
     host = socket.gethostname()
     return WorkerIdentity(
         worker=worker,
@@ -164,6 +175,7 @@ class DeviceLock:
         self._held = False
 
     def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting unless ``blocking`` is False); whether it is held now."""
         if self._held:
             return True
         try:
@@ -177,6 +189,7 @@ class DeviceLock:
         return True
 
     def release(self) -> None:
+        """Let the next worker have the device."""
         if self._held:
             self._held = False
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -199,6 +212,7 @@ class DeviceLock:
         self.close()
 
     def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it (for a refusal message)."""
         try:
             return self.path.read_text().strip() or "unknown"
         except OSError:
@@ -284,7 +298,8 @@ def recover_dead_trials(study: optuna.Study, me: WorkerIdentity, requeue: Requeu
             f"stopped during this trial (killed or crashed); found by worker {me.worker}"
         )
         try:
-            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+            storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+            storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, Failure.INTERRUPTED)
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
@@ -340,8 +355,9 @@ class WorkerObjective:
                     if self.scale.shared_device == "flag":
                         self._flag_overlaps(trial, start)
         except KeyboardInterrupt:
-            if "reason" not in trial.user_attrs:
-                trial.set_user_attr("reason", "interrupted by the user (Ctrl-C)")
+            if REASON_ATTR not in trial.user_attrs:
+                trial.set_user_attr(REASON_ATTR, "interrupted by the user (Ctrl-C)")
+                trial.set_user_attr(FAILURE_ATTR, Failure.INTERRUPTED)
             raise
 
     def _identical_running(self, trial: optuna.Trial, params: dict[str, Any]) -> list[FrozenTrial]:
@@ -396,4 +412,4 @@ class WorkerObjective:
                 others.append(t.number)
         if others:
             trial.set_user_attr("shared_device_with", others)
-            trial.set_user_attr("noisy", True)
+            trial.set_user_attr(NOISY_ATTR, True)

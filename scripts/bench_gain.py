@@ -95,10 +95,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2")
     parser.add_argument("--profiles", nargs="+", default=["rag", "chat-agent"])
-    parser.add_argument("--grid", action="append", default=[], help="PROFILE=PATH: place that profile's recommendation in this grid")
+    parser.add_argument("--grid", action="append", default=[],
+                        help="PROFILE=PATH: place that profile's recommendation in this grid")
     parser.add_argument("--extra", nargs="*", default=[], help="more kvopt overrides for every study")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "gain.json")
-    parser.add_argument("--compare-only", action="store_true", help="reuse the runs saved in --out; only place them in the grids")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="reuse the runs saved in --out; only place them in the grids")
     parser.add_argument("--from-results", action="append", default=[], metavar="PATH",
                         help="also report a study already run: its results.json (no load averages, no timeline)")
     args = parser.parse_args()
@@ -123,7 +125,8 @@ def main() -> None:
         run = {"model": res["model"], "profile": res["profile"], "command": f"(study run earlier) {path}",
                "wall_s": res.get("wall_s"), "load_1min_before": None, "load_1min_after": None, "results": res}
         report["cases"].append({**gain_summary(run), "from_results": str(path)})
-    print("| model | profile | recommendation | TTFT gain [CI] | decode gain [CI] | memory gain | rounds | grid (workload matches) | rank in grid | shortfall vs grid best |")
+    print("| model | profile | recommendation | TTFT gain [CI] | decode gain [CI] | memory gain | rounds "
+          "| grid (workload matches) | rank in grid | shortfall vs grid best |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in report["cases"]:
         grid_path = grids.get(case["profile"])
@@ -151,9 +154,11 @@ def _row(case: dict[str, Any]) -> str:
     where = "–" if g is None else f"{Path(g['path']).name} ({'yes' if g['workload_matches'] else 'no'})"
     rank = "–" if not g or "recommendation_rank" not in g else f"{g['recommendation_rank']} of {g['grid_candidates']}"
     short = "–" if not g or "shortfall_vs_grid_best_pct" not in g else (
-        f"{g['shortfall_vs_grid_best_pct']:.1f}% (study space: {g.get('shortfall_vs_grid_best_in_study_space_pct', 0):.1f}%)")
+        f"{g['shortfall_vs_grid_best_pct']:.1f}% "
+        f"(study space: {g.get('shortfall_vs_grid_best_in_study_space_pct', 0):.1f}%)")
     return (f"| {case['model']} | {case['profile']} | {case['recommendation']} | {_ci(ci.get('ttft_ms'))} | "
-            f"{_ci(ci.get('decode_tok_s'))} | {_ci(ci.get('peak_mem_mb'))} | {case['confirmed_rounds']} | {where} | {rank} | {short} |")
+            f"{_ci(ci.get('decode_tok_s'))} | {_ci(ci.get('peak_mem_mb'))} | {case['confirmed_rounds']} | {where} "
+            f"| {rank} | {short} |")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def main() -> None:
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
               "profile": args.profile, "runs": args.runs, "device": str(device), "overrides": args.override,
               "cases": []}
-    print(f"| model | repetitions | runs | CV TTFT | CV decode tok/s | CV memory | median n | noisy runs |")
+    print("| model | repetitions | runs | CV TTFT | CV decode tok/s | CV memory | median n | noisy runs |")
     print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
         modes = list(args.modes)

@@ -60,7 +60,8 @@ def main() -> None:
         write_json(out, grid)
         print(f"written: {out}")
     result = replay_pruning_rule(grid, args.seeds, args.margin)
-    print("| model | candidates | true front | seeds | timed runs saved (median, min–max) | pruned per study (median) | true-front candidates pruned |")
+    print("| model | candidates | true front | seeds | timed runs saved (median, min–max) "
+          "| pruned per study (median) | true-front candidates pruned |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {grid['model']} | {result['candidates']} | {len(result['true_front'])} | {result['seeds']} | "
           f"{result['runs_saved_median']:.0%} ({result['runs_saved_min']:.0%}–{result['runs_saved_max']:.0%}) | "

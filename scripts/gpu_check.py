@@ -619,7 +619,9 @@ def worker_oom(spec: dict[str, Any]) -> dict[str, Any]:
         "device": str(device),
         "machine": machine_info(device),
         "workload": {"prompt_tokens": workload.prompt_tokens, "new_tokens": workload.new_tokens},
-        "memory_limit": "device total memory" if limit is None else f"RLIMIT_AS: process size + {spec['cpu_headroom_mb']} MB",
+        "memory_limit": (
+            "device total memory" if limit is None else f"RLIMIT_AS: process size + {spec['cpu_headroom_mb']} MB"
+        ),
         "capacity_mb": capacity / MB,
         "batch_oom": big,
         "batch_larger": 2 * big,

@@ -25,6 +25,7 @@ def _readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-c", _readme_example()], cwd=tmp_path, env=ENV,
@@ -37,6 +38,7 @@ def test_the_readme_example_runs(tmp_path: Path):
     assert (tmp_path / "kvopt.db").is_file()
 
 
+@pytest.mark.slow
 def test_import_is_cheap_and_every_public_name_resolves():
     code = (
         "import json, sys, kvopt\n"
@@ -53,7 +55,9 @@ def test_import_is_cheap_and_every_public_name_resolves():
 
 def test_every_input_form_composes_the_same_config():
     forms = [
-        kvopt.compose_config(["model=tiny-gpt2", "profile=ci-micro", "study.n_trials=3", "search_space.batch_size=[1,2]"]),
+        kvopt.compose_config(
+            ["model=tiny-gpt2", "profile=ci-micro", "study.n_trials=3", "search_space.batch_size=[1,2]"]
+        ),
         kvopt.compose_config({"model": "tiny-gpt2", "profile": "ci-micro", "study": {"n_trials": 3},
                               "search_space": {"batch_size": [1, 2]}}),
         kvopt.compose_config(model="tiny-gpt2", profile="ci-micro", study={"n_trials": 3},
@@ -75,11 +79,17 @@ def test_every_input_form_composes_the_same_config():
     ("call", "message"),
     [
         (lambda: kvopt.compose_config(model="nope"), r"model: got 'nope'; allowed: gpt2, .*tiny-gpt2"),
-        (lambda: kvopt.compose_config(study={"n_trialz": 3}), r"study.n_trialz: no such setting; allowed keys of study: name, n_trials"),
+        (
+            lambda: kvopt.compose_config(study={"n_trialz": 3}),
+            r"study.n_trialz: no such setting; allowed keys of study: name, n_trials",
+        ),
         (lambda: kvopt.compose_config(study={"n_trials": 0}), r"study.n_trials: got 0; allowed: an integer >= 1"),
         (lambda: kvopt.compose_config(["model=nope"]), r"model: got 'nope'"),
         (lambda: kvopt.compose_config(42), r"config: got int 42; allowed: a dict"),
-        (lambda: kvopt.compose_config(kvopt.compose_config(model="tiny-gpt2"), seed=1), r"got a KvoptConfig and keyword overrides \['seed'\]"),
+        (
+            lambda: kvopt.compose_config(kvopt.compose_config(model="tiny-gpt2"), seed=1),
+            r"got a KvoptConfig and keyword overrides \['seed'\]",
+        ),
     ],
 )
 def test_bad_input_names_the_field(call, message):
@@ -105,7 +115,9 @@ def test_a_recommendation_gives_the_candidates_kwargs():
     rec = Recommendation(result=result, score=0.0, gains_pct=None, meets_slo=True)
     assert rec.candidate() == candidate
     assert rec.model_kwargs() == {"dtype": "bfloat16", "attn_implementation": "eager"}
-    assert rec.generate_kwargs() == {"cache_implementation": "quantized", "cache_config": {"backend": "quanto", "nbits": 2}}
+    assert rec.generate_kwargs() == {
+        "cache_implementation": "quantized", "cache_config": {"backend": "quanto", "nbits": 2}
+    }
 
 
 def test_load_refuses_a_storage_that_is_not_there(tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -51,6 +52,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "grid_tiny.json"
 
 
+@pytest.mark.slow
 def test_record_grid_writes_every_candidate_with_provenance(grid: Path) -> None:
     data = json.loads(grid.read_text())
     assert data["candidates"] == data["space"]["size"] == 4 and data["failed"] == 0
@@ -63,6 +65,7 @@ def test_record_grid_writes_every_candidate_with_provenance(grid: Path) -> None:
     assert grid.with_suffix(".csv").read_text().count("\n") == 5  # header + 4 rows
 
 
+@pytest.mark.slow
 def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None:
     out = tmp_path / "search.json"
     proc = script("bench_search.py", "--grid", str(grid), "--seeds", "2", "--gp-seeds", "1", "--out", str(out))
@@ -73,11 +76,12 @@ def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None
         for mode in ("pruning_on", "pruning_off"):
             curve = entry[mode]["hv_curve_median"]
             assert all(0.0 <= v <= 1.0 + 1e-12 for v in curve), (name, curve)
-            assert all(b >= a - 1e-12 for a, b in zip(curve, curve[1:])), (name, curve)
+            assert all(b >= a - 1e-12 for a, b in itertools.pairwise(curve)), (name, curve)
             summary = entry[mode]
             # A measurement is a trial that did not repeat a candidate: never more than the trials.
             for level in ("95", "99"):
-                trials, measured = summary[f"trials_to_{level}"]["median"], summary[f"measurements_to_{level}"]["median"]
+                trials = summary[f"trials_to_{level}"]["median"]
+                measured = summary[f"measurements_to_{level}"]["median"]
                 assert (trials is None) == (measured is None) and (measured is None or measured <= trials)
             assert summary["hv_at_30pct_measurements"]["median"] >= summary["hv_at_30pct"]["median"] - 1e-12
     # The grid order measures every candidate: without pruning it ends on the whole front.
@@ -87,6 +91,7 @@ def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None
     assert data["pruning_rule_random_orders"]["candidates"] == 4
 
 
+@pytest.mark.slow
 def test_bench_overhead_and_gain_on_a_tiny_study(grid: Path, tmp_path: Path) -> None:
     extra = ["--extra", "study.n_trials=3", "confirm.rounds=2", *TINY]
     gain_out = tmp_path / "gain.json"
@@ -114,6 +119,7 @@ def test_bench_overhead_and_gain_on_a_tiny_study(grid: Path, tmp_path: Path) -> 
     assert sum(c["seconds"].values()) == pytest.approx(c["wall_s"], rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "args", "field"),
     [

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from browser_helpers import Browser, artifacts_dir, find_chromium
-from report_helpers import HOSTILE, STUDY, free_port, hostile_copy, make_study
 
+from browser_helpers import Browser, artifacts_dir, find_chromium
 from kvopt.report.command import report_command
 from kvopt.report.dashboard import artifact_dir, publish_study
 from kvopt.stored import load_study, storage_config
+from report_helpers import HOSTILE, STUDY, free_port, hostile_copy, make_study
+
+# Headless Chromium over the DevTools protocol, on a study made first.
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 METRICS = ("ttft_ms", "decode_tok_s", "peak_mem_mb")
 

@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 import optuna
+import pytest
 
 TINY = ["model=tiny-gpt2", "profile=ci-micro"]
 
@@ -14,6 +15,7 @@ def _storage(tmp_path):
     return f"sqlite:///{tmp_path / 'kvopt.db'}"
 
 
+@pytest.mark.slow
 def test_a_study_runs_end_to_end_and_a_rerun_continues_it(run_cli, tmp_path):
     url = _storage(tmp_path)
     first = run_cli(*TINY, "study.n_trials=4", f"storage.url={url}")
@@ -62,6 +64,7 @@ def test_a_study_runs_end_to_end_and_a_rerun_continues_it(run_cli, tmp_path):
     assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1
 
 
+@pytest.mark.slow
 def test_journal_storage_and_a_clamped_prompt(run_cli, tmp_path):
     journal = tmp_path / "study.journal"
     result = run_cli(
@@ -84,6 +87,7 @@ def _assert_refused(result, *needles, db=None):
         assert names == []
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_before_any_work(run_cli, tmp_path):
     db = tmp_path / "kvopt.db"
     url = f"storage.url=sqlite:///{db}"
@@ -102,6 +106,7 @@ def test_bad_input_is_refused_before_any_work(run_cli, tmp_path):
     assert not (tmp_path / "outputs").exists()  # no half-written output folder
 
 
+@pytest.mark.slow
 def test_unopenable_storage_is_refused_and_credentials_never_printed(run_cli, tmp_path):
     missing = run_cli(*TINY, "storage.url=sqlite:////no/such/folder/k.db")
     _assert_refused(missing, "storage.url", "/no/such/folder")
@@ -120,6 +125,7 @@ def test_help_lists_the_config_groups_and_their_options(run_cli):
         assert line in result.stdout
 
 
+@pytest.mark.slow
 def test_info_says_what_runs_here_and_why_not(run_cli):
     result = run_cli("info", "model=tiny-gpt2")
     assert result.returncode == 0, result.stderr

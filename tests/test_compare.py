@@ -12,9 +12,8 @@ import pytest
 
 import kvopt
 from kvopt.config import METRICS
-from kvopt.report.compare import compare_command, compare_studies, parse_source
 from kvopt.errors import KvoptError
-
+from kvopt.report.compare import compare_command, compare_studies, parse_source
 from tiny_studies import make_two_studies
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
@@ -32,6 +31,7 @@ def _compare(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.slow
 def test_matching_candidates_side_by_side_with_ratios(storage: str):
     a, b = kvopt.load("a", storage), kvopt.load("b", storage)
     comparison = compare_studies(a, b)
@@ -58,6 +58,7 @@ def test_matching_candidates_side_by_side_with_ratios(storage: str):
     assert "confirmed over 2 rounds" in out
 
 
+@pytest.mark.slow
 def test_study_at_storage_form_names_each_side(storage: str, tmp_path: Path):
     # Run from a folder with no kvopt.db: each side names its own storage.
     proc = _compare(f"a@{storage}", f"b@{storage}", cwd=tmp_path)
@@ -69,6 +70,7 @@ def test_study_at_storage_form_names_each_side(storage: str, tmp_path: Path):
         parse_source("x@", "sqlite:///d.db")
 
 
+@pytest.mark.slow
 def test_a_missing_study_is_one_clear_message_and_exit_2(storage: str, tmp_path: Path):
     proc = _compare("a", "nope", f"storage.url={storage}", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
@@ -95,6 +97,7 @@ def test_bad_input_is_refused_with_exit_2_and_creates_nothing(tmp_path: Path, ca
     assert not any(tmp_path.iterdir())  # no storage file made
 
 
+@pytest.mark.slow
 def test_rows_hold_both_values_and_the_ratio(storage: str):
     rows = compare_studies(kvopt.load("a", storage), kvopt.load("b", storage)).rows()
     assert len(rows) == 2

@@ -7,12 +7,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from kvopt.cli import conf_dir
 from kvopt.config import SearchSpaceConfig, validate
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.errors import ConfigError
+from kvopt.paths import conf_dir
 from kvopt.runner import prepare
 from kvopt.space import Candidate, SearchSpace
 
@@ -60,7 +60,8 @@ def test_fp8_quantized_cache_really_runs(tiny_llama):
     loaded, _ = ModelLoader(tiny_llama, WeightsSource("random", "t"), CPU, seed=0).get("float32", "sdpa")
     workload = Workload(prompt_tokens=300, new_tokens=4)
     inputs = make_inputs(workload, 2, 1024, 0, CPU)
-    fp8 = timed_generate(loaded.model, inputs, Candidate("quantized", "sdpa", "float32", 2, quantized_backend="fp8"), 4, CPU)
+    fp8_candidate = Candidate("quantized", "sdpa", "float32", 2, quantized_backend="fp8")
+    fp8 = timed_generate(loaded.model, inputs, fp8_candidate, 4, CPU)
     assert type(fp8.cache).__name__ == "QuantizedCache"
     dyn = timed_generate(loaded.model, inputs, Candidate("dynamic", "sdpa", "float32", 2), 4, CPU)
     assert type(dyn.cache).__name__ == "DynamicCache"

@@ -7,11 +7,11 @@ import itertools
 import pytest
 from hydra import compose, initialize_config_dir
 
-from kvopt.cli import conf_dir, unknown_group_options
+from conftest import CONF
+from kvopt.compose import unknown_group_options
 from kvopt.config import validate
 from kvopt.errors import ConfigError
-
-from conftest import CONF
+from kvopt.paths import conf_dir
 
 
 def _options(group: str) -> list[str]:
@@ -90,3 +90,20 @@ def test_all_problems_are_reported_at_once():
 def test_unknown_group_options_are_found_before_hydra():
     problems = unknown_group_options(["model=foo,gpt2", "sampler=tpe", "study.n_trials=3"], conf_dir())
     assert problems == ["model: got 'foo'; allowed: gpt2, qwen2.5-0.5b, tiny-gpt2, tiny-llama"]
+
+
+def test_the_yaml_states_the_dataclass_defaults():
+    """One source of defaults: the dataclasses; conf/config.yaml repeats them for Hydra and --help."""
+    from kvopt.config import ConfirmConfig, MeasureConfig, PruningConfig, ScaleConfig, TrialConfig
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
+        cfg = validate(compose(config_name="config"))
+    assert (cfg.measure, cfg.trial, cfg.pruning, cfg.confirm, cfg.scale, cfg.worker) == (
+        MeasureConfig(), TrialConfig(), PruningConfig(), ConfirmConfig(), ScaleConfig(), 0
+    )
+    # A config without these sections (a dict passed to validate) gets the same.
+    sections = ("model", "profile", "search_space", "sampler", "storage", "study", "device", "seed")
+    bare = validate({k: v for k, v in cfg.raw.items() if k in sections})
+    assert (bare.measure, bare.trial, bare.pruning, bare.confirm, bare.scale) == (
+        cfg.measure, cfg.trial, cfg.pruning, cfg.confirm, cfg.scale
+    )

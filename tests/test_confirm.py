@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from kvopt.cli import conf_dir
 from kvopt.config import validate
 from kvopt.confirm import confirmed_gains
+from kvopt.paths import conf_dir
 from kvopt.runner import tune
 
 

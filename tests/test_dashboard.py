@@ -10,11 +10,11 @@ import urllib.request
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from report_helpers import free_port
 
-from kvopt.cli import conf_dir
 from kvopt.config import validate
+from kvopt.paths import conf_dir
 from kvopt.runner import tune
+from report_helpers import free_port
 
 
 def _get(url: str) -> dict:

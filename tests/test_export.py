@@ -13,14 +13,13 @@ import yaml
 from transformers import CompileConfig
 
 import kvopt
+from conftest import model_config
 from kvopt.config import METRICS
 from kvopt.engine.workload import Workload
 from kvopt.report.export import StudySettings, call_args, plain, settings_document, settings_script, write_settings
 from kvopt.report.terminal import paste_snippet
 from kvopt.select import Recommendation, Result
 from kvopt.space import Candidate, SearchSpace
-
-from conftest import model_config
 
 MODEL = "tiny-gpt2"
 
@@ -45,6 +44,7 @@ def _results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_yaml_holds_the_recommendation_as_measured(run_dir: Path):
     doc = yaml.safe_load((run_dir / "recommended.yaml").read_text())
     results = _results(run_dir)
@@ -65,13 +65,16 @@ def test_yaml_holds_the_recommendation_as_measured(run_dir: Path):
     assert got["meets_slo"] is True
 
 
+@pytest.mark.slow
 def test_alternatives_are_the_fronts_extremes(run_dir: Path):
     doc = yaml.safe_load((run_dir / "recommended.yaml").read_text())
     front = _results(run_dir)["pareto_front"]
     alternatives = doc["alternatives"]
     assert set(alternatives) == {"lowest_ttft", "highest_throughput", "lowest_memory"}
     for name, metric, pick in (
-        ("lowest_ttft", "ttft_ms", min), ("highest_throughput", "decode_tok_s", max), ("lowest_memory", "peak_mem_mb", min)
+        ("lowest_ttft", "ttft_ms", min),
+        ("highest_throughput", "decode_tok_s", max),
+        ("lowest_memory", "peak_mem_mb", min),
     ):
         best = pick(front, key=lambda r: r["values"][metric])
         alt = alternatives[name]
@@ -95,6 +98,7 @@ def _run_snippet(script: Path) -> list[str]:
     return proc.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_snippet_runs_without_kvopt_and_generates_the_workload(run_dir: Path):
     doc = yaml.safe_load((run_dir / "recommended.yaml").read_text())
     rec = doc["recommended"]
@@ -107,6 +111,7 @@ def test_snippet_runs_without_kvopt_and_generates_the_workload(run_dir: Path):
         assert line.startswith(f"call {n}: {rec['batch_size']} x 8 new tokens in ")
 
 
+@pytest.mark.slow
 def test_the_same_settings_come_back_from_storage_alone(run_dir: Path):
     stored = kvopt.load(f"{MODEL}-ci-micro-cpu", f"sqlite:///{run_dir.parent / 'kvopt.db'}")
     src = StudySettings.from_stored(stored)
@@ -114,6 +119,7 @@ def test_the_same_settings_come_back_from_storage_alone(run_dir: Path):
     assert settings_script(src) == (run_dir / "recommended.py").read_text()
 
 
+@pytest.mark.slow
 def test_terminal_snippet_uses_the_same_kwargs(run_dir: Path):
     doc = yaml.safe_load((run_dir / "recommended.yaml").read_text())
     candidate = SearchSpace.make_candidate(doc["recommended"]["params"])
@@ -161,6 +167,7 @@ def test_no_recommendation_writes_nothing(tmp_path: Path):
     assert written == [] and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_paged_recommendation_carries_its_pool_and_runs(tmp_path: Path):
     paged = Candidate("paged", "sdpa", "float32", 3)
     rec = _result(paged, 1, 5.0, 300.0, 1.0)

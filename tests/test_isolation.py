@@ -6,14 +6,15 @@ import threading
 import time
 
 import psutil
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from kvopt.cli import conf_dir
 from kvopt.config import validate
 from kvopt.measure.memory import MB
 from kvopt.measure.rss import PeakRSS
+from kvopt.paths import conf_dir
 from kvopt.runner import tune
 
 
@@ -33,6 +34,7 @@ def test_peak_rss_catches_a_short_allocation_spike():
     assert peak.bytes - peak.start_bytes >= 250 * MB
 
 
+@pytest.mark.slow
 def test_a_process_trial_reports_measurements_and_peak_rss(tmp_path):
     result = tune(_config(tmp_path, "study.n_trials=1"))
     outcome = result.outcomes[0]
@@ -58,6 +60,7 @@ def _kill_trial_process_once(stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_killed_trial_process_is_recorded_and_the_study_goes_on(tmp_path):
     stop = threading.Event()
     killer = threading.Thread(target=_kill_trial_process_once, args=(stop,), daemon=True)
@@ -76,6 +79,7 @@ def test_a_killed_trial_process_is_recorded_and_the_study_goes_on(tmp_path):
     assert any(o.state == TrialState.COMPLETE for o in result.outcomes[1:])
 
 
+@pytest.mark.slow
 def test_a_trial_over_its_timeout_is_killed_and_recorded(tmp_path):
     result = tune(_config(tmp_path, "study.n_trials=1", "trial.timeout_s=0.5"))
     outcome = result.outcomes[0]

@@ -10,6 +10,9 @@ from nbclient import NotebookClient
 
 from tiny_studies import make_two_studies
 
+# Executes the notebook in a kernel on two studies it makes first.
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "analyze_study.ipynb"
 
 
@@ -23,7 +26,9 @@ def test_the_notebook_runs_and_draws_its_plots(tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("MPLBACKEND", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     # Raises CellExecutionError, with the cell and its traceback, if any cell fails.
-    NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    resources = {"metadata": {"path": str(tmp_path)}}
+    client = NotebookClient(notebook, timeout=180, kernel_name="python3", resources=resources)
+    client.execute()
     nbformat.write(notebook, tmp_path / "executed.ipynb")  # kept with the test's files for a look
 
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]

@@ -8,7 +8,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
+
+# Builds and installs a wheel, then runs a study from it: minutes, and pip on the path.
+pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 
 
 def test_the_wheel_carries_conf_and_runs_a_study(tmp_path: Path):
@@ -35,7 +40,7 @@ def test_the_wheel_carries_conf_and_runs_a_study(tmp_path: Path):
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
     where = subprocess.run(
-        [sys.executable, "-c", "import kvopt.cli as c; print(c.__file__); print(c.conf_dir())"],
+        [sys.executable, "-c", "import kvopt.paths as p; print(p.__file__); print(p.conf_dir())"],
         cwd=work, env=env, capture_output=True, text=True, check=True,
     ).stdout.split()
     assert all(str(target) in line for line in where)

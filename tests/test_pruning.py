@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import optuna
-import pytest
 import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
+from conftest import model_config
 from kvopt.config import StorageConfig
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload
@@ -18,8 +18,6 @@ from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import open_storage
 from kvopt.study import open_study
 from kvopt.trial import Objective, outcome_of, slo_constraints
-
-from conftest import model_config
 
 CPU = torch.device("cpu")
 
@@ -170,8 +168,8 @@ def test_the_pruning_replay_on_a_recorded_grid_never_prunes_the_true_front():
 def test_the_memory_budget_reaches_the_study():
     from hydra import compose, initialize_config_dir
 
-    from kvopt.cli import conf_dir
     from kvopt.config import validate
+    from kvopt.paths import conf_dir
     from kvopt.runner import prepare
 
     def prepared(*overrides):

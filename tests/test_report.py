@@ -12,13 +12,13 @@ import optuna
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from report_helpers import STUDY, hostile_copy, make_study, run_kvopt
 
 from kvopt.errors import StorageError
 from kvopt.report.command import report_command
 from kvopt.report.content import MIN_IMPORTANCE_TRIALS, parameter_importance
 from kvopt.report.dashboard import dashboard_command
 from kvopt.stored import load_study
+from report_helpers import STUDY, hostile_copy, make_study, run_kvopt
 
 N_TRIALS = 8  # enough complete trials for parameter importance
 
@@ -35,6 +35,7 @@ def study_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_stored_study_matches_what_the_run_printed_and_wrote(study_run: dict):
     stored = load_study(STUDY, study_run["url"])
     written = json.loads((study_run["run"] / "results.json").read_text())
@@ -54,6 +55,7 @@ def test_stored_study_matches_what_the_run_printed_and_wrote(study_run: dict):
     assert f"recommended: {rec.result.label} (trial #{rec.result.number})" in study_run["stdout"]
 
 
+@pytest.mark.slow
 def test_a_journal_copy_of_the_study_loads_the_same(study_run: dict, tmp_path: Path):
     journal = tmp_path / "copy.journal"
     optuna.copy_study(
@@ -68,6 +70,7 @@ def test_a_journal_copy_of_the_study_loads_the_same(study_run: dict, tmp_path: P
     assert copied.trials and [t["state"] for t in copied.trials] == [t["state"] for t in original.trials]
 
 
+@pytest.mark.slow
 def test_missing_study_names_the_studies_that_are_there(study_run: dict):
     with pytest.raises(StorageError, match=rf"study.name: got 'nope' but .* studies there: '{STUDY}'"):
         load_study("nope", study_run["url"])
@@ -82,6 +85,7 @@ def test_a_storage_path_that_is_not_there_is_refused_and_not_created(tmp_path: P
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_file_of_another_kind_is_refused_with_one_line(study_run: dict):
     db = study_run["url"][len("sqlite:///") :]
     with pytest.raises(StorageError, match=r"storage.url: cannot read journal file") as info:
@@ -89,6 +93,7 @@ def test_a_file_of_another_kind_is_refused_with_one_line(study_run: dict):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_run_writes_the_report_with_every_part(study_run: dict):
     run = study_run["run"]
     md = (run / "report.md").read_text()
@@ -101,7 +106,7 @@ def test_the_run_writes_the_report_with_every_part(study_run: dict):
                      "transformers 5.", "optuna 5.", "Pareto front", "Parameter importance", "Noise flags",
                      "Every trial", rec.result.label, f"{rec.gains_pct['decode_tok_s']:+.1f}%"):
             assert part in text, part
-        assert f"median of 3 paired interleaved rounds" in text
+        assert "median of 3 paired interleaved rounds" in text
         assert "PED-ANOVA" in text and "not computed" not in text
     # Plots: files for report.md, inline SVG with one mark per measured candidate in report.html.
     assert "![TTFT against decode throughput" in md and (run / "plots" / "pareto.svg").is_file()
@@ -117,6 +122,7 @@ def test_the_run_writes_the_report_with_every_part(study_run: dict):
     assert "https://" not in html
 
 
+@pytest.mark.slow
 def test_kvopt_report_recreates_the_same_report_from_storage(study_run: dict, tmp_path: Path):
     out = tmp_path / "again"
     proc = run_kvopt("report", f"study.name={STUDY}", f"storage.url={study_run['url']}", f"out={out}", cwd=tmp_path)
@@ -126,6 +132,7 @@ def test_kvopt_report_recreates_the_same_report_from_storage(study_run: dict, tm
         assert (out / name).read_text() == (study_run["run"] / name).read_text(), name
 
 
+@pytest.mark.slow
 def test_importance_says_plainly_when_there_are_too_few_trials(study_run: dict):
     source = optuna.load_study(study_name=STUDY, storage=study_run["url"])
     few = optuna.create_study(directions=source.directions)
@@ -138,6 +145,7 @@ def test_importance_says_plainly_when_there_are_too_few_trials(study_run: dict):
     )
 
 
+@pytest.mark.slow
 def test_every_stored_string_is_escaped(study_run: dict, tmp_path: Path):
     name = hostile_copy(study_run["url"])
     out = tmp_path / "hostile"
@@ -153,6 +161,7 @@ def test_every_stored_string_is_escaped(study_run: dict, tmp_path: Path):
         assert "<img" not in svg.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -174,6 +183,7 @@ def test_report_command_refuses_bad_input_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []  # no report folder, no new storage file
 
 
+@pytest.mark.slow
 def test_python_m_kvopt_report_exits_2_without_a_traceback(study_run: dict, tmp_path: Path):
     proc = run_kvopt(
         "report", "study.name=nope", f"storage.url={study_run['url']}", f"out={tmp_path / 'out'}", cwd=tmp_path
@@ -185,6 +195,7 @@ def test_python_m_kvopt_report_exits_2_without_a_traceback(study_run: dict, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -103,7 +103,8 @@ def _overlapping_pairs(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[int
     pairs = []
     for i, a in enumerate(timed):
         for b in timed[i + 1 :]:
-            if a.user_attrs["device_key"] == b.user_attrs["device_key"] and b.user_attrs["device_start"] < a.user_attrs["device_end"]:
+            same_device = a.user_attrs["device_key"] == b.user_attrs["device_key"]
+            if same_device and b.user_attrs["device_start"] < a.user_attrs["device_end"]:
                 pairs.append((a.number, b.number))
     return pairs
 
@@ -119,6 +120,7 @@ def _summary_rows(root: Path) -> list[dict[str, str]]:
 # --- many workers, one study ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_workers_share_a_journal_study_through_the_joblib_launcher(tmp_path):
     journal = tmp_path / "study.journal"
     proc = _start(
@@ -261,6 +263,8 @@ def _fresh_db(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_three_worker_processes_share_a_postgres_study(tmp_path, postgres_url):
     url = _fresh_db(postgres_url, "three_workers")
     # flag: no device turns, so the three really sample and measure at the same time.
@@ -296,6 +300,8 @@ def by_number(trials: list[optuna.trial.FrozenTrial], number: int) -> optuna.tri
     return next(t for t in trials if t.number == number)
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_workers_starting_together_on_an_empty_database_queue_the_baseline_once(postgres_url):
     # All of them create Optuna's tables and the study at once (a real race: it once
     # failed with a duplicate-key error), then queue the baseline under the study lock.
@@ -312,6 +318,8 @@ def test_workers_starting_together_on_an_empty_database_queue_the_baseline_once(
     assert len(trials) == 1 and trials[0].user_attrs["baseline"] is True
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_an_unreachable_or_refusing_database_fails_fast_and_masks_the_password(run_cli, postgres_url):
     start = time.monotonic()
     down = run_cli(*FAST, "storage.url=postgresql://kv:hunter2@127.0.0.1:1/kv", timeout=120)
@@ -356,6 +364,7 @@ def _wait_for_running_trial(storage_of, proc: subprocess.Popen, timeout: float =
 SLOW = [*FAST, "profile.repetitions=40", "profile.new_tokens=16", "search_space.dtype=[float32]"]
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_loses_nothing_and_the_trial_is_retried(tmp_path):
     journal = tmp_path / "kill.journal"
     args = ["storage=journal", f"storage.url={journal}", *SLOW]
@@ -384,6 +393,7 @@ def test_a_worker_killed_mid_trial_loses_nothing_and_the_trial_is_retried(tmp_pa
     assert all(t.state.is_finished() for t in after)
 
 
+@pytest.mark.slow
 def test_a_silent_worker_on_another_host_is_failed_by_the_heartbeat(tmp_path):
     # RDB storages carry Optuna's heartbeat: a trial whose worker (here: "on another host",
     # so no pid check can tell) stops beating for grace_s is failed and retried.
@@ -404,6 +414,7 @@ def test_a_silent_worker_on_another_host_is_failed_by_the_heartbeat(tmp_path):
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_trial_failed_and_still_writes_the_report(tmp_path):
     url = f"sqlite:///{tmp_path / 'int.db'}"
     proc = _start(f"storage.url={url}", *SLOW, "study.n_trials=6", cwd=tmp_path)
@@ -433,6 +444,7 @@ def test_ctrl_c_marks_the_trial_failed_and_still_writes_the_report(tmp_path):
 # --- devices ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_refuse_policy_exits_when_another_worker_holds_the_device(run_cli, tmp_path):
     locks = tmp_path / "locks"
     held = DeviceLock(locks, f"{socket.gethostname()}/cpu", "pid 1 (worker 7, study 'other')")
@@ -447,6 +459,7 @@ def test_refuse_policy_exits_when_another_worker_holds_the_device(run_cli, tmp_p
 # --- sweeps and launchers --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_two_by_two_sweep_writes_a_summary_with_four_rows(tmp_path):
     proc = _start(
         "-m", "model=tiny-gpt2,tiny-llama", "profile=ci-micro,chat-agent", "study.n_trials=2",
@@ -470,6 +483,7 @@ def test_a_two_by_two_sweep_writes_a_summary_with_four_rows(tmp_path):
     assert "sweep summary:" in output
 
 
+@pytest.mark.slow
 def test_the_submitit_local_launcher_runs_workers_on_one_study(tmp_path):
     journal = tmp_path / "submitit.journal"
     proc = _start(
@@ -488,7 +502,7 @@ def test_the_submitit_local_launcher_runs_workers_on_one_study(tmp_path):
 def test_the_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
 
-    from kvopt.cli import conf_dir
+    from kvopt.paths import conf_dir
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
         cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "worker=3", "device=cuda:${worker}"],

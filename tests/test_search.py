@@ -16,9 +16,9 @@ from optuna.trial import TrialState, create_trial
 from conftest import model_config, profile_config
 from kvopt.config import MeasureConfig
 from kvopt.confirm import choose_finalists
-from kvopt.failures import failure_reason
+from kvopt.failures import CallTooSlow, failure_reason
 from kvopt.probe import dtype_slowdown
-from kvopt.protocol import CallTooSlow, _refuse_if_too_slow
+from kvopt.protocol import _refuse_if_too_slow
 from kvopt.sampler import (
     ProfileSampler,
     check_converged,
@@ -188,14 +188,17 @@ def test_a_call_predicted_far_past_the_budget_is_skipped_with_its_reason() -> No
         measure=MeasureConfig(max_seconds=20.0),
     )
     trial = study.ask({k: v for k, v in sp.distributions().items() if k in BASE.params()})
-    reason = objective._too_slow(trial, Candidate("dynamic", "sdpa", "float32", 8))
-    assert reason is not None and reason.startswith("too slow: one generate call predicted")
+    skipped = objective._too_slow(trial, Candidate("dynamic", "sdpa", "float32", 8))
+    assert skipped is not None
+    reason, kind = skipped
+    assert kind == "too_slow" and reason.startswith("too slow: one generate call predicted")
     assert "measure.max_seconds (60 s)" in reason
     # Measured, not predicted: a first call past the limit ends the measurement as PRUNED.
     with pytest.raises(CallTooSlow) as info:
         _refuse_if_too_slow(75.0, MeasureConfig(max_seconds=20.0))
-    state, text = failure_reason(info.value)
+    state, text, kind = failure_reason(info.value)
     assert state == TrialState.PRUNED and text.startswith("too slow: its first generate call took 75.0 s")
+    assert kind == "too_slow"
     _refuse_if_too_slow(59.0, MeasureConfig(max_seconds=20.0))  # within 3x: measured as usual
 
 

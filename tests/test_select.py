@@ -6,9 +6,8 @@ import math
 
 import pytest
 
-from kvopt.select import Result, gains_pct, pareto_front, profile_score, recommend, slo_violations
-
 from conftest import profile_config
+from kvopt.select import Result, gains_pct, pareto_front, profile_score, recommend, slo_violations
 
 
 def _r(number, ttft, tput, mem, baseline=False):

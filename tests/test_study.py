@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from kvopt.cli import conf_dir
-from kvopt.config import validate
+from kvopt.config import StorageConfig, validate
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload
+from kvopt.paths import conf_dir
 from kvopt.runner import tune
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import open_storage
-from kvopt.config import StorageConfig
 from kvopt.study import enqueue_baseline, open_study
 from kvopt.trial import Objective, outcome_of
 
@@ -111,6 +111,7 @@ def _config(tmp_path, *overrides):
         )
 
 
+@pytest.mark.slow
 def test_a_finite_space_stops_when_every_candidate_was_measured(tmp_path):
     cfg = _config(
         tmp_path,
@@ -139,9 +140,7 @@ def test_study_timeout_stops_new_trials(tmp_path):
     assert len(result.outcomes) <= 1
 
 
-import pytest
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random", "grid"])
 def test_every_sampler_runs_a_study(tmp_path, sampler):
     cfg = _config(
@@ -184,5 +183,5 @@ def test_random_weights_when_nothing_can_be_had(tiny_gpt2):
 
     missing = replace(tiny_gpt2, hub_id="kvopt-test/not-a-real-model", weights="auto")
     assert resolve_weights(missing).kind == "random"  # HF_HUB_OFFLINE=1 in tests
-    with pytest.raises(KvoptError, match="model.weights: got 'pretrained'"):
+    with pytest.raises(KvoptError, match=r"model.weights: got 'pretrained'"):
         resolve_weights(replace(missing, weights="pretrained"))

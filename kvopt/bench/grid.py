@@ -51,7 +51,7 @@ def _measure_row(loader: Any, cand: Candidate, cfg: KvoptConfig, workload: Any, 
             seed=cfg.seed, measure=cfg.measure,
         )
     except Exception as exc:  # a candidate that cannot run is a row of the table too
-        row.update({"status": "failed", "reason": failure_reason(exc)[1], "wall_s": time.perf_counter() - start})
+        row.update({"status": "failed", "reason": failure_reason(exc).reason, "wall_s": time.perf_counter() - start})
         return row
     ttft, tput, mem = m.values
     row.update({

@@ -22,16 +22,18 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from kvopt.attrs import Failure, failure_kind
 from kvopt.bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
 from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
-from kvopt.config import DIRECTIONS, KvoptConfig
+from kvopt.config import KvoptConfig
 from kvopt.confirm import score_interval
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import make_workload
 from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
-from kvopt.measure.memory import MB, MemoryReading
+from kvopt.measure.memory import MemoryReading
+from kvopt.metrics import DIRECTIONS, MB
 from kvopt.predict import memory_prior
 from kvopt.protocol import Measurement, stop_rule
 from kvopt.sampler import WarmStart, check_converged, warm_start_from
@@ -234,7 +236,7 @@ def replay_study(
         if t.state == TrialState.COMPLETE:
             found.add(key)
             best = max(best, table.scores.get(key, -math.inf))
-        elif str(t.user_attrs.get("reason", "")).startswith("dominated by"):
+        elif failure_kind(t.user_attrs) == Failure.DOMINATED:
             pruned += 1
             wrong += key in table.front_keys
         hv.append(table.hypervolume(found) / table.full_hv if table.full_hv > 0 else 1.0)

@@ -37,6 +37,8 @@ class _FirstTokenClock(LogitsProcessor):
 
 @dataclass
 class GenerateRun:
+    """One timed ``generate`` call: time to the first token, decode time, tokens, and the cache it used."""
+
     ttft_s: float
     decode_s: float
     new_tokens: int
@@ -47,6 +49,7 @@ class GenerateRun:
 
     @property
     def kv_bytes(self) -> int:
+        """Bytes of the KV cache the call filled (the paged pool's size for ``paged``)."""
         return self.pool_bytes if self.pool_bytes is not None else cache_bytes(self.cache)
 
 
@@ -70,6 +73,10 @@ def timed_generate(
     new_tokens: int,
     device: torch.device,
 ) -> GenerateRun:
+    """One greedy ``generate`` of exactly ``new_tokens`` tokens, timed to the first token and to the last.
+
+    Raises KeyboardInterrupt first if a Ctrl-C came during the previous call (see :mod:`kvopt.interrupt`).
+    """
     raise_if_interrupted()  # a Ctrl-C swallowed during the last run stops here, cleanly
     if candidate.cache_implementation == "paged":
         run = paged_generate(model, inputs["input_ids"], new_tokens)
@@ -78,7 +85,8 @@ def timed_generate(
     kwargs = generate_kwargs(candidate, new_tokens, pad_token_id=0)
     synchronize(device)
     start = time.perf_counter()
-    out = model.generate(**inputs, logits_processor=LogitsProcessorList([clock]), **kwargs)
+    # generate comes from GenerationMixin, which PreTrainedModel's type does not list.
+    out = model.generate(**inputs, logits_processor=LogitsProcessorList([clock]), **kwargs)  # type: ignore[operator]
     synchronize(device)
     end = time.perf_counter()
     produced = out.sequences.shape[1] - inputs["input_ids"].shape[1]

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WeightsSource:
+    """Which weights trials load (``pretrained`` or ``random``) and why, in one line for the plan."""
+
     kind: str  # "pretrained" | "random"
     reason: str
     local_only: bool = True
@@ -44,6 +46,8 @@ class WeightsSource:
 
 @dataclass
 class LoadedModel:
+    """A model loaded with one dtype and attention backend, and how long loading took."""
+
     model: PreTrainedModel
     dtype: str
     attn_implementation: str
@@ -115,6 +119,7 @@ def resolve_weights(model_cfg: ModelConfig) -> WeightsSource:
 
 
 def free_device_memory(device: torch.device) -> None:
+    """Collect garbage and return the device's cached blocks, so the next trial starts clean."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -153,6 +158,7 @@ class ModelLoader:
         return self._current, False
 
     def release(self) -> None:
+        """Drop the loaded model and free its memory."""
         if self._current is not None:
             self._current = None
             free_device_memory(self.device)

@@ -5,8 +5,8 @@ it lives in the continuous-batching manager, which owns a pool of fixed-size pag
 runs the model in a background thread. kvopt measures it the way a batch user calls it:
 one ``generate_batch`` per batch of prompts, all submitted at once.
 
-- **Pool sized from the workload**, never from free memory: left alone, Transformers sizes
-  the pool from a share of what the device has free (on a CPU that is most of the RAM,
+- **Pool sized from the workload** (:class:`kvopt.space.PagedPool`), never from free memory:
+  left alone, Transformers sizes the pool from a share of what the device has free (on a CPU that is most of the RAM,
   allocated and zeroed on every call). kvopt gives it exactly the pages the batch needs.
 - **TTFT** is submission to the moment the *last* request of the batch has its first
   token (a batched ``generate`` gives every prompt its first token at once, so the two
@@ -18,18 +18,19 @@ one ``generate_batch`` per batch of prompts, all submitted at once.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
-from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from kvopt.measure.memory import storage_bytes
+
+# The pool's size is knowledge about the candidate (its generate kwargs carry it): defined
+# in kvopt.space, named here too for code that runs paged generation.
+from kvopt.space import PAGE_SIZE, PagedPool, paged_pool
 
 __all__ = ["PAGE_SIZE", "PagedPool", "paged_pool", "paged_generate", "PagedRun"]
 
@@ -37,56 +38,10 @@ __all__ = ["PAGE_SIZE", "PagedPool", "paged_pool", "paged_generate", "PagedRun"]
 # outside transformers' verbosity setting: keep kvopt's terminal for kvopt's lines.
 logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
 
-_CB_FIELDS = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
-
-# Tokens per page. Small pages waste little on short prompts; 16 divides every workload
-# kvopt ships and is what paged-attention servers commonly use.
-PAGE_SIZE = 16
-
-
-@dataclass(frozen=True)
-class PagedPool:
-    """The pages one batch needs: every request holds prompt + new tokens at its end."""
-
-    batch_size: int
-    prompt_tokens: int
-    new_tokens: int
-    page_size: int = PAGE_SIZE
-
-    @property
-    def pages_per_request(self) -> int:
-        return math.ceil((self.prompt_tokens + self.new_tokens) / self.page_size)
-
-    @property
-    def num_blocks(self) -> int:
-        return self.batch_size * self.pages_per_request
-
-    def config(self) -> ContinuousBatchingConfig:
-        options: dict[str, Any] = {
-            # Transformers 5.17 calls the page size block_size; later versions page_size.
-            "page_size" if "page_size" in _CB_FIELDS else "block_size": self.page_size,
-            "num_blocks": self.num_blocks,
-            # The whole batch prefills in one step, as in a batched generate.
-            "max_batch_tokens": self.batch_size * self.prompt_tokens,
-            "max_requests_per_batch": self.batch_size,
-            # Identical synthetic prompts must not share pages: that would skip prefill work.
-            "allow_block_sharing": False,
-            "use_async_batching": False,
-            "use_cuda_graph": False,
-        }
-        if "auto_switch_to_flash" in _CB_FIELDS:
-            # Measure the attention the candidate names, not a silent switch to flash. (Versions
-            # without this option switch only where flash-attn is installed.)
-            options["auto_switch_to_flash"] = False
-        return ContinuousBatchingConfig(**options)
-
-
-def paged_pool(batch_size: int, prompt_tokens: int, new_tokens: int) -> PagedPool:
-    return PagedPool(batch_size, prompt_tokens, new_tokens)
-
-
 @dataclass
 class PagedRun:
+    """One continuous-batching call: time to the batch's first tokens, decode time, tokens, pool bytes."""
+
     ttft_s: float
     decode_s: float
     new_tokens: int
@@ -105,9 +60,10 @@ def paged_generate(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: 
         pad_token_id=0,
     )
     prompts = input_ids.tolist()
-    done = []
+    done: list[Any] = []
     start = time.perf_counter()
-    with model.continuous_batching_context_manager(
+    # Declared on a generation mixin that PreTrainedModel's type does not list.
+    with model.continuous_batching_context_manager(  # type: ignore[operator]
         generation_config=config,
         continuous_batching_config=pool.config(),
         block=True,
@@ -124,8 +80,10 @@ def paged_generate(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: 
         # The pool exists until the manager stops: read its size from its tensors (one byte
         # tensor in later Transformers; per-layer key and value tensors in 5.17).
         cache = getattr(manager.batch_processor, "cache", None)
-        pool = [getattr(cache, "cache_tensor", None), *getattr(cache, "key_cache", []), *getattr(cache, "value_cache", [])]
-        pool_bytes = storage_bytes(t for t in pool if isinstance(t, torch.Tensor))
+        tensors = [
+            getattr(cache, "cache_tensor", None), *getattr(cache, "key_cache", []), *getattr(cache, "value_cache", [])
+        ]
+        pool_bytes = storage_bytes(t for t in tensors if isinstance(t, torch.Tensor))
     errors = [o.error for o in done if o.error]
     if errors or len(done) != batch_size:
         raise RuntimeError(f"continuous batching finished {len(done)}/{batch_size} requests: {errors[:1]}")

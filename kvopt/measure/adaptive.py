@@ -20,6 +20,8 @@ __all__ = ["StopRule", "MedianCI", "median_ci", "AdaptiveResult", "repeat_until_
 
 @dataclass(frozen=True)
 class MedianCI:
+    """A median with its distribution-free confidence interval (order statistics) and the interval's coverage."""
+
     median: float
     low: float
     high: float
@@ -67,6 +69,7 @@ class StopRule:
     confidence: float = 0.95
 
     def precise(self, values: Sequence[float]) -> bool:
+        """Whether ``values`` pin the median down to ``rel_precision`` at ``confidence``."""
         if len(values) < self.min_repetitions:
             return False
         ci = median_ci(values, self.confidence)
@@ -86,6 +89,7 @@ class AdaptiveResult:
 
     @property
     def n(self) -> int:
+        """Repetitions made (of the first metric; all have the same count)."""
         return len(next(iter(self.samples.values()), []))
 
 

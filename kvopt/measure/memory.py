@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from kvopt.metrics import MB  # the unit of every memory figure; named here for memory code
+
 __all__ = [
     "MB",
     "MemoryReading",
@@ -36,12 +38,13 @@ __all__ = [
     "nvml_uuid",
 ]
 
-MB = 2**20
 T = TypeVar("T")
 
 
 @dataclass
 class MemoryReading:
+    """A peak memory figure, how it was read (``method``) and the parts it was read from."""
+
     peak_bytes: int
     method: str
     details: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +67,7 @@ def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def weights_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (shared storages counted once)."""
     return storage_bytes([*model.parameters(), *model.buffers()])
 
 
@@ -134,6 +138,8 @@ def _profiled_peak_extra(fn: Callable[[], T], device_type: str) -> tuple[T, int,
         for child in node.children:
             walk(child)
 
+    # Entered and exited above, the profiler always holds its results here.
+    assert prof.profiler is not None and prof.profiler.kineto_results is not None
     for root in prof.profiler.kineto_results.experimental_event_tree():
         walk(root)
     events.sort()

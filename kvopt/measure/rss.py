@@ -20,6 +20,7 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def current_rss_bytes() -> int:
+    """This process's resident set size now, in bytes."""
     return int(psutil.Process().memory_info().rss)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvopt.config import DIRECTIONS, METRICS
+from kvopt.metrics import DIRECTIONS, METRICS
 from kvopt.select import Result
 
 __all__ = ["hypervolume_reference"]

@@ -4,13 +4,12 @@ stored study, re-created from its storage alone (the same files a run writes at 
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 
-from kvopt.errors import ConfigError, KvoptError
+from kvopt.compose import parse_key_values
+from kvopt.errors import ConfigError, KvoptError, print_error
 
-__all__ = ["parse_key_values", "report_command", "print_error"]
+__all__ = ["report_command", "REPORT_USAGE"]
 
 REPORT_USAGE = (
     "usage: python -m kvopt report study.name=NAME [storage.url=URL] [out=DIR]\n"
@@ -19,34 +18,19 @@ REPORT_USAGE = (
 )
 
 
-def print_error(message: str) -> None:
-    print(f"kvopt: error: {message}", file=sys.stderr)
-
-
-def parse_key_values(args: list[str], allowed: Mapping[str, str]) -> dict[str, str]:
-    """``key=value`` arguments; ConfigError naming each unknown or malformed one.
-
-    ``allowed`` maps each key to what it takes, for the message.
-    """
-    values: dict[str, str] = {}
-    problems = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in allowed:
-            keys = ", ".join(f"{k}=<{what}>" for k, what in allowed.items())
-            problems.append(f"argument {arg!r}: allowed: {keys}")
-        else:
-            values[key] = value
-    if problems:
-        raise ConfigError(problems)
-    return values
-
-
 def _folder_name(study: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("._") or "study"
 
 
 def report_command(args: list[str]) -> int:
+    """``python -m kvopt report``: write a stored study's report; return the exit status.
+
+    Args:
+        args: ``study.name=NAME``, optionally ``storage.url=URL`` and ``out=DIR``.
+
+    Returns:
+        0 when the report was written, 2 after printing what is wrong with the input.
+    """
     if any(a in ("-h", "--help") for a in args):
         print(REPORT_USAGE)
         return 0

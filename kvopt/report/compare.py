@@ -14,24 +14,23 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from kvopt.config import METRICS
-from kvopt.errors import KvoptError
+from kvopt.env import quiet_libraries
+from kvopt.errors import KvoptError, print_error
+from kvopt.metrics import METRICS, OBJECTIVES
 from kvopt.report.terminal import format_gains
 from kvopt.select import Recommendation, Result
 from kvopt.space import candidate_key
-from kvopt.stored import StoredStudy, load_study
+from kvopt.stored import StoredStudy, default_storage_url, load_study
 
 __all__ = ["Comparison", "compare_studies", "parse_source", "print_comparison", "compare_command"]
 
-DEFAULT_STORAGE = "sqlite:///kvopt.db"
 USAGE = (
     "usage: python -m kvopt compare A B [storage.url=URL]\n"
     "  A, B: STUDY (a study in storage.url, default sqlite:///kvopt.db) or STUDY@STORAGE_URL\n"
     "  e.g.: python -m kvopt compare gpt2-rag-cuda@sqlite:///h100.db gpt2-rag-cuda@sqlite:///a100.db"
 )
-_HEADERS = {"ttft_ms": "TTFT ms", "decode_tok_s": "tok/s", "peak_mem_mb": "mem MB"}
+_HEADERS = {m.name: m.column for m in OBJECTIVES}
 
 
 def _key(r: Result) -> tuple[tuple[str, Any], ...]:
@@ -40,6 +39,8 @@ def _key(r: Result) -> tuple[tuple[str, Any], ...]:
 
 @dataclass
 class Comparison:
+    """Two stored studies matched candidate by candidate (same params), and what only one measured."""
+
     a: StoredStudy
     b: StoredStudy
     matched: list[tuple[Result, Result]]  # same params in both, in A's TTFT order
@@ -65,6 +66,7 @@ class Comparison:
 
 
 def compare_studies(a: StoredStudy, b: StoredStudy) -> Comparison:
+    """Match the candidates both studies measured; list the rest by side."""
     in_b = {_key(r): r for r in b.results}
     in_a = {_key(r) for r in a.results}
     matched = [(r, in_b[_key(r)]) for r in sorted(a.results, key=lambda r: r.values["ttft_ms"]) if _key(r) in in_b]
@@ -142,6 +144,7 @@ def _recommendation_line(name: str, rec: Recommendation | None) -> str:
 
 
 def print_comparison(console: Console, c: Comparison) -> None:
+    """Print the facts of both studies, the matched candidates with B/A ratios, and both recommendations."""
     console.print(_facts(c))
     if c.matched:
         console.print(_matched_table(c))
@@ -159,32 +162,30 @@ def print_comparison(console: Console, c: Comparison) -> None:
 
 def compare_command(args: list[str]) -> int:
     """Entry of ``python -m kvopt compare``; returns the exit status (2 on bad input)."""
-    from kvopt.cli import quiet_libraries
-
-    err = Console(stderr=True, soft_wrap=True)
     if any(a in ("-h", "--help") for a in args):
         Console(soft_wrap=True).print(USAGE, highlight=False, markup=False)
         return 0
-    storage = DEFAULT_STORAGE
+    storage = ""  # default: the storage a plain run uses (conf/config.yaml), read when needed
     positional = []
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key == "storage.url":
             storage = value
         elif sep and "@" not in key:
-            err.print(f"kvopt: error: compare: got {arg!r}; allowed: storage.url=URL\n{USAGE}", highlight=False, markup=False)
+            print_error(f"compare: got {arg!r}; allowed: storage.url=URL\n{USAGE}")
             return 2
         else:
             positional.append(arg)
     if len(positional) != 2:
-        err.print(f"kvopt: error: compare: got {len(positional)} study argument(s) {positional}; allowed: exactly two, A and B\n{USAGE}",
-                  highlight=False, markup=False)
+        print_error(
+            f"compare: got {len(positional)} study argument(s) {positional}; allowed: exactly two, A and B\n{USAGE}"
+        )
         return 2
     quiet_libraries()
     try:
-        a, b = (load_study(*parse_source(arg, storage)) for arg in positional)
+        a, b = (load_study(*parse_source(arg, storage or default_storage_url())) for arg in positional)
     except KvoptError as exc:
-        err.print(Text.assemble(("kvopt: error: ", "bold red"), str(exc)), highlight=False)
+        print_error(str(exc))
         return 2
     print_comparison(Console(soft_wrap=False), compare_studies(a, b))
     return 0

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-from kvopt.config import METRICS
+from kvopt.attrs import CONSTRAINTS_ATTR, NOISY_ATTR, REUSED_FROM_ATTR
+from kvopt.metrics import METRIC_BY_NAME, METRICS, OBJECTIVES
 from kvopt.select import Result
 
 if TYPE_CHECKING:  # kvopt.stored imports kvopt.report: no import cycle at run time
@@ -32,7 +34,7 @@ __all__ = [
     "parameter_importance",
 ]
 
-GAIN_LABELS = {"ttft_ms": "TTFT", "decode_tok_s": "decode throughput", "peak_mem_mb": "peak memory"}
+GAIN_LABELS = {m.name: m.long_label for m in OBJECTIVES}
 # PED-ANOVA compares the best trials with all of them: with fewer, "best" is one or two
 # noisy points and the importances mean nothing.
 MIN_IMPORTANCE_TRIALS = 8
@@ -105,7 +107,7 @@ def gains_heading(s: StoredStudy) -> str:
         return "no gain to show: the baseline was not measured"
     if not rec.confirmed_rounds:
         return "gain over the baseline from the study's own measurements (not confirmed); positive = better"
-    coverage = min((c["ci_coverage"] for c in (rec.gains_ci or {}).values() if c.get("ci_coverage")), default=0.0)
+    coverage = min((cov for c in (rec.gains_ci or {}).values() if (cov := c.get("ci_coverage"))), default=0.0)
     return (
         f"gain over the baseline, confirmed: median of {rec.confirmed_rounds} paired interleaved rounds "
         f"with its {coverage:.0%} confidence interval; positive = better"
@@ -162,7 +164,7 @@ def front_rows(s: StoredStudy) -> list[tuple[str, ...]]:
     shown = list(s.front)
     if s.baseline is not None and s.baseline.number not in {r.number for r in shown}:
         shown.append(s.baseline)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in shown:
         marks = []
         if r.number == rec:
@@ -178,11 +180,11 @@ def _notes(t: dict[str, Any]) -> str:
     notes = []
     if t["baseline"]:
         notes.append("baseline")
-    if attrs.get("reused_from") is not None:
-        notes.append(f"reused #{attrs['reused_from']}")
-    if attrs.get("noisy"):
+    if attrs.get(REUSED_FROM_ATTR) is not None:
+        notes.append(f"reused #{attrs[REUSED_FROM_ATTR]}")
+    if attrs.get(NOISY_ATTR):
         notes.append("noisy")
-    broken = {k: v for k, v in (attrs.get("constraints") or {}).items() if isinstance(v, (int, float)) and v > 0}
+    broken = {k: v for k, v in (attrs.get(CONSTRAINTS_ATTR) or {}).items() if isinstance(v, (int, float)) and v > 0}
     if broken:
         notes.append("constraints violated: " + ", ".join(f"{k} {v:g}" for k, v in broken.items()))
     if t["state"] in ("FAIL", "PRUNED"):
@@ -192,7 +194,7 @@ def _notes(t: dict[str, Any]) -> str:
 
 def trial_rows(s: StoredStudy) -> list[tuple[str, ...]]:
     """Every trial: number, state, candidate, objectives, repetitions, duration, notes."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for t in s.trials:
         attrs = t["user_attrs"]
         values = ("", "", "")
@@ -214,7 +216,7 @@ def noise_rows(s: StoredStudy) -> list[tuple[str, str, str]]:
     rows = []
     for t in s.trials:
         attrs = t["user_attrs"]
-        if not attrs.get("noisy"):
+        if not attrs.get(NOISY_ATTR):
             continue
         why = []
         if attrs.get("stopped_because"):
@@ -242,6 +244,12 @@ def settings_snippet(s: StoredStudy) -> str | None:
     )
 
 
+def _lower_is_better(index: int, metric: str) -> Callable[[optuna.trial.FrozenTrial], float]:
+    """Objective ``index`` of a trial, signed so that lower is better (as PED-ANOVA takes it)."""
+    sign = -METRIC_BY_NAME[metric].sign
+    return lambda trial: sign * trial.values[index]
+
+
 @dataclass(frozen=True)
 class Importance:
     """Per objective, each parameter's importance (sums to 1); or why there is none."""
@@ -266,11 +274,10 @@ def parameter_importance(study: optuna.Study, min_trials: int = MIN_IMPORTANCE_T
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for i, m in enumerate(METRICS):
-                sign = -1.0 if m == "decode_tok_s" else 1.0  # PED-ANOVA takes lower as better
                 values[m] = get_param_importances(
                     study,
                     evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile),
-                    target=lambda t, i=i, sign=sign: sign * t.values[i],
+                    target=_lower_is_better(i, m),
                 )
     except Exception as exc:  # e.g. every complete trial has the same settings
         return Importance(None, f"not computed: optuna could not assess importance ({type(exc).__name__}: {exc})")

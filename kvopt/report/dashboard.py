@@ -17,9 +17,10 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from kvopt.compose import parse_key_values
 from kvopt.config import StorageConfig
-from kvopt.errors import ConfigError, KvoptError
-from kvopt.report.command import parse_key_values, print_error
+from kvopt.errors import ConfigError, KvoptError, print_error
+from kvopt.paths import sqlite_path
 from kvopt.report.files import ReportFiles, write_report
 from kvopt.report.markdown import study_note
 
@@ -41,8 +42,9 @@ def artifact_dir(cfg: StorageConfig) -> Path | None:
     if cfg.backend == "memory" or not cfg.url:
         return None
     url = str(cfg.url)
-    if cfg.backend == "journal" or url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else url).expanduser().resolve()
+    local = url if cfg.backend == "journal" else sqlite_path(url)
+    if local is not None:
+        path = Path(local).expanduser().resolve()
         return path.with_name(f"{path.stem}-artifacts")
     return Path("kvopt-artifacts").resolve()  # a database server: no file to sit beside
 
@@ -109,6 +111,14 @@ def _port(value: str) -> int:
 
 
 def dashboard_command(args: list[str]) -> int:
+    """``python -m kvopt dashboard``: serve a storage with optuna-dashboard on 127.0.0.1.
+
+    Args:
+        args: optionally ``storage.url=URL`` and ``port=N``.
+
+    Returns:
+        0 when the server stops (Ctrl-C), 2 after printing what is wrong with the input.
+    """
     if any(a in ("-h", "--help") for a in args):
         print(DASHBOARD_USAGE)
         return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pprint
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from transformers import CompileConfig, ContinuousBatchingConfig
 
-from kvopt.config import METRICS, ModelConfig
+from kvopt.config import ModelConfig
+from kvopt.metrics import METRICS
+from kvopt.paths import write_text_atomic
 from kvopt.select import Recommendation, Result, gains_pct
 from kvopt.space import Candidate, SearchSpace
 
@@ -105,9 +107,14 @@ def alternatives(front: list[Result], baseline: Result | None, workload: Workloa
     if not front:
         return {}
     return {
-        name: _settings(pick(front, key=lambda r, m=metric: r.values[m]), baseline, workload)
+        name: _settings(_extreme(front, metric, pick), baseline, workload)
         for name, (metric, pick) in _EXTREMES.items()
     }
+
+
+def _extreme(front: list[Result], metric: str, pick: Callable[..., Result]) -> Result:
+    """The front member with the lowest (``pick=min``) or highest (``max``) ``metric``."""
+    return pick(front, key=lambda r: r.values[metric])
 
 
 @dataclass(frozen=True)
@@ -310,12 +317,6 @@ def settings_script(src: StudySettings, result: Result | None = None) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_settings(output_dir: Path, src: StudySettings) -> list[Path]:
     """Write recommended.yaml and recommended.py; nothing when there is no recommendation."""
     if src.recommendation is None:
@@ -326,6 +327,6 @@ def write_settings(output_dir: Path, src: StudySettings) -> list[Path]:
         "# alternatives: the Pareto front's extremes, measured in the same study.\n"
     )
     yaml_path, py_path = output_dir / "recommended.yaml", output_dir / "recommended.py"
-    _write_atomic(yaml_path, header + yaml.safe_dump(settings_document(src), sort_keys=False, allow_unicode=True))
-    _write_atomic(py_path, settings_script(src))
+    write_text_atomic(yaml_path, header + yaml.safe_dump(settings_document(src), sort_keys=False, allow_unicode=True))
+    write_text_atomic(py_path, settings_script(src))
     return [yaml_path, py_path]

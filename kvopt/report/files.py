@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kvopt.paths import write_text_atomic
 from kvopt.report.content import Importance, parameter_importance
 from kvopt.report.html import render_html
 from kvopt.report.markdown import render_markdown
@@ -20,12 +20,15 @@ __all__ = ["ReportFiles", "build_plots", "write_report"]
 
 @dataclass(frozen=True)
 class ReportFiles:
+    """The files one report consists of."""
+
     markdown: Path
     html: Path
     plots: list[Path]
 
     @property
     def all(self) -> list[Path]:
+        """Every file, the HTML report first (the order they are published in)."""
         return [self.html, self.markdown, *self.plots]
 
 
@@ -41,13 +44,6 @@ def build_plots(s: StoredStudy, importance: Importance) -> dict[str, str]:
     return plots
 
 
-def _write(path: Path, text: str) -> None:
-    # Atomic: a reader (or a dashboard upload) never sees half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_report(s: StoredStudy, out_dir: Path) -> ReportFiles:
     """Render everything first, then write: a failure leaves no half-made report behind."""
     importance = parameter_importance(s.study)
@@ -58,7 +54,7 @@ def write_report(s: StoredStudy, out_dir: Path) -> ReportFiles:
     plot_paths = []
     for name, svg in plots.items():
         plot_paths.append(out_dir / "plots" / f"{name}.svg")
-        _write(plot_paths[-1], svg)
-    _write(out_dir / "report.md", markdown)
-    _write(out_dir / "report.html", html)
+        write_text_atomic(plot_paths[-1], svg)
+    write_text_atomic(out_dir / "report.md", markdown)
+    write_text_atomic(out_dir / "report.html", html)
     return ReportFiles(markdown=out_dir / "report.md", html=out_dir / "report.html", plots=plot_paths)

@@ -40,6 +40,7 @@ def _is_number(cell: str) -> bool:
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], row_class: Sequence[str] = ()) -> str:
+    """An HTML table, every cell escaped, numbers right-aligned; ``row_class`` gives rows a CSS class."""
     out = ["<table>"]
     if any(header):
         out.append("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>")

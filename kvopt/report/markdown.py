@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from kvopt.metrics import OBJECTIVES
 from kvopt.report import content
 
 if TYPE_CHECKING:
@@ -24,18 +25,21 @@ PLOT_TITLES = {
     "importance": "Parameter importance per objective",
 }
 
-FRONT_HEADER = ("#", "candidate", "TTFT ms", "decode tok/s", "memory MB", "")
-TRIAL_HEADER = ("#", "state", "candidate", "TTFT ms", "decode tok/s", "memory MB", "runs", "seconds", "notes")
-CONFIRM_HEADER = ("#", "candidate", "TTFT", "decode", "memory", "")
+_VALUE_HEADERS = tuple(m.header for m in OBJECTIVES)  # "TTFT ms", "decode tok/s", "memory MB"
+FRONT_HEADER = ("#", "candidate", *_VALUE_HEADERS, "")
+TRIAL_HEADER = ("#", "state", "candidate", *_VALUE_HEADERS, "runs", "seconds", "notes")
+CONFIRM_HEADER = ("#", "candidate", *(m.label for m in OBJECTIVES), "")
 
 
 def md_escape(text: str) -> str:
+    """``text`` safe in a Markdown table cell: HTML entities, backslashed punctuation, one line."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = re.sub(r"([\\`*_\[\]|#!{}])", r"\\\1", text)
     return " ".join(text.splitlines())
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, every cell escaped."""
     lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass
 from html import escape
 
+from kvopt.metrics import OBJECTIVES
 from kvopt.select import Result
 
 __all__ = ["METRIC_LABELS", "pareto_svg", "parallel_svg", "importance_svg", "nice_ticks", "colour"]
 
-METRIC_LABELS = {"ttft_ms": "TTFT (ms)", "decode_tok_s": "decode (tok/s)", "peak_mem_mb": "peak memory (MB)"}
-_LOWER_IS_BETTER = {"ttft_ms": True, "decode_tok_s": False, "peak_mem_mb": True}
+METRIC_LABELS = {m.name: m.axis_label for m in OBJECTIVES}
+_LOWER_IS_BETTER = {m.name: not m.higher_is_better for m in OBJECTIVES}
 # Perceptually ordered anchors (dark = low), interpolated in RGB.
 _RAMP = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 _FONT = 'font-family="sans-serif" font-size="12"'

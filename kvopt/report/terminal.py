@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from kvopt.metrics import OBJECTIVES
 from kvopt.report.export import call_args
 from kvopt.select import Recommendation, Result
 from kvopt.space import Candidate
@@ -30,10 +31,11 @@ __all__ = [
     "paste_snippet",
 ]
 
-_GAIN_LABELS = {"ttft_ms": "TTFT", "decode_tok_s": "decode", "peak_mem_mb": "memory"}
+_GAIN_LABELS = {m.name: m.label for m in OBJECTIVES}
 
 
 def print_plan(console: Console, lines: list[tuple[str, str]], dropped: dict[str, str]) -> None:
+    """Print what the run will do, one ``key value`` line each, then each choice dropped here and why."""
     for key, value in lines:
         console.print(f"[bold]{key:<13}[/bold] {value}", highlight=False)
     for choice, reason in dropped.items():
@@ -67,9 +69,11 @@ class StudyProgress:
         self.progress.__exit__(*exc)
 
     def log(self, message: str) -> None:
+        """Print a line above the progress bar."""
         self.progress.console.print(message, highlight=False)
 
     def advance(self, best: str) -> None:
+        """Count one finished trial and show the best candidate so far (and the time left)."""
         left = ""
         if self.timeout is not None:
             remaining = max(0.0, self.timeout - (time.monotonic() - self.started))
@@ -78,6 +82,7 @@ class StudyProgress:
 
 
 def format_gains(gains: dict[str, float], cis: dict[str, dict[str, Any]] | None = None) -> str:
+    """``TTFT +12.0% [+8.1, +15.2], decode ...``: gains in percent with their CIs where confirmed."""
     parts = []
     for m, g in gains.items():
         ci = (cis or {}).get(m) or {}
@@ -112,7 +117,7 @@ def print_confirmation(console: Console, confirmation: Any) -> None:
     )
     table = _candidate_table(
         f"confirmed over {confirmation.rounds} interleaved rounds (gain vs baseline, {coverage:.0%} CI)",
-        ("TTFT", "decode", "memory"),
+        tuple(m.label for m in OBJECTIVES),
     )
     for r in confirmation.finalists:
         if r.is_baseline:
@@ -154,6 +159,7 @@ def print_summary(
     counts: dict[str, int],
     snippet: str | None,
 ) -> None:
+    """Print the trial counts, the Pareto front (with the baseline), the recommendation, its gains and settings."""
     console.print(
         "trials: " + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n),
         highlight=False,
@@ -162,7 +168,7 @@ def print_summary(
         console.print("[red]no candidate completed a measurement[/red]")
         return
     table = _candidate_table(
-        "Pareto front (TTFT min, decode tok/s max, memory min)", ("TTFT ms", "tok/s", "mem MB")
+        "Pareto front (TTFT min, decode tok/s max, memory min)", tuple(m.column for m in OBJECTIVES)
     )
     table.add_column("", justify="left", no_wrap=True)
     rec_number = recommendation.result.number if recommendation else None
