@@ -71,7 +71,14 @@ def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None
     proc = script("bench_search.py", "--grid", str(grid), "--seeds", "2", "--gp-seeds", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
-    assert set(data["samplers"]) == {"tpe", "gp", "nsga2", "random", "grid"}
+    assert set(data["samplers"]) == {"profile", "tpe", "gp", "nsga2", "random", "grid"}
+    # The profile sampler is also replayed with the convergence stop: where it stopped, and
+    # whether it recommended the grid's best, for every seed.
+    stop = data["samplers"]["profile"]["convergence_stop"]
+    assert stop["seeds"] == 2 and 0 <= stop["recommended_best_within_noise"] <= 2
+    assert 1 <= stop["measurements_at_stop"]["median"] <= data["space_size"]
+    within = data["samplers"]["profile"]["pruning_on"]["measurements_to_best_within_2pct"]["median"]
+    assert within is None or 1 <= within <= data["space_size"]
     for name, entry in data["samplers"].items():
         for mode in ("pruning_on", "pruning_off"):
             curve = entry[mode]["hv_curve_median"]
