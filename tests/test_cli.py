@@ -120,7 +120,7 @@ def test_help_lists_the_config_groups_and_their_options(run_cli):
     assert result.returncode == 0
     for line in ("model: gpt2, qwen2.5-0.5b, tiny-gpt2, tiny-llama",
                  "profile: chat-agent, ci-micro, longform, rag",
-                 "sampler: gp, grid, nsga2, random, tpe",
+                 "sampler: gp, grid, nsga2, profile, random, tpe",
                  "storage: journal, memory, sqlite"):
         assert line in result.stdout
 
