@@ -41,7 +41,8 @@ from scale_helpers import race_to_enqueue
 
 STUDY = "tiny-gpt2-ci-micro-cpu"
 # Small and quick: no confirmation rounds, a fixed number of timed runs.
-FAST = ["model=tiny-gpt2", "profile=ci-micro", "confirm.rounds=0", "measure.adaptive=false"]
+# study.converge=false: these tests count trials; the convergence stop would end studies early.
+FAST = ["model=tiny-gpt2", "profile=ci-micro", "confirm.rounds=0", "measure.adaptive=false", "study.converge=false"]
 PASSWORD = "Tr0ub4dor-x9q"
 
 
