@@ -27,6 +27,7 @@ from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
 from kvopt.select import Recommendation, Result, profile_score, slo_violations
 from kvopt.space import SearchSpace
+from kvopt.surrogate import log_ci_half_width
 
 __all__ = [
     "Gain",
@@ -123,10 +124,9 @@ def score_interval(result: Result, reference: dict[str, float], weights: dict[st
     score = profile_score(result, reference, weights)
     var = 0.0
     for metric in ("ttft_ms", "decode_tok_s"):
-        stats = result.user_attrs.get(f"{metric}_stats") or {}
-        low, high = stats.get("ci_low"), stats.get("ci_high")
-        if low and high and low > 0 and high > 0:
-            var += (weights[metric] * (math.log(high) - math.log(low)) / 2.0) ** 2
+        spread = log_ci_half_width(result.user_attrs.get(f"{metric}_stats"))
+        if spread is not None:
+            var += (weights[metric] * spread) ** 2
     half = math.sqrt(var)
     return score - half, score + half
 

@@ -363,12 +363,13 @@ def tune(
                 progress.log(f"trial #{number} was left running by a worker that stopped: marked failed")
             rec = recommend(collect_results(study), cfg.profile)
             progress.advance(rec.result.label if rec else "-")
+            exhausted = len(tried_candidates(study)) >= p.space.size
             converged = None
-            if cfg.study.converge and len(tried_candidates(study)) < p.space.size:
+            if cfg.study.converge and not exhausted:
                 converged = check_converged(
                     study, p.space, cfg.profile, memory_prior_mb=prior, warm_start=p.warm_start.observations
                 )
-            if len(tried_candidates(study)) >= p.space.size:
+            if exhausted:
                 stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
                 study.stop()
             elif converged is not None:

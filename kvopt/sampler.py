@@ -45,7 +45,7 @@ from kvopt.config import ProfileConfig
 from kvopt.metrics import METRIC_BY_NAME, METRICS
 from kvopt.select import slo_violations
 from kvopt.space import Candidate, SearchSpace, candidate_key
-from kvopt.surrogate import Observation, PerformanceModel, score_of, score_sd_of
+from kvopt.surrogate import Observation, PerformanceModel, log_ci_half_width, score_of, score_sd_of
 
 __all__ = [
     "ProfileSampler",
@@ -68,7 +68,8 @@ Key = tuple[tuple[str, Any], ...]
 # predicted score's 95% band reaches past the best score plus that score's own noise.
 CONVERGE_Z = 1.645
 # Front steps begin once this many trials have finished: the first trials find the
-# profile's best region (measured: starting them at once delayed it by 2-6 trials).
+# profile's best region (in development replays of 10 seeds on the two 48-candidate grids,
+# front steps from the start delayed finding it by 1-2 measurements at the median).
 FRONT_START = 8
 # Below this expected improvement of the profile score (log units) a profile step has
 # nothing left to find: the trial goes to the front instead.
@@ -83,12 +84,22 @@ _SLO_METRIC = {m.slo_key: m for m in METRIC_BY_NAME.values()}
 
 def _log_noise_sd(stats: dict[str, Any] | None, floor: float) -> float:
     """The log-scale standard deviation of a measured median, from its stored 95% CI."""
-    if not stats or not stats.get("ci_low") or not stats.get("ci_high"):
-        return floor
-    low, high = float(stats["ci_low"]), float(stats["ci_high"])
-    if low <= 0 or high <= 0:
-        return floor
-    return max(floor, (math.log(high) - math.log(low)) / (2 * 1.96))
+    half = log_ci_half_width(stats)
+    return floor if half is None else max(floor, half / 1.96)
+
+
+def _complete_entry(
+    t: FrozenTrial, space: SearchSpace
+) -> tuple[Candidate, tuple[float, float, float], tuple[float, float, float]]:
+    """A complete trial as the model sees it: candidate, objective values, their log-noise."""
+    assert t.values is not None
+    noise = (
+        _log_noise_sd(t.user_attrs.get("ttft_ms_stats"), 0.02),
+        _log_noise_sd(t.user_attrs.get("decode_tok_s_stats"), 0.02),
+        _MEMORY_NOISE_SD,
+    )
+    values = (float(t.values[0]), float(t.values[1]), float(t.values[2]))
+    return space.make_candidate(t.params), values, noise
 
 
 def _failed_to_run(trial: FrozenTrial) -> bool:
@@ -145,15 +156,9 @@ def read_study(study: optuna.Study, space: SearchSpace, *, skip_trial: int | Non
         if t.state == TrialState.COMPLETE and t.values is not None:
             if key in state.measured:
                 continue
-            noise = (
-                _log_noise_sd(t.user_attrs.get("ttft_ms_stats"), 0.02),
-                _log_noise_sd(t.user_attrs.get("decode_tok_s_stats"), 0.02),
-                _MEMORY_NOISE_SD,
-            )
-            values = (float(t.values[0]), float(t.values[1]), float(t.values[2]))
-            state.measured[key] = (candidate, values, noise)
+            state.measured[key] = _complete_entry(t, space)
             if t.user_attrs.get(BASELINE_ATTR):
-                state.baseline = values
+                state.baseline = state.measured[key][1]
         elif t.state == TrialState.PRUNED:
             if _failed_to_run(t):
                 state.cannot_run.add(key)
@@ -536,12 +541,9 @@ def warm_start_from(other: optuna.Study, space: SearchSpace, profile: ProfileCon
     state = StudyState()
     for t in trials:
         if t.state == TrialState.COMPLETE and t.values is not None and candidate_key(t.params) not in state.measured:
-            values = (float(t.values[0]), float(t.values[1]), float(t.values[2]))
-            noise = (_log_noise_sd(t.user_attrs.get("ttft_ms_stats"), 0.02),
-                     _log_noise_sd(t.user_attrs.get("decode_tok_s_stats"), 0.02), _MEMORY_NOISE_SD)
-            state.measured[candidate_key(t.params)] = (space.make_candidate(t.params), values, noise)
+            entry = state.measured[candidate_key(t.params)] = _complete_entry(t, space)
             if t.user_attrs.get(BASELINE_ATTR):
-                state.baseline = values
+                state.baseline = entry[1]
         elif t.state == TrialState.PRUNED and "ttft_ms_stats" in t.user_attrs and not _failed_to_run(t):
             state.partial.add(candidate_key(t.params))
     observations = observations_of(trials, space, state, source=1)

@@ -43,6 +43,7 @@ __all__ = [
     "metric_signs",
     "score_of",
     "score_sd_of",
+    "log_ci_half_width",
 ]
 
 # +1 where higher is better (throughput), -1 where lower is (TTFT, memory).
@@ -64,6 +65,16 @@ _SCALE_GRID = (0.25, 0.5, 1.0, 2.0)
 # ranks alike only roughly, so this study's own measurements soon outweigh it.
 _TRANSFER_SD = 0.25
 _MISFIT_GRID = (0.01, 0.03, 0.06, 0.12, 0.25)
+
+
+def log_ci_half_width(stats: dict | None) -> float | None:
+    """Half the width of a median's stored 95% CI on the log scale (~1.96 sd); None if absent."""
+    if not stats or not stats.get("ci_low") or not stats.get("ci_high"):
+        return None
+    low, high = float(stats["ci_low"]), float(stats["ci_high"])
+    if low <= 0 or high <= 0:
+        return None
+    return (math.log(high) - math.log(low)) / 2.0
 
 
 def metric_signs() -> dict[str, float]:
