@@ -50,8 +50,18 @@ class Failure:
     INTERRUPTED = "interrupted"  # Ctrl-C, or its worker died: says nothing about the candidate
     TOO_SLOW = "too_slow"  # one generate call predicted or seen at several trial budgets: not measured
 
-    ALL = (OUT_OF_MEMORY, ERROR, CRASHED, TIMEOUT, OVER_BUDGET, LARGER_THAN_OOM, REPEAT, DOMINATED, INTERRUPTED,
-           TOO_SLOW)
+    ALL = (
+        OUT_OF_MEMORY,
+        ERROR,
+        CRASHED,
+        TIMEOUT,
+        OVER_BUDGET,
+        LARGER_THAN_OOM,
+        REPEAT,
+        DOMINATED,
+        INTERRUPTED,
+        TOO_SLOW,
+    )
 
 
 # Studies stored before the ``failure`` attr: the reason texts kvopt wrote then, by kind.

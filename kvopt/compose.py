@@ -91,8 +91,12 @@ def compose_config(config: Overrides = None, /, **overrides: Any) -> KvoptConfig
 
     if isinstance(config, KvoptConfig):
         if overrides:
-            raise ConfigError([f"tune: got a KvoptConfig and keyword overrides {sorted(overrides)}; "
-                               "allowed: one of them (pass a dict or overrides to combine)"])
+            raise ConfigError(
+                [
+                    f"tune: got a KvoptConfig and keyword overrides {sorted(overrides)}; "
+                    "allowed: one of them (pass a dict or overrides to combine)"
+                ]
+            )
         return config
     conf = conf_dir()
     groups = _groups(conf)
@@ -103,8 +107,12 @@ def compose_config(config: Overrides = None, /, **overrides: Any) -> KvoptConfig
     elif isinstance(config, Sequence) and not isinstance(config, str):
         cli_overrides = [str(o) for o in config]
     elif config is not None:
-        raise ConfigError([f"config: got {type(config).__name__} {config!r}; allowed: a dict, a DictConfig, "
-                           "a list of overrides like ['model=tiny-gpt2'], a KvoptConfig, or None"])
+        raise ConfigError(
+            [
+                f"config: got {type(config).__name__} {config!r}; allowed: a dict, a DictConfig, "
+                "a list of overrides like ['model=tiny-gpt2'], a KvoptConfig, or None"
+            ]
+        )
     values.update(overrides)
     choices, merged = _split(values, groups, conf)
     problems = unknown_group_options(cli_overrides + choices, conf)

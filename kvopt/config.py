@@ -236,9 +236,7 @@ def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))
 
 
-def _choices(
-    problems: _Problems, section: Mapping[str, Any], key: str, allowed: tuple[str, ...]
-) -> tuple[str, ...]:
+def _choices(problems: _Problems, section: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     value = section.get(key)
     full_key = f"search_space.{key}"
     if isinstance(value, str):
@@ -374,14 +372,17 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
         nbits = [4]
     compile_in = (s.get("static") or {}).get("compile", [False])
     compile_choices = [compile_in] if isinstance(compile_in, bool) else compile_in
-    if not isinstance(compile_choices, (list, tuple)) or not compile_choices or any(
-        not isinstance(c, bool) for c in compile_choices
+    if (
+        not isinstance(compile_choices, (list, tuple))
+        or not compile_choices
+        or any(not isinstance(c, bool) for c in compile_choices)
     ):
         problems.add("search_space.static.compile", compile_in, "a list of true/false")
         compile_choices = [False]
     if any(compile_choices) and not any(c in caches for c in ("static", "offloaded_static")):
         problems.add(
-            "search_space.static.compile", compile_in,
+            "search_space.static.compile",
+            compile_in,
             "[false] unless cache_implementation lists static or offloaded_static (compile applies to static caches)",
         )
     slowdown = s.get("max_dtype_slowdown")
@@ -415,9 +416,7 @@ def _sampler(problems: _Problems, s: Mapping[str, Any]) -> SamplerConfig:
     front_every = s.get("front_every")
     if front_every is not None:
         front_every = _positive_int(problems, "sampler.front_every", front_every, minimum=0)
-    return SamplerConfig(
-        name=str(name), n_startup_trials=startup, population_size=population, front_every=front_every
-    )
+    return SamplerConfig(name=str(name), n_startup_trials=startup, population_size=population, front_every=front_every)
 
 
 def _storage(problems: _Problems, s: Mapping[str, Any]) -> StorageConfig:
@@ -431,9 +430,7 @@ def _storage(problems: _Problems, s: Mapping[str, Any]) -> StorageConfig:
         problems.add(
             "storage.url",
             url,
-            "an Optuna storage URL (sqlite:///file.db, postgresql://…)"
-            if backend == "rdb"
-            else "a journal file path",
+            "an Optuna storage URL (sqlite:///file.db, postgresql://…)" if backend == "rdb" else "a journal file path",
         )
     elif backend == "rdb" and "://" not in str(url):
         problems.add("storage.url", url, "a database URL such as sqlite:///kvopt.db or postgresql://host/db")
@@ -459,8 +456,11 @@ def _study(problems: _Problems, s: Mapping[str, Any]) -> StudyConfig:
         problems.add("study.warm_start", warm, "null, STUDY or STUDY@STORAGE_URL")
         warm = None
     return StudyConfig(
-        name=name, n_trials=n_trials, timeout=None if timeout is None else float(timeout),
-        converge=converge, warm_start=warm,
+        name=name,
+        n_trials=n_trials,
+        timeout=None if timeout is None else float(timeout),
+        converge=converge,
+        warm_start=warm,
     )
 
 
@@ -562,8 +562,11 @@ def _scale(problems: _Problems, s: Mapping[str, Any]) -> ScaleConfig:
         problems.add("scale.max_retry", retry, "an integer >= 0 (0: never re-queue)")
         retry = default.max_retry
     return ScaleConfig(
-        shared_device=str(policy), lock_dir=lock_dir, heartbeat_s=heartbeat,
-        grace_s=grace, max_retry=int(retry),
+        shared_device=str(policy),
+        lock_dir=lock_dir,
+        heartbeat_s=heartbeat,
+        grace_s=grace,
+        max_retry=int(retry),
     )
 
 

@@ -89,9 +89,7 @@ class Confirmation:
         }
 
 
-def confirmed_recommendation(
-    rec: Recommendation, results: list[Result], stored: Mapping[str, Any]
-) -> Recommendation:
+def confirmed_recommendation(rec: Recommendation, results: list[Result], stored: Mapping[str, Any]) -> Recommendation:
     """The recommendation after confirmation, from :meth:`Confirmation.to_dict`'s form.
 
     The run uses it on the fresh confirmation and ``kvopt report`` on the one stored in the
@@ -131,9 +129,7 @@ def score_interval(result: Result, reference: dict[str, float], weights: dict[st
     return score - half, score + half
 
 
-def choose_finalists(
-    results: list[Result], recommended: Result, profile: ProfileConfig, top_k: int
-) -> list[Result]:
+def choose_finalists(results: list[Result], recommended: Result, profile: ProfileConfig, top_k: int) -> list[Result]:
     """The recommendation, up to ``top_k`` others that can still win the profile, the baseline.
 
     "Can still win": SLO-meeting, and the upper end of its profile-score band reaches the
@@ -145,7 +141,8 @@ def choose_finalists(
     reference, weights = baseline.values, profile.weights
     floor = score_interval(recommended, reference, weights)[0]
     reach = [
-        r for r in results
+        r
+        for r in results
         if r.number not in (recommended.number, baseline.number)
         and not slo_violations(r.values, profile.slo)
         and score_interval(r, reference, weights)[1] >= floor
@@ -247,7 +244,8 @@ def confirm(
 
     gains = {
         r.number: confirmed_gains(
-            samples[r.number], samples[baseline.number],
+            samples[r.number],
+            samples[baseline.number],
             r.values["peak_mem_mb"] / baseline.values["peak_mem_mb"],
         )
         for r in finalists
@@ -273,7 +271,9 @@ def confirm(
 
 
 def paired_scores(
-    samples: dict[str, list[float]], baseline: dict[str, list[float]], memory_ratio: float,
+    samples: dict[str, list[float]],
+    baseline: dict[str, list[float]],
+    memory_ratio: float,
     weights: dict[str, float],
 ) -> list[float]:
     """Per-round profile score of a finalist against the baseline measured in the same round."""
@@ -307,13 +307,21 @@ def _settle_ties(
     the same command, whose noise orders the tied ones differently, keeps the same one.
     """
     scores = {
-        r.number: paired_scores(samples[r.number], samples[baseline.number],
-                                r.values["peak_mem_mb"] / baseline.values["peak_mem_mb"], weights)
+        r.number: paired_scores(
+            samples[r.number],
+            samples[baseline.number],
+            r.values["peak_mem_mb"] / baseline.values["peak_mem_mb"],
+            weights,
+        )
         for r in proven
     }
     leader = max(proven, key=lambda r: median_ci(scores[r.number]).median)
-    tied = [r for r in proven if r.number == leader.number or median_ci(
-        [a - b for a, b in zip(scores[leader.number], scores[r.number])]).low <= 0]
+    tied = [
+        r
+        for r in proven
+        if r.number == leader.number
+        or median_ci([a - b for a, b in zip(scores[leader.number], scores[r.number])]).low <= 0
+    ]
     chosen = min(tied, key=lambda r: (_changes(r, baseline), r.params.get("batch_size", 0), r.label))
     if len(tied) > 1:
         notes.append(

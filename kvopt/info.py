@@ -54,8 +54,12 @@ def info_command(overrides: list[str]) -> int:
         "dtype": list(DTYPES),
     }
     result = probe(
-        cfg.model, device, choices, baseline,
-        QUANTIZED_BACKENDS, cfg.search_space.max_dtype_slowdown,
+        cfg.model,
+        device,
+        choices,
+        baseline,
+        QUANTIZED_BACKENDS,
+        cfg.search_space.max_dtype_slowdown,
     )
     table = Table(
         title=f"what runs here for {cfg.model.name} on {device} (baseline: {baseline.label})",

@@ -67,8 +67,14 @@ def _child(job: TrialJob, conn: Connection) -> None:
         loaded, _ = loader.get(job.candidate.dtype, job.candidate.attn_implementation)
         with PeakRSS() as peak:
             measurement = measure_candidate(
-                loaded, job.candidate, job.workload, device,
-                warmup=job.warmup, repetitions=job.repetitions, seed=job.seed, measure=job.measure,
+                loaded,
+                job.candidate,
+                job.workload,
+                device,
+                warmup=job.warmup,
+                repetitions=job.repetitions,
+                seed=job.seed,
+                measure=job.measure,
                 can_win=can_win_check(list(job.front), job.measure.rel_precision) if job.front else None,
             )
         measurement.extra.update(

@@ -51,8 +51,7 @@ def resolve_device(spec: str) -> torch.device:
         count = torch.cuda.device_count()
         if index >= count:
             raise DeviceError(
-                f"device: got {spec!r} but this machine has {count} CUDA device(s); "
-                f"allowed: cuda:0 … cuda:{count - 1}"
+                f"device: got {spec!r} but this machine has {count} CUDA device(s); allowed: cuda:0 … cuda:{count - 1}"
             )
         return torch.device("cuda", index)
     if spec == "mps":

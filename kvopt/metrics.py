@@ -82,7 +82,13 @@ class Metric:
 OBJECTIVES: tuple[Metric, ...] = (
     Metric("ttft_ms", "minimize", "ms", "TTFT", "TTFT", "TTFT (ms)", "TTFT ms", "max_ttft_ms"),
     Metric(
-        "decode_tok_s", "maximize", "tok/s", "decode", "decode throughput", "decode (tok/s)", "tok/s",
+        "decode_tok_s",
+        "maximize",
+        "tok/s",
+        "decode",
+        "decode throughput",
+        "decode (tok/s)",
+        "tok/s",
         "min_decode_tok_s",
     ),
     Metric("peak_mem_mb", "minimize", "MB", "memory", "peak memory", "peak memory (MB)", "mem MB", "max_mem_mb"),

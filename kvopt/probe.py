@@ -108,9 +108,7 @@ def _matmul(dtype: str, size: int, device: torch.device) -> Callable[[], float]:
     return once
 
 
-def dtype_slowdown(
-    model_cfg: ModelConfig, dtype: str, reference: str, device: torch.device, pairs: int = 7
-) -> float:
+def dtype_slowdown(model_cfg: ModelConfig, dtype: str, reference: str, device: torch.device, pairs: int = 7) -> float:
     """How many times slower this dtype's matmuls run than the reference dtype's, here.
 
     CPUs without native bfloat16/float16 kernels (no AVX512-BF16 or AMX) emulate them,
@@ -198,8 +196,9 @@ def probe(
         if reason is None:
             if param == "quantized_backend":
                 nbits = 4 if value == "quanto" or value == "hqq" else None
-                candidate = replace(baseline, cache_implementation="quantized",
-                                    quantized_backend=value, quantized_nbits=nbits)
+                candidate = replace(
+                    baseline, cache_implementation="quantized", quantized_backend=value, quantized_nbits=nbits
+                )
             else:
                 candidate = replace(baseline, **{param: value})
             reason = _try(model_cfg, candidate, device)

@@ -237,7 +237,9 @@ def measure_candidate(
         pruned_reason=adaptive.pruned_reason,
         extra={
             # No separate memory run any more: kept at 0 so older tables and newer ones add up alike.
-            "memory_run_s": 0.0, "memory_probe": "first timed run" if probe_in_timed_run else "first call",
-            "warmup_s": warmup_s, "timed_runs_s": timed_runs_s,
+            "memory_run_s": 0.0,
+            "memory_probe": "first timed run" if probe_in_timed_run else "first call",
+            "warmup_s": warmup_s,
+            "timed_runs_s": timed_runs_s,
         },
     )

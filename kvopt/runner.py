@@ -68,6 +68,7 @@ from kvopt.workers import (
 
 __all__ = ["Prepared", "StudyResult", "prepare", "tune"]
 
+
 @dataclass
 class Prepared:
     """Everything checked and resolved before the study is touched."""
@@ -166,8 +167,12 @@ def prepare(cfg: KvoptConfig) -> Prepared:
     }
     with _turn(device_lock, cfg):  # the probe times dtype matmuls: not beside another worker's trial
         probed = probe(
-            cfg.model, device, choices, baseline,
-            cfg.search_space.quantized_backends, cfg.search_space.max_dtype_slowdown,
+            cfg.model,
+            device,
+            choices,
+            baseline,
+            cfg.search_space.quantized_backends,
+            cfg.search_space.max_dtype_slowdown,
         )
     space = SearchSpace.from_config(cfg.search_space, baseline, probed.unavailable)
     existing = check_compatible(storage, name, space)
@@ -207,12 +212,20 @@ def _read_warm_start(cfg: KvoptConfig, storage: BaseStorage, name: str, space: S
         ) from None
     if study_name not in names or (not sep and study_name == name):
         have = ", ".join(repr(n) for n in sorted(set(names) - {name})) or "none"
-        raise ConfigError([f"study.warm_start: got {arg!r} but there is no such other study; allowed: "
-                           f"a study of the same search space, STUDY or STUDY@STORAGE_URL (studies there: {have})"])
+        raise ConfigError(
+            [
+                f"study.warm_start: got {arg!r} but there is no such other study; allowed: "
+                f"a study of the same search space, STUDY or STUDY@STORAGE_URL (studies there: {have})"
+            ]
+        )
     warm = warm_start_from(optuna.load_study(study_name=study_name, storage=source), space, cfg.profile)
     if not warm.observations:
-        raise ConfigError([f"study.warm_start: got {arg!r} but it has no measured candidate of this "
-                           "search space; allowed: a study of the same search space"])
+        raise ConfigError(
+            [
+                f"study.warm_start: got {arg!r} but it has no measured candidate of this "
+                "search space; allowed: a study of the same search space"
+            ]
+        )
     return warm
 
 
@@ -230,11 +243,12 @@ def _check_backends_installed(cfg: KvoptConfig) -> None:
     missing = {b: why for b in space.quantized_backends if (why := backend_missing(b))}
     if missing:
         installed = [b for b in QUANTIZED_BACKENDS if not backend_missing(b)]
-        raise ConfigError([
-            f"search_space.quantized.backends: got {b!r} but {why}; allowed here: "
-            f"auto, {', '.join(installed)}"
-            for b, why in missing.items()
-        ])
+        raise ConfigError(
+            [
+                f"search_space.quantized.backends: got {b!r} but {why}; allowed here: auto, {', '.join(installed)}"
+                for b, why in missing.items()
+            ]
+        )
 
 
 def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
@@ -326,8 +340,13 @@ def tune(
     # draws; workers started together reseed by their index, so they do not draw alike.
     prior = memory_prior(cfg.model, p.workload)
     sampler = make_sampler(
-        cfg.sampler, cfg.seed + p.existing_trials + 7919 * cfg.worker, p.space, cfg.profile,
-        memory_prior_mb=prior, warm_start=p.warm_start.observations, warm_first=p.warm_start.first,
+        cfg.sampler,
+        cfg.seed + p.existing_trials + 7919 * cfg.worker,
+        p.space,
+        cfg.profile,
+        memory_prior_mb=prior,
+        warm_start=p.warm_start.observations,
+        warm_first=p.warm_start.first,
     )
     attrs = _study_attrs(p)
     identity = p.identity or worker_identity(cfg.worker, p.device)
@@ -340,13 +359,26 @@ def tune(
         enqueue_baseline(study, p.space)
     loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
     objective = Objective(
-        p.space, loader, p.workload, p.device,
-        warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=cfg.seed,
-        measure=cfg.measure, trial=cfg.trial, slo=cfg.profile.slo,
-        memory_budget_bytes=p.memory_budget_bytes, dominance_pruning=cfg.pruning.dominated,
+        p.space,
+        loader,
+        p.workload,
+        p.device,
+        warmup=cfg.profile.warmup,
+        repetitions=cfg.profile.repetitions,
+        seed=cfg.seed,
+        measure=cfg.measure,
+        trial=cfg.trial,
+        slo=cfg.profile.slo,
+        memory_budget_bytes=p.memory_budget_bytes,
+        dominance_pruning=cfg.pruning.dominated,
     )
     shared = WorkerObjective(
-        objective, p.space, identity, cfg.scale, p.device_lock, requeue,
+        objective,
+        p.space,
+        identity,
+        cfg.scale,
+        p.device_lock,
+        requeue,
         wait_timeout_s=cfg.trial.timeout_s + cfg.scale.grace_s,
     )
     outcomes: list[TrialOutcome] = []
@@ -429,9 +461,7 @@ def tune(
     return result
 
 
-def _confirm_recommendation(
-    p: Prepared, study: optuna.Study, result: StudyResult, console: Console
-) -> None:
+def _confirm_recommendation(p: Prepared, study: optuna.Study, result: StudyResult, console: Console) -> None:
     """Re-measure the finalists interleaved; the recommendation follows confirmed numbers."""
     cfg, rec = p.cfg, result.recommendation
     if cfg.confirm.rounds == 0 or rec is None or result.baseline is None:
@@ -447,8 +477,14 @@ def _confirm_recommendation(
     try:
         with p.device_turn():  # interleaved rounds time the finalists: the device is ours meanwhile
             confirmation = confirm(
-                finalists, space=p.space, model_cfg=cfg.model, weights=p.weights,
-                workload=p.workload, device=p.device, profile=cfg.profile, cfg=cfg.confirm,
+                finalists,
+                space=p.space,
+                model_cfg=cfg.model,
+                weights=p.weights,
+                workload=p.workload,
+                device=p.device,
+                profile=cfg.profile,
+                cfg=cfg.confirm,
                 seed=cfg.seed,
                 on_round=lambda n, s: console.print(f"  round {n} done ({s:.1f} s)", highlight=False),
             )
@@ -489,11 +525,20 @@ def _write_outputs(
         "trials": trial_records(study),
     }
     write_json_atomic(output_dir / "results.json", payload)
-    write_settings(output_dir, StudySettings(
-        study=p.name, model=p.cfg.model, profile=p.cfg.profile.name, slo=p.cfg.profile.slo,
-        device=str(p.device), workload=p.workload, recommendation=result.recommendation,
-        front=result.front, baseline=result.baseline,
-    ))
+    write_settings(
+        output_dir,
+        StudySettings(
+            study=p.name,
+            model=p.cfg.model,
+            profile=p.cfg.profile.name,
+            slo=p.cfg.profile.slo,
+            device=str(p.device),
+            workload=p.workload,
+            recommendation=result.recommendation,
+            front=result.front,
+            baseline=result.baseline,
+        ),
+    )
     (output_dir / "resolved_config.yaml").write_text(
         OmegaConf.to_yaml(OmegaConf.create(attrs["config"])), encoding="utf-8"
     )

@@ -178,8 +178,12 @@ def read_study(study: optuna.Study, space: SearchSpace, *, skip_trial: int | Non
 def _one_change(a: Candidate, b: Candidate) -> bool:
     """``b`` differs from ``a`` in exactly one setting (batch size, cache with its options, attention, dtype)."""
     cache = lambda c: (c.cache_implementation, c.quantized_backend, c.quantized_nbits, c.compile)  # noqa: E731
-    diffs = (a.batch_size != b.batch_size, cache(a) != cache(b),
-             a.attn_implementation != b.attn_implementation, a.dtype != b.dtype)
+    diffs = (
+        a.batch_size != b.batch_size,
+        cache(a) != cache(b),
+        a.attn_implementation != b.attn_implementation,
+        a.dtype != b.dtype,
+    )
     return sum(diffs) == 1
 
 
@@ -196,10 +200,14 @@ def observations_of(
     """Observations for the performance model: complete trials, and partial medians of early-stopped ones."""
     out: list[Observation] = []
     for candidate, values, noise in state.measured.values():
-        out.append(Observation(
-            candidate, {m: math.log(v) for m, v in zip(METRICS, values) if v > 0},
-            dict(zip(METRICS, noise)), source,
-        ))
+        out.append(
+            Observation(
+                candidate,
+                {m: math.log(v) for m, v in zip(METRICS, values) if v > 0},
+                dict(zip(METRICS, noise)),
+                source,
+            )
+        )
     seen: set[Key] = set()
     for t in trials:
         if t.state != TrialState.PRUNED or not t.params:
@@ -236,10 +244,14 @@ def fit_model(
     memory_prior_mb: Callable[[Candidate], float] | None = None,
 ) -> PerformanceModel:
     """A performance model of the space fitted on these observations (memoised)."""
-    key = (id(space), id(memory_prior_mb), tuple(
-        (o.candidate, tuple(sorted(o.log_values.items())), tuple(sorted(o.noise_sd.items())), o.source)
-        for o in observations
-    ))
+    key = (
+        id(space),
+        id(memory_prior_mb),
+        tuple(
+            (o.candidate, tuple(sorted(o.log_values.items())), tuple(sorted(o.noise_sd.items())), o.source)
+            for o in observations
+        ),
+    )
     model = _FITS.get(key)
     if model is None or model.space is not space:
         model = PerformanceModel(space, memory_prior_mb).fit(observations)
@@ -304,8 +316,10 @@ class Converged:
     unmeasured: int
 
     def __str__(self) -> str:
-        head = (f"converged (best profile score {self.best_score:+.3f} ± {self.noise:.3f}, {self.best_label}; "
-                f"none of {self.unmeasured} unmeasured candidates can plausibly beat it")
+        head = (
+            f"converged (best profile score {self.best_score:+.3f} ± {self.noise:.3f}, {self.best_label}; "
+            f"none of {self.unmeasured} unmeasured candidates can plausibly beat it"
+        )
         if self.challenger is not None and self.challenger_upper is not None:
             head += f": the closest, {self.challenger}, reaches {self.challenger_upper:+.3f} at 95%"
         return head + ")"
@@ -346,8 +360,9 @@ def convergence(
     i = int(np.argmax(threat))
     if threat[i] > best_score + noise:
         return None
-    return Converged(label, best_score, noise, pool[i].label if np.isfinite(threat[i]) else None,
-                     float(upper[i]), len(pool))
+    return Converged(
+        label, best_score, noise, pool[i].label if np.isfinite(threat[i]) else None, float(upper[i]), len(pool)
+    )
 
 
 class ProfileSampler(BaseSampler):
@@ -570,7 +585,8 @@ def predict_call_seconds(
     tokens = candidate.batch_size * max(new_tokens - 1, 0)
 
     def seconds(shift: float) -> float:
-        return (math.exp(means[0, ttft] + shift * sds[0, ttft]) / 1000.0
-                + tokens / math.exp(means[0, tput] - shift * sds[0, tput]))
+        return math.exp(means[0, ttft] + shift * sds[0, ttft]) / 1000.0 + tokens / math.exp(
+            means[0, tput] - shift * sds[0, tput]
+        )
 
     return seconds(-1.0), seconds(0.0), model.n_observations

@@ -140,11 +140,7 @@ def profile_score(result: Result, reference: dict[str, float], weights: dict[str
         reference: metric -> value to compare with (the baseline's, normally).
         weights: the profile's objective weights.
     """
-    return sum(
-        weights[m] * SIGN[m] * math.log(result.values[m] / reference[m])
-        for m in METRICS
-        if weights[m] > 0
-    )
+    return sum(weights[m] * SIGN[m] * math.log(result.values[m] / reference[m]) for m in METRICS if weights[m] > 0)
 
 
 def dominated_by(

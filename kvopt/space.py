@@ -173,9 +173,7 @@ class SearchSpace:
     dropped: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_config(
-        cls, cfg: SearchSpaceConfig, baseline: Candidate, dropped: dict[str, str]
-    ) -> SearchSpace:
+    def from_config(cls, cfg: SearchSpaceConfig, baseline: Candidate, dropped: dict[str, str]) -> SearchSpace:
         """Keep the configured choices that run here; always keep the baseline's values."""
 
         def keep(param: str, values: tuple[Any, ...]) -> list[Any]:
@@ -250,8 +248,7 @@ class SearchSpace:
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """Every parameter as Optuna's categorical distribution (to check a stored study fits this space)."""
         return {
-            name: optuna.distributions.CategoricalDistribution(values)
-            for name, values in self.all_choices().items()
+            name: optuna.distributions.CategoricalDistribution(values) for name, values in self.all_choices().items()
         }
 
     @staticmethod
@@ -271,10 +268,7 @@ class SearchSpace:
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
         """Sample the main parameters, then the options of the chosen cache only."""
-        params = {
-            name: trial.suggest_categorical(name, values)
-            for name, values in self.choices().items()
-        }
+        params = {name: trial.suggest_categorical(name, values) for name, values in self.choices().items()}
         cache = params["cache_implementation"]
         if cache == "quantized":
             backend = trial.suggest_categorical("quantized_backend", self.quantized_backends)

@@ -125,7 +125,6 @@ def open_storage(
         ) from None
 
 
-
 def _open_rdb(url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]) -> RDBStorage:
     # Workers starting together on an empty database all create Optuna's tables; the
     # losers of that race get a duplicate-key error, and the tables exist a moment later.

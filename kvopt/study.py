@@ -59,14 +59,21 @@ def make_sampler(
             if profile is None:
                 raise ValueError("the profile sampler needs the profile")
             return ProfileSampler(
-                space, profile, seed, front_every=4 if cfg.front_every is None else cfg.front_every,
-                memory_prior_mb=memory_prior_mb, warm_start=warm_start, warm_first=warm_first,
+                space,
+                profile,
+                seed,
+                front_every=4 if cfg.front_every is None else cfg.front_every,
+                memory_prior_mb=memory_prior_mb,
+                warm_start=warm_start,
+                warm_first=warm_first,
             )
         if cfg.name == "tpe":
             # constant_liar: trials running in other workers count as bad results, so
             # workers sharing a study do not all sample the same promising point.
             return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=cfg.n_startup_trials or 5, multivariate=True,
+                seed=seed,
+                n_startup_trials=cfg.n_startup_trials or 5,
+                multivariate=True,
                 constant_liar=True,
             )
         if cfg.name == "gp":

@@ -53,8 +53,16 @@ _MIN_NOISE_SD = 0.02
 # Prior scales (log units) of the blocks of weights, before the fitted multiplier.
 # Batch terms are per the space's whole batch range (x runs 0 -> 1 from its smallest to its
 # largest batch): throughput can grow 30x from batch 1 to 32 (e^3.4), so the slope's prior is wide.
-_PRIOR_SD = {"intercept": 10.0, "main": 1.0, "batch": 2.0, "batch2": 1.0, "batch_slope": 0.7,
-             "pair": 0.5, "nbits": 0.5, "source": 3.0}
+_PRIOR_SD = {
+    "intercept": 10.0,
+    "main": 1.0,
+    "batch": 2.0,
+    "batch2": 1.0,
+    "batch_slope": 0.7,
+    "pair": 0.5,
+    "nbits": 0.5,
+    "source": 3.0,
+}
 # Prior means of the batch slope, log units per doubling of the batch: decode is bound by
 # reading the weights, so its throughput grows nearly in proportion at small batches
 # (x1.6 per doubling assumed); prefill does proportionally more work (TTFT x1.4 assumed).
@@ -243,10 +251,12 @@ class PerformanceModel:
                 continue
             X = np.array([self.encoder.encode(o.candidate, o.source) for o in obs])
             y = np.array([o.log_values[metric] - self._offset(metric, o.candidate) for o in obs])
-            noise = np.array([
-                math.hypot(max(o.noise_sd.get(metric, _MIN_NOISE_SD), _MIN_NOISE_SD), _TRANSFER_SD * o.source)
-                for o in obs
-            ])
+            noise = np.array(
+                [
+                    math.hypot(max(o.noise_sd.get(metric, _MIN_NOISE_SD), _MIN_NOISE_SD), _TRANSFER_SD * o.source)
+                    for o in obs
+                ]
+            )
             self._fits[metric] = self._fit_one(X, y, noise, self.encoder.prior_mean(metric))
         return self
 

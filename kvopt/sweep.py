@@ -21,9 +21,20 @@ from kvopt.storage import mask_urls
 __all__ = ["KvoptCallback", "SUMMARY_COLUMNS", "summarize_sweep", "mask_log_records", "scrub_file"]
 
 SUMMARY_COLUMNS = (
-    "job", "model", "profile", "worker", "study", "recommendation",
-    "ttft_gain_pct", "decode_gain_pct", "mem_gain_pct", "confirmed",
-    "trials", "study_trials", "wall_s", "results",
+    "job",
+    "model",
+    "profile",
+    "worker",
+    "study",
+    "recommendation",
+    "ttft_gain_pct",
+    "decode_gain_pct",
+    "mem_gain_pct",
+    "confirmed",
+    "trials",
+    "study_trials",
+    "wall_s",
+    "results",
 )
 _log = logging.getLogger(__name__)
 
@@ -61,6 +72,7 @@ def scrub_file(path: Path) -> None:
 
 class KvoptCallback(Callback):
     """Hydra callback (``hydra.callbacks`` in conf/config.yaml): masks passwords, summarises sweeps."""
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Mask passwords in this process's log records."""
         mask_log_records()

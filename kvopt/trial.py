@@ -269,8 +269,14 @@ class Objective:
     def _measure_inline(self, candidate: Candidate, front: list[Result]) -> tuple[Measurement, float, bool]:
         loaded, reused_model = self.loader.get(candidate.dtype, candidate.attn_implementation)
         measurement = measure_candidate(
-            loaded, candidate, self.workload, self.device,
-            warmup=self.warmup, repetitions=self.repetitions, seed=self.seed, measure=self.measure,
+            loaded,
+            candidate,
+            self.workload,
+            self.device,
+            warmup=self.warmup,
+            repetitions=self.repetitions,
+            seed=self.seed,
+            measure=self.measure,
             can_win=self._can_win(front),
         )
         return measurement, 0.0 if reused_model else loaded.load_s, reused_model

@@ -31,8 +31,13 @@ from kvopt.space import candidate_key
 REPO = Path(__file__).resolve().parent.parent
 
 
-def place_in_grid(rec: dict[str, Any], study_space: dict[str, list[Any]], grid: dict[str, Any],
-                  weights: dict[str, float], workload: dict[str, Any]) -> dict[str, Any]:
+def place_in_grid(
+    rec: dict[str, Any],
+    study_space: dict[str, list[Any]],
+    grid: dict[str, Any],
+    weights: dict[str, float],
+    workload: dict[str, Any],
+) -> dict[str, Any]:
     """The recommendation's profile score in the grid vs the grid's best (all candidates,
     and those of the study's own search space)."""
     results = grid_results(grid)
@@ -51,9 +56,12 @@ def place_in_grid(rec: dict[str, Any], study_space: dict[str, list[Any]], grid: 
 
     matches = all(grid["workload"][k] == workload[k] for k in ("prompt_tokens", "new_tokens"))
     out: dict[str, Any] = {
-        "grid_workload": grid["workload"], "workload_matches": matches,
-        "grid_candidates": len(results), "study_space_candidates_in_grid": len(in_space),
-        "grid_best": best(scored), "grid_best_in_study_space": best(in_space),
+        "grid_workload": grid["workload"],
+        "workload_matches": matches,
+        "grid_candidates": len(results),
+        "study_space_candidates_in_grid": len(in_space),
+        "grid_best": best(scored),
+        "grid_best_in_study_space": best(in_space),
         "recommendation_in_grid": mine is not None,
     }
     if mine is not None:
@@ -71,13 +79,22 @@ def gain_summary(run: dict[str, Any]) -> dict[str, Any]:
     res = run["results"]
     rec = res.get("recommendation") or {}
     return {
-        "model": run["model"], "profile": run["profile"], "command": run["command"], "wall_s": run["wall_s"],
-        "load_1min_before": run["load_1min_before"], "load_1min_after": run["load_1min_after"],
-        "workload": res["workload"], "baseline": (res.get("baseline") or {}).get("candidate"),
-        "recommendation": rec.get("candidate"), "params": rec.get("params"),
-        "gains_pct": rec.get("gains_pct"), "gains_ci": rec.get("gains_ci"),
-        "confirmed_rounds": rec.get("confirmed_rounds"), "note": rec.get("note"),
-        "trials": len(res.get("trials", [])), "search_space": res["search_space"]["choices"],
+        "model": run["model"],
+        "profile": run["profile"],
+        "command": run["command"],
+        "wall_s": run["wall_s"],
+        "load_1min_before": run["load_1min_before"],
+        "load_1min_after": run["load_1min_after"],
+        "workload": res["workload"],
+        "baseline": (res.get("baseline") or {}).get("candidate"),
+        "recommendation": rec.get("candidate"),
+        "params": rec.get("params"),
+        "gains_pct": rec.get("gains_pct"),
+        "gains_ci": rec.get("gains_ci"),
+        "confirmed_rounds": rec.get("confirmed_rounds"),
+        "note": rec.get("note"),
+        "trials": len(res.get("trials", [])),
+        "search_space": res["search_space"]["choices"],
     }
 
 
@@ -95,14 +112,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2")
     parser.add_argument("--profiles", nargs="+", default=["rag", "chat-agent"])
-    parser.add_argument("--grid", action="append", default=[],
-                        help="PROFILE=PATH: place that profile's recommendation in this grid")
+    parser.add_argument(
+        "--grid", action="append", default=[], help="PROFILE=PATH: place that profile's recommendation in this grid"
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more kvopt overrides for every study")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "gain.json")
-    parser.add_argument("--compare-only", action="store_true",
-                        help="reuse the runs saved in --out; only place them in the grids")
-    parser.add_argument("--from-results", action="append", default=[], metavar="PATH",
-                        help="also report a study already run: its results.json (no load averages, no timeline)")
+    parser.add_argument(
+        "--compare-only", action="store_true", help="reuse the runs saved in --out; only place them in the grids"
+    )
+    parser.add_argument(
+        "--from-results",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also report a study already run: its results.json (no load averages, no timeline)",
+    )
     args = parser.parse_args()
     grids = _parse_grids(args.grid)
     if args.compare_only and (args.out.is_file() or not args.from_results):
@@ -114,27 +138,44 @@ def main() -> None:
     else:
         report = {**provenance(), "cases": []}
         for profile in args.profiles:
-            run = run_study(args.model, profile, args.extra, log_dir=args.out.parent / "runs",
-                            name=f"gain_{args.model}-{profile}")
+            run = run_study(
+                args.model, profile, args.extra, log_dir=args.out.parent / "runs", name=f"gain_{args.model}-{profile}"
+            )
             report["cases"].append({**gain_summary(run), "run": run})
             write_json(args.out, report)  # keep what is done if a later case fails
     for path in map(Path, args.from_results):
         if not path.is_file():
             raise ConfigError([f"--from-results: got {str(path)!r}, which is not a file; allowed: a results.json"])
         res = json.loads(path.read_text())
-        run = {"model": res["model"], "profile": res["profile"], "command": f"(study run earlier) {path}",
-               "wall_s": res.get("wall_s"), "load_1min_before": None, "load_1min_after": None, "results": res}
+        run = {
+            "model": res["model"],
+            "profile": res["profile"],
+            "command": f"(study run earlier) {path}",
+            "wall_s": res.get("wall_s"),
+            "load_1min_before": None,
+            "load_1min_after": None,
+            "results": res,
+        }
         report["cases"].append({**gain_summary(run), "from_results": str(path)})
-    print("| model | profile | recommendation | TTFT gain [CI] | decode gain [CI] | memory gain | rounds "
-          "| grid (workload matches) | rank in grid | shortfall vs grid best |")
+    print(
+        "| model | profile | recommendation | TTFT gain [CI] | decode gain [CI] | memory gain | rounds "
+        "| grid (workload matches) | rank in grid | shortfall vs grid best |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in report["cases"]:
         grid_path = grids.get(case["profile"])
         if grid_path is not None:
             cfg = compose_config(case["model"], case["profile"], [])
-            case["grid"] = {"path": str(grid_path), **place_in_grid(
-                {"params": case["params"]}, case["search_space"], json.loads(grid_path.read_text()),
-                cfg.profile.weights, case["workload"])}
+            case["grid"] = {
+                "path": str(grid_path),
+                **place_in_grid(
+                    {"params": case["params"]},
+                    case["search_space"],
+                    json.loads(grid_path.read_text()),
+                    cfg.profile.weights,
+                    case["workload"],
+                ),
+            }
         print(_row(case))
     write_json(args.out, report)
     print(f"written: {args.out}")
@@ -153,12 +194,19 @@ def _row(case: dict[str, Any]) -> str:
     g = case.get("grid")
     where = "–" if g is None else f"{Path(g['path']).name} ({'yes' if g['workload_matches'] else 'no'})"
     rank = "–" if not g or "recommendation_rank" not in g else f"{g['recommendation_rank']} of {g['grid_candidates']}"
-    short = "–" if not g or "shortfall_vs_grid_best_pct" not in g else (
-        f"{g['shortfall_vs_grid_best_pct']:.1f}% "
-        f"(study space: {g.get('shortfall_vs_grid_best_in_study_space_pct', 0):.1f}%)")
-    return (f"| {case['model']} | {case['profile']} | {case['recommendation']} | {_ci(ci.get('ttft_ms'))} | "
-            f"{_ci(ci.get('decode_tok_s'))} | {_ci(ci.get('peak_mem_mb'))} | {case['confirmed_rounds']} | {where} "
-            f"| {rank} | {short} |")
+    short = (
+        "–"
+        if not g or "shortfall_vs_grid_best_pct" not in g
+        else (
+            f"{g['shortfall_vs_grid_best_pct']:.1f}% "
+            f"(study space: {g.get('shortfall_vs_grid_best_in_study_space_pct', 0):.1f}%)"
+        )
+    )
+    return (
+        f"| {case['model']} | {case['profile']} | {case['recommendation']} | {_ci(ci.get('ttft_ms'))} | "
+        f"{_ci(ci.get('decode_tok_s'))} | {_ci(ci.get('peak_mem_mb'))} | {case['confirmed_rounds']} | {where} "
+        f"| {rank} | {short} |"
+    )
 
 
 if __name__ == "__main__":

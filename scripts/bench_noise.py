@@ -43,12 +43,24 @@ def worker(model: str, profile: str, overrides: list[str], device_spec: str = "c
     loader = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed)
     loaded, _ = loader.get("float32", "sdpa")
     m = measure_candidate(
-        loaded, Candidate("dynamic", "sdpa", "float32", 1), make_workload(cfg.profile, cfg.model), device,
-        warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=cfg.seed, measure=cfg.measure,
+        loaded,
+        Candidate("dynamic", "sdpa", "float32", 1),
+        make_workload(cfg.profile, cfg.model),
+        device,
+        warmup=cfg.profile.warmup,
+        repetitions=cfg.profile.repetitions,
+        seed=cfg.seed,
+        measure=cfg.measure,
     )
     ttft, tput, mem = m.values
-    return {"ttft_ms": ttft, "decode_tok_s": tput, "peak_mem_mb": mem, "n": len(m.ttft_ms),
-            "noisy": m.noisy, "stopped_because": m.stopped_because}
+    return {
+        "ttft_ms": ttft,
+        "decode_tok_s": tput,
+        "peak_mem_mb": mem,
+        "n": len(m.ttft_ms),
+        "noisy": m.noisy,
+        "stopped_because": m.stopped_because,
+    }
 
 
 def paired_worker(
@@ -76,7 +88,7 @@ def paired_worker(
     for name in pair:  # warm both
         timed_generate(model_obj, inputs, pair[name], workload.new_tokens, device)
     for r in range(rounds):
-        for name in (list(pair) if r % 2 == 0 else list(pair)[::-1]):
+        for name in list(pair) if r % 2 == 0 else list(pair)[::-1]:
             run = timed_generate(model_obj, inputs, pair[name], workload.new_tokens, device)
             samples[name]["ttft_ms"].append(run.ttft_s * 1000)
             samples[name]["decode_tok_s"].append((run.new_tokens - 1) / run.decode_s)
@@ -113,17 +125,26 @@ def main() -> None:
         parser.error(f"--runs: got {args.runs}; allowed: an integer >= 1")
     if args.worker:
         model, profile, mode = args.worker
-        result = (paired_worker(model, profile, device_spec=args.device, overrides=args.override) if mode == "paired"
-                  else worker(model, profile, [*MODES[mode], *args.override], args.device))
+        result = (
+            paired_worker(model, profile, device_spec=args.device, overrides=args.override)
+            if mode == "paired"
+            else worker(model, profile, [*MODES[mode], *args.override], args.device)
+        )
         print(json.dumps(result))
         return
 
     from kvopt.machine import machine_info, resolve_device
 
     device = resolve_device(args.device)  # a device that is not here: one message, exit 2 (script_main)
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(device),
-              "profile": args.profile, "runs": args.runs, "device": str(device), "overrides": args.override,
-              "cases": []}
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(device),
+        "profile": args.profile,
+        "runs": args.runs,
+        "device": str(device),
+        "overrides": args.override,
+        "cases": [],
+    }
     print("| model | repetitions | runs | CV TTFT | CV decode tok/s | CV memory | median n | noisy runs |")
     print("|---|---|---|---|---|---|---|---|")
     for model in args.models:
@@ -133,13 +154,26 @@ def main() -> None:
         for _ in range(args.runs):
             for mode in modes:
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--worker", model, args.profile, mode, "--device", args.device,
-                     *(f"--override={o}" for o in args.override)],
-                    capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        model,
+                        args.profile,
+                        mode,
+                        "--device",
+                        args.device,
+                        *(f"--override={o}" for o in args.override),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "HF_HUB_OFFLINE": "1"},
                 )
                 if proc.returncode != 0:  # say why the worker failed, not just that it did
-                    print(f"worker {model}/{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}",
-                          file=sys.stderr)
+                    print(
+                        f"worker {model}/{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}",
+                        file=sys.stderr,
+                    )
                     raise SystemExit(1)
                 by_mode[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
         for mode, runs in by_mode.items():

@@ -70,9 +70,15 @@ def breakdown(run: dict[str, Any]) -> dict[str, Any]:
     seconds["in-trial"] = in_trials - seconds["measured"] - seconds["untimed"] - seconds["load"] - seconds["wait"]
     wall = run["wall_s"]
     return {
-        "model": run["model"], "profile": run["profile"], "command": run["command"], "wall_s": wall,
-        "trials": len(timed), "load_1min_before": run["load_1min_before"], "load_1min_after": run["load_1min_after"],
-        "seconds": {p: seconds[p] for p in PARTS}, "share": {p: seconds[p] / wall for p in PARTS},
+        "model": run["model"],
+        "profile": run["profile"],
+        "command": run["command"],
+        "wall_s": wall,
+        "trials": len(timed),
+        "load_1min_before": run["load_1min_before"],
+        "load_1min_after": run["load_1min_after"],
+        "seconds": {p: seconds[p] for p in PARTS},
+        "share": {p: seconds[p] / wall for p in PARTS},
         "overhead_share": 1.0 - (seconds["measured"] + seconds["confirmed"]) / wall,
         "overhead_share_trials_only": 1.0 - seconds["measured"] / wall,
     }
@@ -81,8 +87,14 @@ def breakdown(run: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", action="append", default=[], help="MODEL:PROFILE to run now")
-    parser.add_argument("--from", dest="from_", type=Path, action="append", default=[],
-                        help="a bench_gain.py (or this script's) output whose saved runs to account for")
+    parser.add_argument(
+        "--from",
+        dest="from_",
+        type=Path,
+        action="append",
+        default=[],
+        help="a bench_gain.py (or this script's) output whose saved runs to account for",
+    )
     parser.add_argument("--extra", nargs="*", default=[], help="more kvopt overrides for --case runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "overhead.json")
     args = parser.parse_args()
@@ -93,8 +105,9 @@ def main() -> None:
         model, sep, profile = case.partition(":")
         if not sep or not model or not profile:
             raise ConfigError([f"--case: got {case!r}; allowed: MODEL:PROFILE, e.g. tiny-gpt2:ci-micro"])
-        runs.append(run_study(model, profile, args.extra, log_dir=args.out.parent / "runs",
-                              name=f"overhead_{model}-{profile}"))
+        runs.append(
+            run_study(model, profile, args.extra, log_dir=args.out.parent / "runs", name=f"overhead_{model}-{profile}")
+        )
     for path in args.from_:
         if not path.is_file():
             raise ConfigError([f"--from: got {str(path)!r}, which is not a file; allowed: a bench_gain.py output"])
@@ -102,13 +115,18 @@ def main() -> None:
         # A bench_gain.py output keeps each case's run; an output of this script keeps its runs.
         runs.extend(saved["runs"] if "runs" in saved else [case["run"] for case in saved["cases"]])
     report = {**provenance(), "from": [str(p) for p in args.from_], "cases": [breakdown(r) for r in runs], "runs": runs}
-    print("| model | profile | wall s | trials | overhead | overhead (confirmation as overhead) | "
-          + " | ".join(PARTS) + " |")
+    print(
+        "| model | profile | wall s | trials | overhead | overhead (confirmation as overhead) | "
+        + " | ".join(PARTS)
+        + " |"
+    )
     print("|---|---|---|---|---|---|" + "---|" * len(PARTS))
     for c in report["cases"]:
         parts = " | ".join(f"{c['share'][p]:.1%}" for p in PARTS)
-        print(f"| {c['model']} | {c['profile']} | {c['wall_s']:.1f} | {c['trials']} | {c['overhead_share']:.1%} | "
-              f"{c['overhead_share_trials_only']:.1%} | {parts} |")
+        print(
+            f"| {c['model']} | {c['profile']} | {c['wall_s']:.1f} | {c['trials']} | {c['overhead_share']:.1%} | "
+            f"{c['overhead_share_trials_only']:.1%} | {parts} |"
+        )
     write_json(args.out, report)
     print(f"written: {args.out}")
 

@@ -26,13 +26,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 def record(model: str, profile: str, runs: int, overrides: list[str]) -> dict:
     """Every candidate with exactly ``runs`` timed runs (no adaptive stop, no pruning)."""
-    fixed = [*overrides, "measure.adaptive=false", f"profile.repetitions={runs}", "profile.warmup=1",
-             "storage=memory", "scale.shared_device=flag"]
+    fixed = [
+        *overrides,
+        "measure.adaptive=false",
+        f"profile.repetitions={runs}",
+        "profile.warmup=1",
+        "storage=memory",
+        "scale.shared_device=flag",
+    ]
 
     def show(i: int, n: int, row: dict) -> None:
         if row["status"] == "ok":
-            print(f"recorded {row['candidate']}: ttft {row['ttft_ms_median']:.2f} ms, "
-                  f"{row['decode_tok_s_median']:.1f} tok/s, {row['peak_mem_mb']:.2f} MB", flush=True)
+            print(
+                f"recorded {row['candidate']}: ttft {row['ttft_ms_median']:.2f} ms, "
+                f"{row['decode_tok_s_median']:.1f} tok/s, {row['peak_mem_mb']:.2f} MB",
+                flush=True,
+            )
 
     grid = record_grid(compose_config(model, profile, fixed), fixed, on_row=show)
     grid["runs_per_candidate"] = runs
@@ -47,10 +56,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--replay", type=Path, help="replay a recorded grid instead of recording")
-    parser.add_argument("--override", nargs="*", default=[
-        "search_space.cache_implementation=[dynamic,static]", "search_space.attn_implementation=[eager,sdpa]",
-        "search_space.dtype=[float32]", "search_space.batch_size=[1,2,4,8]",
-    ])
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[
+            "search_space.cache_implementation=[dynamic,static]",
+            "search_space.attn_implementation=[eager,sdpa]",
+            "search_space.dtype=[float32]",
+            "search_space.batch_size=[1,2,4,8]",
+        ],
+    )
     args = parser.parse_args()
     if args.replay:
         grid = json.loads(args.replay.read_text())
@@ -60,12 +75,16 @@ def main() -> None:
         write_json(out, grid)
         print(f"written: {out}")
     result = replay_pruning_rule(grid, args.seeds, args.margin)
-    print("| model | candidates | true front | seeds | timed runs saved (median, min–max) "
-          "| pruned per study (median) | true-front candidates pruned |")
+    print(
+        "| model | candidates | true front | seeds | timed runs saved (median, min–max) "
+        "| pruned per study (median) | true-front candidates pruned |"
+    )
     print("|---|---|---|---|---|---|---|")
-    print(f"| {grid['model']} | {result['candidates']} | {len(result['true_front'])} | {result['seeds']} | "
-          f"{result['runs_saved_median']:.0%} ({result['runs_saved_min']:.0%}–{result['runs_saved_max']:.0%}) | "
-          f"{result['pruned_median']:g} | {result['true_front_pruned_total']} |")
+    print(
+        f"| {grid['model']} | {result['candidates']} | {len(result['true_front'])} | {result['seeds']} | "
+        f"{result['runs_saved_median']:.0%} ({result['runs_saved_min']:.0%}–{result['runs_saved_max']:.0%}) | "
+        f"{result['pruned_median']:g} | {result['true_front_pruned_total']} |"
+    )
     write_json(REPO / "benchmarks" / f"pruning_{grid['model']}.json", result)
 
 

@@ -90,9 +90,11 @@ def summarize(traces: list[StudyTrace], size: int, full_seconds: float) -> dict[
     # 2% of the profile's best score has been measured.
     out["measurements_to_best_within_2pct"] = quartiles([t.measurements_to_score(2.0) or math.inf for t in traces])
     out["measurements_to_best_within_2pct_share"] = quartiles(
-        [(t.measurements_to_score(2.0) or math.inf) / size for t in traces])
-    out["seconds_to_best_within_2pct"] = quartiles([
-        t.seconds[t.trials_to_score(2.0) - 1] if t.trials_to_score(2.0) else math.inf for t in traces])
+        [(t.measurements_to_score(2.0) or math.inf) / size for t in traces]
+    )
+    out["seconds_to_best_within_2pct"] = quartiles(
+        [t.seconds[t.trials_to_score(2.0) - 1] if t.trials_to_score(2.0) else math.inf for t in traces]
+    )
     out["never_within_2pct"] = sum(t.trials_to_score(2.0) is None for t in traces)
     out["measurements_to_95_share"] = quartiles([(t.measurements_to(0.95) or math.inf) / size for t in traces])
     out["shortfall_at_30pct"] = quartiles([t.shortfall_pct[min(budget30, len(t.shortfall_pct)) - 1] for t in traces])
@@ -132,14 +134,19 @@ def _fmt(q: dict[str, float | None], pct: bool = False) -> str:
 
 def _stop_runs(table: ReplayTable, cfg: Any, seeds: int, size: int, warm: Any, label: str) -> dict[str, Any]:
     """Profile sampler studies that stop by the convergence rule (as a run does by default)."""
-    traces = [replay_study(table, cfg, seed, n_trials=size, pruning=True, converge=True, warm_start=warm)
-              for seed in range(seeds)]
+    traces = [
+        replay_study(table, cfg, seed, n_trials=size, pruning=True, converge=True, warm_start=warm)
+        for seed in range(seeds)
+    ]
     out = {**summarize(traces, size, 1.0), **summarize_stop(traces, size)}
-    print(f"  profile, convergence stop, {label}: stops after {_fmt(out['measurements_at_stop'])} measurements "
-          f"({_fmt(out['share_at_stop'], True)} of {size}); recommended the grid's best (within its noise) in "
-          f"{out['recommended_best_within_noise']}/{seeds} seeds, "
-          f"within 2% in {out['recommended_within_2pct']}/{seeds}; "
-          f"within 2% after {_fmt(out['measurements_to_best_within_2pct'])} measurements", flush=True)
+    print(
+        f"  profile, convergence stop, {label}: stops after {_fmt(out['measurements_at_stop'])} measurements "
+        f"({_fmt(out['share_at_stop'], True)} of {size}); recommended the grid's best (within its noise) in "
+        f"{out['recommended_best_within_noise']}/{seeds} seeds, "
+        f"within 2% in {out['recommended_within_2pct']}/{seeds}; "
+        f"within 2% after {_fmt(out['measurements_to_best_within_2pct'])} measurements",
+        flush=True,
+    )
     return out
 
 
@@ -151,17 +158,29 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--margin", type=float, default=0.05, help="margin of the random-order pruning replay")
     parser.add_argument("--out", type=Path, help="default: benchmarks/search_<grid name>.json")
-    parser.add_argument("--no-pruning-off", action="store_true",
-                        help="replay with dominance pruning only (the default of a study); faster on large grids")
-    parser.add_argument("--warm-from", type=Path, nargs="*", default=[],
-                        help="other grids of the same space: also replay the profile sampler warm-started from each")
+    parser.add_argument(
+        "--no-pruning-off",
+        action="store_true",
+        help="replay with dominance pruning only (the default of a study); faster on large grids",
+    )
+    parser.add_argument(
+        "--warm-from",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other grids of the same space: also replay the profile sampler warm-started from each",
+    )
     args = parser.parse_args()
     if args.seeds < 1 or (args.gp_seeds is not None and args.gp_seeds < 1):
         parser.error(f"--seeds/--gp-seeds: got {args.seeds}/{args.gp_seeds}; allowed: integers >= 1")
     for path in (args.grid, *args.warm_from):
         if not path.is_file():
-            raise ConfigError([f"--grid/--warm-from: got {str(path)!r}, which is not a file; "
-                               "allowed: a grid JSON from record_grid.py"])
+            raise ConfigError(
+                [
+                    f"--grid/--warm-from: got {str(path)!r}, which is not a file; "
+                    "allowed: a grid JSON from record_grid.py"
+                ]
+            )
     grid = json.loads(args.grid.read_text())
     table = ReplayTable(grid)
     size = table.space.size
@@ -169,22 +188,31 @@ def main() -> None:
     ok = grid_rows_ok(grid)
     full_seconds = sum(untimed_seconds(r) + r.get("timed_runs_s", 0) for r in ok)
     report: dict[str, Any] = {
-        **provenance(), "grid": str(args.grid),
-        "model": grid["model"], "workload": grid["workload"], "space_size": size,
-        "true_front": len(table.front_keys), "reference_point": REFERENCE,
-        "grid_measuring_seconds": full_seconds, "samplers": {},
+        **provenance(),
+        "grid": str(args.grid),
+        "model": grid["model"],
+        "workload": grid["workload"],
+        "space_size": size,
+        "true_front": len(table.front_keys),
+        "reference_point": REFERENCE,
+        "grid_measuring_seconds": full_seconds,
+        "samplers": {},
     }
-    print(f"grid {args.grid.name}: {grid['model']}, workload {grid['workload']['prompt_tokens']}+"
-          f"{grid['workload']['new_tokens']} tokens, {size} candidates ({grid['failed']} failed), true front "
-          f"{len(table.front_keys)}, {sum(r['noisy'] for r in ok)} flagged noisy, recorded in "
-          f"{grid['grid_wall_s']:.0f} s ({full_seconds:.0f} s measuring), load average "
-          f"{grid['load_1min_before']:.2f} before / {grid['load_1min_after']:.2f} after; "
-          f"profile-best {table.best_score:+.3f} (grid noise ±{table.best_noise:.3f})")
+    print(
+        f"grid {args.grid.name}: {grid['model']}, workload {grid['workload']['prompt_tokens']}+"
+        f"{grid['workload']['new_tokens']} tokens, {size} candidates ({grid['failed']} failed), true front "
+        f"{len(table.front_keys)}, {sum(r['noisy'] for r in ok)} flagged noisy, recorded in "
+        f"{grid['grid_wall_s']:.0f} s ({full_seconds:.0f} s measuring), load average "
+        f"{grid['load_1min_before']:.2f} before / {grid['load_1min_after']:.2f} after; "
+        f"profile-best {table.best_score:+.3f} (grid noise ±{table.best_noise:.3f})"
+    )
     print("trials to reach 95% / 99% of the table's hypervolume, median [IQR] over seeds")
-    print("| sampler | pruning | seeds | trials to 95% | trials to 99% | HV at 30% of trials | "
-          "measurements to 95% | HV at 30% of measurements | "
-          "measuring time to 95% (share of grid) | true-front pruned | trials to profile's best (within 5%) | "
-          "measurements to within 2% of the profile's best (share) |")
+    print(
+        "| sampler | pruning | seeds | trials to 95% | trials to 99% | HV at 30% of trials | "
+        "measurements to 95% | HV at 30% of measurements | "
+        "measuring time to 95% (share of grid) | true-front pruned | trials to profile's best (within 5%) | "
+        "measurements to within 2% of the profile's best (share) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.samplers:
         cfg = compose_config(grid["model"], grid["profile"], [*grid["overrides"], f"sampler={name}"])
@@ -199,13 +227,16 @@ def main() -> None:
             summary = summarize(traces, size, full_seconds)
             summary["replay_wall_s"] = time.perf_counter() - start
             entry["pruning_on" if pruning else "pruning_off"] = summary
-            print(f"| {name} | {'on' if pruning else 'off'} | {seeds} | {_fmt(summary['trials_to_95'])} | "
-                  f"{_fmt(summary['trials_to_99'])} | {_fmt(summary['hv_at_30pct'], True)} | "
-                  f"{_fmt(summary['measurements_to_95'])} | {_fmt(summary['hv_at_30pct_measurements'], True)} | "
-                  f"{_fmt(summary['seconds_to_95_share'], True)} | {summary['true_front_pruned_total']} | "
-                  f"{_fmt(summary['trials_to_best'])} ({_fmt(summary['trials_to_best_within_5pct'])}) | "
-                  f"{_fmt(summary['measurements_to_best_within_2pct'])} "
-                  f"({_fmt(summary['measurements_to_best_within_2pct_share'], True)}) |", flush=True)
+            print(
+                f"| {name} | {'on' if pruning else 'off'} | {seeds} | {_fmt(summary['trials_to_95'])} | "
+                f"{_fmt(summary['trials_to_99'])} | {_fmt(summary['hv_at_30pct'], True)} | "
+                f"{_fmt(summary['measurements_to_95'])} | {_fmt(summary['hv_at_30pct_measurements'], True)} | "
+                f"{_fmt(summary['seconds_to_95_share'], True)} | {summary['true_front_pruned_total']} | "
+                f"{_fmt(summary['trials_to_best'])} ({_fmt(summary['trials_to_best_within_5pct'])}) | "
+                f"{_fmt(summary['measurements_to_best_within_2pct'])} "
+                f"({_fmt(summary['measurements_to_best_within_2pct_share'], True)}) |",
+                flush=True,
+            )
         if "pruning_off" in entry:
             on, off = entry["pruning_on"], entry["pruning_off"]
             entry["pruning_time_saved"] = 1 - on["seconds_total"]["median"] / off["seconds_total"]["median"]
@@ -214,7 +245,8 @@ def main() -> None:
             for other in args.warm_from:
                 warm = warm_start_from_grid(ReplayTable(json.loads(other.read_text())), table.space, cfg.profile)
                 entry[f"warm_from_{other.stem.removeprefix('grid_')}"] = _stop_runs(
-                    table, cfg, seeds, size, warm, f"warm from {other.name} (first: {warm.first[0].label})")
+                    table, cfg, seeds, size, warm, f"warm from {other.name} (first: {warm.first[0].label})"
+                )
         report["samplers"][name] = entry
     report["pruning_rule_random_orders"] = replay_pruning_rule(grid, args.seeds, args.margin)
     out = args.out or REPO / "benchmarks" / f"search_{args.grid.stem.removeprefix('grid_')}.json"

@@ -104,16 +104,31 @@ def gpu_plan(budget_s: float) -> Plan:
         study=["study.timeout=80", "confirm.max_seconds=30"],
         study_full=["study.n_trials=8", "study.timeout=60", "measure.max_seconds=6", "confirm.max_seconds=20"],
         memory_batches=(1, 8),
-        noise=["--models", "gpt2", "--profile", "chat-agent", "--runs", "3", "--modes", "adaptive", "paired",
-               "--override", "measure.max_seconds=8"],
+        noise=[
+            "--models",
+            "gpt2",
+            "--profile",
+            "chat-agent",
+            "--runs",
+            "3",
+            "--modes",
+            "adaptive",
+            "paired",
+            "--override",
+            "measure.max_seconds=8",
+        ],
         oom_overrides=["measure.adaptive=false"],
     )
 
 
 def dry_plan(budget_s: float) -> Plan:
     """The same steps on tiny random models on the CPU, with budgets of seconds."""
-    tiny = ["measure.adaptive=false", "search_space.dtype=[float32]", "search_space.batch_size=[1,2]",
-            "study.n_trials=2"]
+    tiny = [
+        "measure.adaptive=false",
+        "search_space.dtype=[float32]",
+        "search_space.batch_size=[1,2]",
+        "study.n_trials=2",
+    ]
     return Plan(
         mode="dry-run",
         device="cpu",
@@ -125,8 +140,12 @@ def dry_plan(budget_s: float) -> Plan:
         profiles={"study": "ci-micro", "study_full": "ci-micro", "memory": "ci-micro", "oom": "ci-micro"},
         study=[*tiny, "confirm.rounds=2"],
         # flex attention and compile cost tens of seconds to set up on a CPU: left to the GPU run.
-        study_full=[*tiny, "confirm.rounds=0", "search_space.attn_implementation=[eager,sdpa]",
-                    "search_space.static.compile=[false]"],
+        study_full=[
+            *tiny,
+            "confirm.rounds=0",
+            "search_space.attn_implementation=[eager,sdpa]",
+            "search_space.static.compile=[false]",
+        ],
         memory_batches=(1, 4),
         noise=["--models", "tiny-gpt2", "--profile", "ci-micro", "--runs", "2", "--modes", "fixed"],
         oom_overrides=["measure.adaptive=false", "search_space.dtype=[float32]"],
@@ -195,8 +214,16 @@ class Run:
         At cap_s - GRACE_S the group gets SIGINT (kvopt then stores what it has), at cap_s SIGKILL.
         """
         self.say("$ " + " ".join(cmd))
-        proc = subprocess.Popen(cmd, cwd=self.work, env=self.env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=self.work,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
 
         def pump() -> None:
             assert proc.stdout is not None
@@ -285,8 +312,13 @@ def step_info(run: Run, step: StepResult) -> list[str]:
 
 def _study_cmd(run: Run, name: str, model: str, profile: str, extra: list[str]) -> list[str]:
     return kvopt_cmd(
-        f"model={model}", f"profile={profile}", f"device={run.plan.device}", "model.weights=random",
-        f"storage.url=sqlite:///{run.work / DB}", f"hydra.run.dir={run.work / name}", *extra,
+        f"model={model}",
+        f"profile={profile}",
+        f"device={run.plan.device}",
+        "model.weights=random",
+        f"storage.url=sqlite:///{run.work / DB}",
+        f"hydra.run.dir={run.work / name}",
+        *extra,
     )
 
 
@@ -295,26 +327,45 @@ def step_study(run: Run, step: StepResult) -> list[str]:
 
 
 def step_study_full(run: Run, step: StepResult) -> list[str]:
-    return _study_cmd(run, "study_full", run.plan.large, run.plan.profiles["study_full"],
-                      ["search_space=full", *run.plan.study_full])
+    return _study_cmd(
+        run, "study_full", run.plan.large, run.plan.profiles["study_full"], ["search_space=full", *run.plan.study_full]
+    )
 
 
 def step_memory(run: Run, step: StepResult) -> list[str]:
-    spec = {"model": run.plan.small, "profile": run.plan.profiles["memory"], "device": run.plan.device,
-            "batches": list(run.plan.memory_batches), "result": str(run.work / "memory.json")}
+    spec = {
+        "model": run.plan.small,
+        "profile": run.plan.profiles["memory"],
+        "device": run.plan.device,
+        "batches": list(run.plan.memory_batches),
+        "result": str(run.work / "memory.json"),
+    }
     return worker_cmd("memory", spec)
 
 
 def step_noise(run: Run, step: StepResult) -> list[str]:
-    return [sys.executable, str(REPO / "scripts" / "bench_noise.py"), *run.plan.noise,
-            "--device", run.plan.device, "--out", str(run.work / "noise.json")]
+    return [
+        sys.executable,
+        str(REPO / "scripts" / "bench_noise.py"),
+        *run.plan.noise,
+        "--device",
+        run.plan.device,
+        "--out",
+        str(run.work / "noise.json"),
+    ]
 
 
 def step_oom(run: Run, step: StepResult) -> list[str]:
-    spec = {"model": run.plan.small, "profile": run.plan.profiles["oom"], "device": run.plan.device,
-            "overrides": run.plan.oom_overrides, "storage": f"sqlite:///{run.work / DB}",
-            "output_dir": str(run.work / "oom"), "result": str(run.work / "oom_worker.json"),
-            "cpu_headroom_mb": CPU_OOM_HEADROOM_MB}
+    spec = {
+        "model": run.plan.small,
+        "profile": run.plan.profiles["oom"],
+        "device": run.plan.device,
+        "overrides": run.plan.oom_overrides,
+        "storage": f"sqlite:///{run.work / DB}",
+        "output_dir": str(run.work / "oom"),
+        "result": str(run.work / "oom_worker.json"),
+        "cpu_headroom_mb": CPU_OOM_HEADROOM_MB,
+    }
     return worker_cmd("oom", spec)
 
 
@@ -353,10 +404,16 @@ def study_facts(results: dict[str, Any]) -> dict[str, Any]:
         "stopped_because": results.get("stopped_because"),
         "trials_by_state": states,
         "trials": [
-            {"number": t["number"], "candidate": t["user_attrs"].get("candidate"), "state": t["state"],
-             "values": t["values"], "reason": t["reason"], "noisy": t["user_attrs"].get("noisy"),
-             "setup_s": t["user_attrs"].get("setup_s"),
-             "predicted_mem_error_pct": t["user_attrs"].get("predicted_mem_error_pct")}
+            {
+                "number": t["number"],
+                "candidate": t["user_attrs"].get("candidate"),
+                "state": t["state"],
+                "values": t["values"],
+                "reason": t["reason"],
+                "noisy": t["user_attrs"].get("noisy"),
+                "setup_s": t["user_attrs"].get("setup_s"),
+                "predicted_mem_error_pct": t["user_attrs"].get("predicted_mem_error_pct"),
+            }
             for t in trials
         ],
         "dropped": (results.get("search_space") or {}).get("dropped"),
@@ -398,12 +455,14 @@ def judge_memory(run: Run, step: StepResult) -> None:
     step.checks["peak_grows_with_batch"] = rows[-1]["measured_mb"]["peak"] > rows[0]["measured_mb"]["peak"]
     if run.plan.device.startswith("cuda"):
         step.checks["reserved_at_least_allocated"] = all(
-            r["measured_mb"]["torch_peak_reserved"] >= r["measured_mb"]["torch_peak_allocated"] for r in rows)
+            r["measured_mb"]["torch_peak_reserved"] >= r["measured_mb"]["torch_peak_allocated"] for r in rows
+        )
         # NVML may not list this process inside a PID namespace: then it is a finding, not a failure.
         with_nvml = [r for r in rows if r["measured_mb"].get("nvml_process") is not None]
         if with_nvml:
             step.checks["nvml_at_least_reserved"] = all(
-                r["measured_mb"]["nvml_process"] >= r["measured_mb"]["torch_peak_reserved"] for r in with_nvml)
+                r["measured_mb"]["nvml_process"] >= r["measured_mb"]["torch_peak_reserved"] for r in with_nvml
+            )
 
 
 def judge_noise(run: Run, step: StepResult) -> None:
@@ -414,8 +473,16 @@ def judge_noise(run: Run, step: StepResult) -> None:
     run.keep(run.work / "noise.json", "noise.json", step)
     step.facts = {
         "device": data.get("device"),
-        "cases": [{"model": c["model"], "mode": c["mode"], "runs": len(c["runs"]), "cv": c["cv"],
-                   "noisy_runs": sum(bool(r.get("noisy")) for r in c["runs"])} for c in data.get("cases", [])],
+        "cases": [
+            {
+                "model": c["model"],
+                "mode": c["mode"],
+                "runs": len(c["runs"]),
+                "cv": c["cv"],
+                "noisy_runs": sum(bool(r.get("noisy")) for r in c["runs"]),
+            }
+            for c in data.get("cases", [])
+        ],
     }
     step.checks["every_mode_measured"] = bool(data.get("cases")) and all(len(c["runs"]) >= 2 for c in data["cases"])
 
@@ -428,22 +495,30 @@ def judge_oom(run: Run, step: StepResult) -> None:
         return
     run.keep(run.work / "oom" / "results.json", "results_oom.json", step)
     big, bigger = worker["batch_oom"], worker["batch_larger"]
-    trials = {(t["params"].get("attn_implementation"), t["params"].get("batch_size")): t
-              for t in results.get("trials", [])}
+    trials = {
+        (t["params"].get("attn_implementation"), t["params"].get("batch_size")): t for t in results.get("trials", [])
+    }
     oom = trials.get(("eager", big))
     larger = trials.get(("eager", bigger))
     after = trials.get(("eager", 1))
     step.facts = {**worker, "trials": study_facts(results)["trials"]}
     step.checks["oom_is_one_pruned_trial_with_its_reason"] = bool(
-        oom and oom["state"] == "PRUNED" and str(oom["reason"]).startswith("out of memory")
+        oom
+        and oom["state"] == "PRUNED"
+        and str(oom["reason"]).startswith("out of memory")
         and oom["user_attrs"].get("constraints") == {"runs": 1.0}
-        and sum(str(t["reason"]).startswith("out of memory") for t in results["trials"]) == 1)
+        and sum(str(t["reason"]).startswith("out of memory") for t in results["trials"]) == 1
+    )
     step.checks["larger_batch_pruned_unrun"] = bool(
-        larger and oom and larger["state"] == "PRUNED"
-        and larger["reason"] == (f"batch {bigger} >= batch {big}, which ran out of memory with the same "
-                                 f"settings in trial #{oom['number']}")
+        larger
+        and oom
+        and larger["state"] == "PRUNED"
+        and larger["reason"]
+        == (f"batch {bigger} >= batch {big}, which ran out of memory with the same settings in trial #{oom['number']}")
         # Never loaded nor run: no timing, no first call.
-        and "first_call_s" not in larger["user_attrs"] and "trial_s" not in larger["user_attrs"])
+        and "first_call_s" not in larger["user_attrs"]
+        and "trial_s" not in larger["user_attrs"]
+    )
     step.checks["small_batch_runs_after_the_oom"] = bool(after and after["state"] == "COMPLETE")
     if after:  # does the allocator give the memory back after an out-of-memory? (reserved, NVML on CUDA)
         step.facts["after_oom_peak_mem"] = after["user_attrs"].get("peak_mem_details")
@@ -485,8 +560,9 @@ def run_step(run: Run, name: str, index: int) -> StepResult:
         step.error = step.error or f"stopped at its cap of {cap:.0f} s"
     elif step.returncode != 0 or failed_checks or step.error:
         step.status = "failed"
-        step.error = step.error or (f"exit status {step.returncode}" if step.returncode != 0 else
-                                    "checks failed: " + ", ".join(failed_checks))
+        step.error = step.error or (
+            f"exit status {step.returncode}" if step.returncode != 0 else "checks failed: " + ", ".join(failed_checks)
+        )
     else:
         step.status = "ok"
     run.say(f"--- {name}: {step.status} in {step.seconds:.1f} s" + (f": {step.error}" if step.error else ""))
@@ -516,8 +592,9 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     from kvopt.protocol import measure_candidate
     from kvopt.space import Candidate
 
-    cfg = compose_config([f"model={spec['model']}", f"profile={spec['profile']}", f"device={spec['device']}",
-                          "model.weights=random"])
+    cfg = compose_config(
+        [f"model={spec['model']}", f"profile={spec['profile']}", f"device={spec['device']}", "model.weights=random"]
+    )
     device = resolve_device(cfg.device)
     workload = make_workload(cfg.profile, cfg.model)
     loader = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed)
@@ -533,24 +610,31 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
         d = m.memory.details
         measured: dict[str, float | None] = {"peak": m.memory.peak_bytes / MB}
         if device.type == "cuda":
-            measured.update({
-                "torch_peak_allocated": d["torch_peak_allocated_bytes"] / MB,
-                "torch_peak_reserved": d["torch_peak_reserved_bytes"] / MB,
-                "nvml_process": d["nvml_process_bytes"] / MB if "nvml_process_bytes" in d else None,
-                "nvml_device_used": d["nvml_device_used_bytes"] / MB if "nvml_device_used_bytes" in d else None,
-            })
-        rows.append({
-            "candidate": candidate.label,
-            "workload": {"prompt_tokens": workload.prompt_tokens, "new_tokens": workload.new_tokens},
-            "method": m.memory.method,
-            "predicted_mb": predicted.as_dict(),
-            "measured_mb": measured,
-            "weights_mb": m.weights_bytes / MB,
-            "kv_cache_mb": m.kv_cache_bytes / MB,
-            # (predicted / measured - 1) in %, as kvopt stores predicted_mem_error_pct.
-            "prediction_error_pct": {k: (predicted.total_mb / v - 1.0) * 100.0
-                                     for k, v in measured.items() if k != "nvml_device_used" and v},
-        })
+            measured.update(
+                {
+                    "torch_peak_allocated": d["torch_peak_allocated_bytes"] / MB,
+                    "torch_peak_reserved": d["torch_peak_reserved_bytes"] / MB,
+                    "nvml_process": d["nvml_process_bytes"] / MB if "nvml_process_bytes" in d else None,
+                    "nvml_device_used": d["nvml_device_used_bytes"] / MB if "nvml_device_used_bytes" in d else None,
+                }
+            )
+        rows.append(
+            {
+                "candidate": candidate.label,
+                "workload": {"prompt_tokens": workload.prompt_tokens, "new_tokens": workload.new_tokens},
+                "method": m.memory.method,
+                "predicted_mb": predicted.as_dict(),
+                "measured_mb": measured,
+                "weights_mb": m.weights_bytes / MB,
+                "kv_cache_mb": m.kv_cache_bytes / MB,
+                # (predicted / measured - 1) in %, as kvopt stores predicted_mem_error_pct.
+                "prediction_error_pct": {
+                    k: (predicted.total_mb / v - 1.0) * 100.0
+                    for k, v in measured.items()
+                    if k != "nvml_device_used" and v
+                },
+            }
+        )
     note = None if device.type == "cuda" else "CPU: kvopt's CPU method only; the three CUDA figures need a GPU"
     return {"device": str(device), "machine": machine_info(device), "rows": rows, "note": note}
 
@@ -576,10 +660,20 @@ def worker_oom(spec: dict[str, Any]) -> dict[str, Any]:
     from kvopt.space import Candidate
     from kvopt.study import enqueue_baseline, open_study
 
-    base = [f"model={spec['model']}", f"profile={spec['profile']}", f"device={spec['device']}", "model.weights=random",
-            f"storage.url={spec['storage']}", "study.name=gpu-check-oom", "confirm.rounds=0",
-            "pruning.memory_budget_mb=1e12", "pruning.dominated=false", "search_space.cache_implementation=[dynamic]",
-            "search_space.attn_implementation=[eager]", *spec["overrides"]]
+    base = [
+        f"model={spec['model']}",
+        f"profile={spec['profile']}",
+        f"device={spec['device']}",
+        "model.weights=random",
+        f"storage.url={spec['storage']}",
+        "study.name=gpu-check-oom",
+        "confirm.rounds=0",
+        "pruning.memory_budget_mb=1e12",
+        "pruning.dominated=false",
+        "search_space.cache_implementation=[dynamic]",
+        "search_space.attn_implementation=[eager]",
+        *spec["overrides"],
+    ]
     cfg = compose_config(base)
     device = resolve_device(cfg.device)
     workload = make_workload(cfg.profile, cfg.model)
@@ -659,12 +753,19 @@ def preflight(plan: Plan) -> tuple[dict[str, Any] | None, str | None]:
         "  'versions': library_versions(), 'cuda_available': torch.cuda.is_available(),\n"
         "  'cuda_devices': torch.cuda.device_count(), 'torch_cuda': torch.version.cuda}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=180,
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return None, (f"kvopt cannot be imported here ({last}); install it first: pip install -e . here, or "
-                      "on the GPU machine the wheels from scripts/gpu_wheels.sh (docs/gpu.md)")
+        return None, (
+            f"kvopt cannot be imported here ({last}); install it first: pip install -e . here, or "
+            "on the GPU machine the wheels from scripts/gpu_wheels.sh (docs/gpu.md)"
+        )
     env = json.loads(proc.stdout.strip().splitlines()[-1])
     if plan.mode == "gpu" and not env["cuda_available"]:
         return env, "no CUDA device here; run it on a GPU machine, or add --dry-run for the CPU rehearsal"
@@ -698,8 +799,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         return fail(f"output folder: {out} is a file; allowed: an empty or new folder")
     if out.is_dir() and any(out.iterdir()):
-        return fail(f"output folder: {out} is not empty (this run writes up to {MAX_FILES} files there); "
-                    "allowed: an empty or new folder")
+        return fail(
+            f"output folder: {out} is not empty (this run writes up to {MAX_FILES} files there); "
+            "allowed: an empty or new folder"
+        )
     environment, problem = preflight(plan)
     if problem:
         return fail(problem)
@@ -722,8 +825,10 @@ def print_table(run: Run) -> None:
     print(f"\n{'step':<11} {'status':<10} {'seconds':>8}  note")
     for s in run.summary["steps"]:
         print(f"{s['name']:<11} {s['status']:<10} {s['seconds']:>8.1f}  {s['error'] or ''}")
-    print(f"wall {run.summary['wall_s']} s of a {run.plan.budget_s:.0f} s budget; "
-          f"files ({len(run.summary['files'])}): {', '.join(run.summary['files'])} in {run.out}")
+    print(
+        f"wall {run.summary['wall_s']} s of a {run.plan.budget_s:.0f} s budget; "
+        f"files ({len(run.summary['files'])}): {', '.join(run.summary['files'])} in {run.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,19 +28,27 @@ REPO = Path(__file__).resolve().parent.parent
 # ~100x slower at gpt2's width (the dtype probe drops them), so caches vary instead.
 SPACES = {
     "three-dtypes": [
-        "search_space.cache_implementation=[dynamic,static]", "search_space.attn_implementation=[eager,sdpa]",
-        "search_space.dtype=[float32,bfloat16,float16]", "search_space.batch_size=[1,2,4,8]",
+        "search_space.cache_implementation=[dynamic,static]",
+        "search_space.attn_implementation=[eager,sdpa]",
+        "search_space.dtype=[float32,bfloat16,float16]",
+        "search_space.batch_size=[1,2,4,8]",
     ],
     "gpt2": [
-        "search_space.cache_implementation=[dynamic,static,quantized]", "search_space.static.compile=[false,true]",
-        "search_space.quantized.backends=[fp8]", "search_space.attn_implementation=[eager,sdpa]",
-        "search_space.dtype=[float32]", "search_space.batch_size=[1,2,4,8,16,32]",
+        "search_space.cache_implementation=[dynamic,static,quantized]",
+        "search_space.static.compile=[false,true]",
+        "search_space.quantized.backends=[fp8]",
+        "search_space.attn_implementation=[eager,sdpa]",
+        "search_space.dtype=[float32]",
+        "search_space.batch_size=[1,2,4,8,16,32]",
     ],
     # The large grid (issue 13): a GPU-like default space where search matters, 144 candidates.
     "large": [
-        "search_space.cache_implementation=[dynamic,static,quantized]", "search_space.static.compile=[false,true]",
-        "search_space.quantized.backends=[fp8]", "search_space.attn_implementation=[eager,sdpa]",
-        "search_space.dtype=[float32,bfloat16,float16]", "search_space.batch_size=[1,2,4,8,16,32]",
+        "search_space.cache_implementation=[dynamic,static,quantized]",
+        "search_space.static.compile=[false,true]",
+        "search_space.quantized.backends=[fp8]",
+        "search_space.attn_implementation=[eager,sdpa]",
+        "search_space.dtype=[float32,bfloat16,float16]",
+        "search_space.batch_size=[1,2,4,8,16,32]",
         "search_space.max_dtype_slowdown=null",
     ],
     "default": [],
@@ -64,10 +72,16 @@ def main() -> None:
     cfg = compose_config(args.model, args.profile, overrides)
 
     def progress(i: int, n: int, row: dict) -> None:
-        what = (f"ttft {row['ttft_ms_median']:.1f} ms, {row['decode_tok_s_median']:.1f} tok/s, "
-                f"{row['peak_mem_mb']:.1f} MB, n={row['n']}" if row["status"] == "ok" else row["reason"])
-        print(f"[{i + 1}/{n}] {row['candidate']}: {what} ({row['wall_s']:.1f} s, load {row['load_1min_before']:.2f})",
-              flush=True)
+        what = (
+            f"ttft {row['ttft_ms_median']:.1f} ms, {row['decode_tok_s_median']:.1f} tok/s, "
+            f"{row['peak_mem_mb']:.1f} MB, n={row['n']}"
+            if row["status"] == "ok"
+            else row["reason"]
+        )
+        print(
+            f"[{i + 1}/{n}] {row['candidate']}: {what} ({row['wall_s']:.1f} s, load {row['load_1min_before']:.2f})",
+            flush=True,
+        )
 
     from kvopt.bench.grid import record_grid
 
@@ -77,8 +91,10 @@ def main() -> None:
     write_json(out, grid)
     flat = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in grid["rows"]]
     write_csv(out.with_suffix(".csv"), flat)
-    print(f"{grid['candidates']} candidates ({grid['failed']} failed) in {grid['grid_wall_s']:.0f} s; "
-          f"load average {grid['load_1min_before']:.2f} before, {grid['load_1min_after']:.2f} after")
+    print(
+        f"{grid['candidates']} candidates ({grid['failed']} failed) in {grid['grid_wall_s']:.0f} s; "
+        f"load average {grid['load_1min_before']:.2f} before, {grid['load_1min_after']:.2f} after"
+    )
     print(f"written: {out} and {out.with_suffix('.csv').name}", file=sys.stderr)
 
 

@@ -52,10 +52,18 @@ class Browser:
 
         self.proc = subprocess.Popen(
             [
-                find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                find_chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-background-networking",
                 "--remote-debugging-port=0",
-                f"--user-data-dir={profile_dir}", f"--window-size={width},{height}", "about:blank",
+                f"--user-data-dir={profile_dir}",
+                f"--window-size={width},{height}",
+                "about:blank",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -32,8 +32,12 @@ def make_study(root: Path, *overrides: str) -> dict:
     """``python -m kvopt`` on tiny-gpt2/ci-micro into ``root/kvopt.db``, run folder ``root/run``."""
     url = f"sqlite:///{root / 'kvopt.db'}"
     proc = run_kvopt(
-        "model=tiny-gpt2", "profile=ci-micro", f"storage.url={url}", f"hydra.run.dir={root / 'run'}",
-        *overrides, cwd=root,
+        "model=tiny-gpt2",
+        "profile=ci-micro",
+        f"storage.url={url}",
+        f"hydra.run.dir={root / 'run'}",
+        *overrides,
+        cwd=root,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"root": root, "url": url, "run": root / "run", "stdout": proc.stdout}
@@ -58,15 +62,20 @@ def hostile_copy(url: str) -> str:
         copy.set_user_attr(key, value)
     copy.set_user_attr("model", HOSTILE)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    copy.add_trials([
-        optuna.trial.create_trial(
-            state=t.state,
-            params=t.params,
-            distributions=t.distributions,
-            values=t.values if t.state == optuna.trial.TrialState.COMPLETE else None,
-            user_attrs={**t.user_attrs, "candidate": f"<img src=x onerror=alert(1)>{t.user_attrs.get('candidate')}"},
-            system_attrs=t.system_attrs,
-        )
-        for t in source.get_trials(states=finished)
-    ])
+    copy.add_trials(
+        [
+            optuna.trial.create_trial(
+                state=t.state,
+                params=t.params,
+                distributions=t.distributions,
+                values=t.values if t.state == optuna.trial.TrialState.COMPLETE else None,
+                user_attrs={
+                    **t.user_attrs,
+                    "candidate": f"<img src=x onerror=alert(1)>{t.user_attrs.get('candidate')}",
+                },
+                system_attrs=t.system_attrs,
+            )
+            for t in source.get_trials(states=finished)
+        ]
+    )
     return name

@@ -15,8 +15,9 @@ def race_to_enqueue(kind: str, url: str, barrier) -> None:
     cfg = StorageConfig("journal", url) if kind == "journal" else StorageConfig("rdb", url)
     storage = open_storage(cfg)
     base = Candidate("dynamic", "sdpa", "float32", 1)
-    space = SearchSpace(cache_implementation=["dynamic"], attn_implementation=["sdpa"],
-                        dtype=["float32"], batch_size=[1], baseline=base)
+    space = SearchSpace(
+        cache_implementation=["dynamic"], attn_implementation=["sdpa"], dtype=["float32"], batch_size=[1], baseline=base
+    )
     barrier.wait()
     with study_lock(cfg, storage, "race"):
         study = open_study(storage, "race", optuna.samplers.RandomSampler(), {})

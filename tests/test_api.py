@@ -28,8 +28,12 @@ def _readme_example() -> str:
 @pytest.mark.slow
 def test_the_readme_example_runs(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, "-c", _readme_example()], cwd=tmp_path, env=ENV,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", _readme_example()],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
@@ -58,13 +62,25 @@ def test_every_input_form_composes_the_same_config():
         kvopt.compose_config(
             ["model=tiny-gpt2", "profile=ci-micro", "study.n_trials=3", "search_space.batch_size=[1,2]"]
         ),
-        kvopt.compose_config({"model": "tiny-gpt2", "profile": "ci-micro", "study": {"n_trials": 3},
-                              "search_space": {"batch_size": [1, 2]}}),
-        kvopt.compose_config(model="tiny-gpt2", profile="ci-micro", study={"n_trials": 3},
-                             search_space={"batch_size": [1, 2]}),
+        kvopt.compose_config(
+            {
+                "model": "tiny-gpt2",
+                "profile": "ci-micro",
+                "study": {"n_trials": 3},
+                "search_space": {"batch_size": [1, 2]},
+            }
+        ),
+        kvopt.compose_config(
+            model="tiny-gpt2", profile="ci-micro", study={"n_trials": 3}, search_space={"batch_size": [1, 2]}
+        ),
         # Keywords win over the dict they come with.
-        kvopt.compose_config({"model": "gpt2", "study": {"n_trials": 9}}, model="tiny-gpt2", profile="ci-micro",
-                             study={"n_trials": 3}, search_space={"batch_size": [1, 2]}),
+        kvopt.compose_config(
+            {"model": "gpt2", "study": {"n_trials": 9}},
+            model="tiny-gpt2",
+            profile="ci-micro",
+            study={"n_trials": 3},
+            search_space={"batch_size": [1, 2]},
+        ),
     ]
     assert all(f.raw == forms[0].raw for f in forms[1:])
     assert forms[0].model.name == "tiny-gpt2" and forms[0].study.n_trials == 3
@@ -99,8 +115,14 @@ def test_bad_input_names_the_field(call, message):
 
 def test_tune_takes_a_validated_config_and_writes_the_settings(tmp_path: Path):
     cfg = kvopt.compose_config(
-        model="tiny-gpt2", profile="ci-micro", storage="memory", study={"n_trials": 2}, confirm={"rounds": 0},
-        measure={"adaptive": False}, search_space={"dtype": ["float32"]}, scale={"lock_dir": str(tmp_path)},
+        model="tiny-gpt2",
+        profile="ci-micro",
+        storage="memory",
+        study={"n_trials": 2},
+        confirm={"rounds": 0},
+        measure={"adaptive": False},
+        search_space={"dtype": ["float32"]},
+        scale={"lock_dir": str(tmp_path)},
     )
     result = kvopt.tune(cfg, output_dir=tmp_path)
     assert isinstance(result, kvopt.StudyResult)
@@ -116,7 +138,8 @@ def test_a_recommendation_gives_the_candidates_kwargs():
     assert rec.candidate() == candidate
     assert rec.model_kwargs() == {"dtype": "bfloat16", "attn_implementation": "eager"}
     assert rec.generate_kwargs() == {
-        "cache_implementation": "quantized", "cache_config": {"backend": "quanto", "nbits": 2}
+        "cache_implementation": "quantized",
+        "cache_config": {"backend": "quanto", "nbits": 2},
     }
 
 

@@ -18,13 +18,23 @@ from kvopt.bench.hypervolume import hypervolume_2d, hypervolume_3d
 
 REPO = Path(__file__).resolve().parent.parent
 # A 4-candidate space (dynamic/static x batch 1, 2) with fixed repetitions: seconds, not minutes.
-TINY = ["search_space.cache_implementation=[dynamic,static]", "search_space.attn_implementation=[sdpa]",
-        "search_space.dtype=[float32]", "search_space.batch_size=[1,2]", "measure.adaptive=false"]
+TINY = [
+    "search_space.cache_implementation=[dynamic,static]",
+    "search_space.attn_implementation=[sdpa]",
+    "search_space.dtype=[float32]",
+    "search_space.batch_size=[1,2]",
+    "measure.adaptive=false",
+]
 
 
 def script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
 
 
 def test_hypervolume_known_cases() -> None:
@@ -46,8 +56,18 @@ def test_hypervolume_known_cases() -> None:
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("grid")
-    proc = script("record_grid.py", "--model", "tiny-gpt2", "--profile", "ci-micro", "--name", "tiny",
-                  "--out-dir", str(out), *TINY)
+    proc = script(
+        "record_grid.py",
+        "--model",
+        "tiny-gpt2",
+        "--profile",
+        "ci-micro",
+        "--name",
+        "tiny",
+        "--out-dir",
+        str(out),
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr
     return out / "grid_tiny.json"
 
@@ -102,8 +122,18 @@ def test_bench_search_hypervolume_invariants(grid: Path, tmp_path: Path) -> None
 def test_bench_overhead_and_gain_on_a_tiny_study(grid: Path, tmp_path: Path) -> None:
     extra = ["--extra", "study.n_trials=3", "confirm.rounds=2", *TINY]
     gain_out = tmp_path / "gain.json"
-    proc = script("bench_gain.py", "--model", "tiny-gpt2", "--profiles", "ci-micro", "--grid", f"ci-micro={grid}",
-                  "--out", str(gain_out), *extra)
+    proc = script(
+        "bench_gain.py",
+        "--model",
+        "tiny-gpt2",
+        "--profiles",
+        "ci-micro",
+        "--grid",
+        f"ci-micro={grid}",
+        "--out",
+        str(gain_out),
+        *extra,
+    )
     assert proc.returncode == 0, proc.stderr
     case = json.loads(gain_out.read_text())["cases"][0]
     assert case["recommendation"] and case["baseline"]

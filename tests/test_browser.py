@@ -56,7 +56,11 @@ def dashboard(study_run: dict) -> Iterator[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "kvopt", "dashboard", f"storage.url={study_run['url']}", f"port={port}"],
-        cwd=study_run["root"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=study_run["root"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -68,8 +68,13 @@ def test_a_study_runs_end_to_end_and_a_rerun_continues_it(run_cli, tmp_path):
 def test_journal_storage_and_a_clamped_prompt(run_cli, tmp_path):
     journal = tmp_path / "study.journal"
     result = run_cli(
-        "model=tiny-gpt2", "profile=rag", "study.n_trials=2", "storage=journal",
-        f"storage.url={journal}", "profile.new_tokens=4", "profile.repetitions=1",
+        "model=tiny-gpt2",
+        "profile=rag",
+        "study.n_trials=2",
+        "storage=journal",
+        f"storage.url={journal}",
+        "profile.new_tokens=4",
+        "profile.repetitions=1",
         "search_space.batch_size=[1]",
     )
     assert result.returncode == 0, result.stderr
@@ -118,10 +123,12 @@ def test_unopenable_storage_is_refused_and_credentials_never_printed(run_cli, tm
 def test_help_lists_the_config_groups_and_their_options(run_cli):
     result = run_cli("--help")
     assert result.returncode == 0
-    for line in ("model: gpt2, qwen2.5-0.5b, tiny-gpt2, tiny-llama",
-                 "profile: chat-agent, ci-micro, longform, rag",
-                 "sampler: gp, grid, nsga2, profile, random, tpe",
-                 "storage: journal, memory, sqlite"):
+    for line in (
+        "model: gpt2, qwen2.5-0.5b, tiny-gpt2, tiny-llama",
+        "profile: chat-agent, ci-micro, longform, rag",
+        "sampler: gp, grid, nsga2, profile, random, tpe",
+        "storage: journal, memory, sqlite",
+    ):
         assert line in result.stdout
 
 

@@ -26,8 +26,12 @@ def storage(tmp_path_factory) -> str:
 
 def _compare(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kvopt", "compare", *args], cwd=cwd, env=ENV,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "kvopt", "compare", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -75,8 +79,9 @@ def test_a_missing_study_is_one_clear_message_and_exit_2(storage: str, tmp_path:
     proc = _compare("a", "nope", f"storage.url={storage}", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "Traceback" not in proc.stderr
-    assert re.search(r"study.name: got 'nope' but .* has no such study; studies there: 'a', 'b'",
-                     proc.stderr.replace("\n", " ")), proc.stderr
+    assert re.search(
+        r"study.name: got 'nope' but .* has no such study; studies there: 'a', 'b'", proc.stderr.replace("\n", " ")
+    ), proc.stderr
 
 
 @pytest.mark.parametrize(

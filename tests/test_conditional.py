@@ -34,8 +34,13 @@ def test_quantized_and_static_options_become_generate_arguments():
 
 def test_options_are_sampled_only_for_the_cache_that_takes_them():
     cfg = SearchSpaceConfig(
-        name="t", cache_implementation=("dynamic", "static", "quantized"), attn_implementation=("sdpa",),
-        dtype=("float32",), batch_size=(1,), quantized_backends=("fp8", "quanto"), quantized_nbits=(2, 4),
+        name="t",
+        cache_implementation=("dynamic", "static", "quantized"),
+        attn_implementation=("sdpa",),
+        dtype=("float32",),
+        batch_size=(1,),
+        quantized_backends=("fp8", "quanto"),
+        quantized_nbits=(2, 4),
         static_compile=(False, True),
     )
     space = SearchSpace.from_config(cfg, Candidate("dynamic", "sdpa", "float32", 1), {})
@@ -73,8 +78,11 @@ def _cfg(*overrides):
 
 
 def test_a_backend_that_is_not_installed_is_refused_up_front():
-    cfg = _cfg("search_space.cache_implementation=[dynamic,quantized]", "search_space.quantized.backends=[hqq]",
-               "storage=memory")
+    cfg = _cfg(
+        "search_space.cache_implementation=[dynamic,quantized]",
+        "search_space.quantized.backends=[hqq]",
+        "storage=memory",
+    )
     with pytest.raises(ConfigError) as info:
         prepare(cfg)
     assert "search_space.quantized.backends: got 'hqq'" in str(info.value)

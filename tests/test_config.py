@@ -27,9 +27,7 @@ def test_conf_dir_is_the_repository_conf():
     assert (CONF / "config.yaml").samefile(f"{conf_dir()}/config.yaml")
 
 
-@pytest.mark.parametrize(
-    "model,profile", list(itertools.product(_options("model"), _options("profile")))
-)
+@pytest.mark.parametrize("model,profile", list(itertools.product(_options("model"), _options("profile"))))
 def test_every_model_and_profile_validates(model, profile):
     cfg = validate(_compose([f"model={model}", f"profile={profile}"]))
     assert cfg.model.name == model
@@ -99,11 +97,20 @@ def test_the_yaml_states_the_dataclass_defaults():
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
         cfg = validate(compose(config_name="config"))
     assert (cfg.measure, cfg.trial, cfg.pruning, cfg.confirm, cfg.scale, cfg.worker) == (
-        MeasureConfig(), TrialConfig(), PruningConfig(), ConfirmConfig(), ScaleConfig(), 0
+        MeasureConfig(),
+        TrialConfig(),
+        PruningConfig(),
+        ConfirmConfig(),
+        ScaleConfig(),
+        0,
     )
     # A config without these sections (a dict passed to validate) gets the same.
     sections = ("model", "profile", "search_space", "sampler", "storage", "study", "device", "seed")
     bare = validate({k: v for k, v in cfg.raw.items() if k in sections})
     assert (bare.measure, bare.trial, bare.pruning, bare.confirm, bare.scale) == (
-        cfg.measure, cfg.trial, cfg.pruning, cfg.confirm, cfg.scale
+        cfg.measure,
+        cfg.trial,
+        cfg.pruning,
+        cfg.confirm,
+        cfg.scale,
     )

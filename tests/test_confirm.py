@@ -25,11 +25,21 @@ def test_paired_gains_have_a_confidence_interval():
 
 def test_a_study_ends_with_a_confirmed_recommendation(tmp_path):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
-        cfg = validate(compose(config_name="config", overrides=[
-            "model=tiny-llama", "profile=ci-micro", "study.n_trials=4", "confirm.top_k=2",
-            "confirm.rounds=6", "measure.adaptive=false", "search_space.dtype=[float32]",
-            f"storage.url=sqlite:///{tmp_path / 'kvopt.db'}",
-        ]))
+        cfg = validate(
+            compose(
+                config_name="config",
+                overrides=[
+                    "model=tiny-llama",
+                    "profile=ci-micro",
+                    "study.n_trials=4",
+                    "confirm.top_k=2",
+                    "confirm.rounds=6",
+                    "measure.adaptive=false",
+                    "search_space.dtype=[float32]",
+                    f"storage.url=sqlite:///{tmp_path / 'kvopt.db'}",
+                ],
+            )
+        )
     result = tune(cfg, output_dir=tmp_path / "out")
     confirmation = result.confirmation
     assert confirmation is not None and confirmation.rounds == 6

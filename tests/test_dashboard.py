@@ -25,16 +25,24 @@ def _get(url: str) -> dict:
 def test_dashboard_serves_the_study_with_its_metric_names(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'kvopt.db'}"
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
-        cfg = validate(compose(config_name="config", overrides=[
-            "model=tiny-gpt2", "profile=ci-micro", "study.n_trials=2", f"storage.url={url}",
-        ]))
+        cfg = validate(
+            compose(
+                config_name="config",
+                overrides=[
+                    "model=tiny-gpt2",
+                    "profile=ci-micro",
+                    "study.n_trials=2",
+                    f"storage.url={url}",
+                ],
+            )
+        )
     tune(cfg)
 
     port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "optuna-dashboard"), url,
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [str(Path(sys.executable).parent / "optuna-dashboard"), url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"

@@ -16,8 +16,13 @@ BASELINE = Candidate("dynamic", "sdpa", "float32", 1)
 
 def _space() -> SearchSpace:
     cfg = SearchSpaceConfig(
-        name="t", cache_implementation=("dynamic", "static", "quantized"), attn_implementation=("sdpa",),
-        dtype=("float32",), batch_size=(1, 2), quantized_backends=("fp8",), static_compile=(False, True),
+        name="t",
+        cache_implementation=("dynamic", "static", "quantized"),
+        attn_implementation=("sdpa",),
+        dtype=("float32",),
+        batch_size=(1, 2),
+        quantized_backends=("fp8",),
+        static_compile=(False, True),
     )
     return SearchSpace.from_config(cfg, BASELINE, {})
 

@@ -30,11 +30,25 @@ def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     out = root / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "kvopt", f"model={MODEL}", "profile=ci-micro", "study.n_trials=4",
-         "measure.adaptive=false", "confirm.rounds=2", "search_space.dtype=[float32]",
-         f"storage.url=sqlite:///{root / 'kvopt.db'}", f"hydra.run.dir={out}", f"scale.lock_dir={root}"],
-        cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "kvopt",
+            f"model={MODEL}",
+            "profile=ci-micro",
+            "study.n_trials=4",
+            "measure.adaptive=false",
+            "confirm.rounds=2",
+            "search_space.dtype=[float32]",
+            f"storage.url=sqlite:///{root / 'kvopt.db'}",
+            f"hydra.run.dir={out}",
+            f"scale.lock_dir={root}",
+        ],
+        cwd=root,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
@@ -91,8 +105,11 @@ def _run_snippet(script: Path) -> list[str]:
         f"runpy.run_path({str(script)!r}, run_name='__main__')"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", runner], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", runner],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.splitlines()
@@ -135,8 +152,15 @@ def _result(candidate: Candidate, number: int, ttft: float, tput: float, mem: fl
 
 def _settings(rec: Recommendation | None, front: list[Result], baseline: Result | None) -> StudySettings:
     return StudySettings(
-        study="s", model=model_config(MODEL), profile="ci-micro", slo={}, device="cpu",
-        workload=Workload(32, 8), recommendation=rec, front=front, baseline=baseline,
+        study="s",
+        model=model_config(MODEL),
+        profile="ci-micro",
+        slo={},
+        device="cpu",
+        workload=Workload(32, 8),
+        recommendation=rec,
+        front=front,
+        baseline=baseline,
     )
 
 

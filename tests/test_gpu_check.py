@@ -15,15 +15,23 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 STEPS = ["info", "study", "study_full", "memory", "noise", "oom"]
-FILES = {"summary.json", "gpu_check.log", "kvopt.db", "results_study.json", "results_study_full.json",
-         "results_oom.json", "noise.json"}
+FILES = {
+    "summary.json",
+    "gpu_check.log",
+    "kvopt.db",
+    "results_study.json",
+    "results_study_full.json",
+    "results_oom.json",
+    "noise.json",
+}
 
 
 def gpu_check(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("OUT", None)  # the device tool's variable must not leak into a test
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,21 @@ from kvopt.runner import tune
 
 def _config(tmp_path, *overrides):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
-        return validate(compose(config_name="config", overrides=[
-            "model=tiny-gpt2", "profile=ci-micro", "trial.isolation=process",
-            f"storage.url=sqlite:///{tmp_path / 'kvopt.db'}", "confirm.rounds=0",
-            "measure.adaptive=false", "search_space.dtype=[float32]", *overrides,
-        ]))
+        return validate(
+            compose(
+                config_name="config",
+                overrides=[
+                    "model=tiny-gpt2",
+                    "profile=ci-micro",
+                    "trial.isolation=process",
+                    f"storage.url=sqlite:///{tmp_path / 'kvopt.db'}",
+                    "confirm.rounds=0",
+                    "measure.adaptive=false",
+                    "search_space.dtype=[float32]",
+                    *overrides,
+                ],
+            )
+        )
 
 
 def test_peak_rss_catches_a_short_allocation_spike():
@@ -66,10 +76,16 @@ def test_a_killed_trial_process_is_recorded_and_the_study_goes_on(tmp_path):
     killer = threading.Thread(target=_kill_trial_process_once, args=(stop,), daemon=True)
     killer.start()
     try:
-        result = tune(_config(
-            tmp_path, "study.n_trials=3", "sampler=grid", "search_space.batch_size=[1,2]",
-            "search_space.cache_implementation=[dynamic]", "search_space.attn_implementation=[sdpa]",
-        ))
+        result = tune(
+            _config(
+                tmp_path,
+                "study.n_trials=3",
+                "sampler=grid",
+                "search_space.batch_size=[1,2]",
+                "search_space.cache_implementation=[dynamic]",
+                "search_space.attn_implementation=[sdpa]",
+            )
+        )
     finally:
         stop.set()
     first = result.outcomes[0]

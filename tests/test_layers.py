@@ -28,23 +28,47 @@ from conftest import REPO
 # Names not (yet) in the tree are allowed: they reserve a module's place.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Vocabulary and helpers every layer may use; no measuring, no Optuna study.
-    ("foundation", ("kvopt.errors", "kvopt.paths", "kvopt.env", "kvopt.metrics", "kvopt.attrs",
-                    "kvopt.interrupt", "kvopt.config", "kvopt.compose")),
+    (
+        "foundation",
+        (
+            "kvopt.errors",
+            "kvopt.paths",
+            "kvopt.env",
+            "kvopt.metrics",
+            "kvopt.attrs",
+            "kvopt.interrupt",
+            "kvopt.config",
+            "kvopt.compose",
+        ),
+    ),
     # What is known or decided without running a model.
-    ("knowledge", ("kvopt.space", "kvopt.workload", "kvopt.select", "kvopt.predict", "kvopt.machine",
-                   "kvopt.surrogate")),
+    (
+        "knowledge",
+        ("kvopt.space", "kvopt.workload", "kvopt.select", "kvopt.predict", "kvopt.machine", "kvopt.surrogate"),
+    ),
     # Loading and running models, and measuring them (the probe runs candidates too).
     ("measurement", ("kvopt.engine", "kvopt.measure", "kvopt.probe", "kvopt.protocol", "kvopt.failures")),
     # One trial and the Optuna study around it (sampler and converge: the search's own modules).
-    ("trial machinery", ("kvopt.trial", "kvopt.isolation", "kvopt.workers", "kvopt.study", "kvopt.storage",
-                         "kvopt.confirm", "kvopt.explore", "kvopt.sampler", "kvopt.converge")),
+    (
+        "trial machinery",
+        (
+            "kvopt.trial",
+            "kvopt.isolation",
+            "kvopt.workers",
+            "kvopt.study",
+            "kvopt.storage",
+            "kvopt.confirm",
+            "kvopt.explore",
+            "kvopt.sampler",
+            "kvopt.converge",
+        ),
+    ),
     # A finished run described from its storage alone.
     ("run record", ("kvopt.stored",)),
     # Renderers of the run record (and the subcommands that only read stored studies).
     ("outputs", ("kvopt.report",)),
     ("orchestration", ("kvopt.runner",)),
-    ("entry points", ("kvopt", "kvopt.__main__", "kvopt.cli", "kvopt.api", "kvopt.sweep", "kvopt.info",
-                      "kvopt.bench")),
+    ("entry points", ("kvopt", "kvopt.__main__", "kvopt.cli", "kvopt.api", "kvopt.sweep", "kvopt.info", "kvopt.bench")),
 ]
 
 
@@ -147,9 +171,7 @@ def layer_problems(root: Path, package: str, layers: Sequence[tuple[str, Sequenc
         for target in sorted(graph[name]):
             other = layer_of(target, layers, package)
             if other is not None and other > own:
-                problems.append(
-                    f"{name} ({layers[own][0]}) imports {target} ({layers[other][0]}), a layer above it"
-                )
+                problems.append(f"{name} ({layers[own][0]}) imports {target} ({layers[other][0]}), a layer above it")
     for cycle in _cycles(graph):
         problems.append("import cycle among " + ", ".join(cycle))
     return problems
@@ -176,16 +198,19 @@ TOY_LAYERS = [("low", ("toy.base",)), ("middle", ("toy.mid",)), ("high", ("toy.t
 
 
 def test_the_check_catches_a_planted_upward_import_even_a_lazy_one(tmp_path: Path):
-    _write_package(tmp_path, {
-        "toy/__init__.py": "",
-        "toy/base.py": """
+    _write_package(
+        tmp_path,
+        {
+            "toy/__init__.py": "",
+            "toy/base.py": """
             def helper():
                 from toy.top import main  # planted: the bottom reaches up, inside a function
                 return main
         """,
-        "toy/mid.py": "from toy import base\n",
-        "toy/top.py": "from toy.mid import base\n\ndef main():\n    pass\n",
-    })
+            "toy/mid.py": "from toy import base\n",
+            "toy/top.py": "from toy.mid import base\n\ndef main():\n    pass\n",
+        },
+    )
     assert layer_problems(tmp_path, "toy", TOY_LAYERS) == [
         "toy.base (low) imports toy.top (high), a layer above it",
         "import cycle among toy.base, toy.mid, toy.top",
@@ -193,17 +218,20 @@ def test_the_check_catches_a_planted_upward_import_even_a_lazy_one(tmp_path: Pat
 
 
 def test_the_check_catches_type_checking_and_relative_imports_and_a_module_without_a_layer(tmp_path: Path):
-    _write_package(tmp_path, {
-        "toy/__init__.py": "",
-        "toy/base.py": "",
-        "toy/mid.py": """
+    _write_package(
+        tmp_path,
+        {
+            "toy/__init__.py": "",
+            "toy/base.py": "",
+            "toy/mid.py": """
             from typing import TYPE_CHECKING
             if TYPE_CHECKING:
                 from .top import main
         """,
-        "toy/top.py": "from . import base\n",
-        "toy/stray.py": "import toy.base\n",
-    })
+            "toy/top.py": "from . import base\n",
+            "toy/stray.py": "import toy.base\n",
+        },
+    )
     assert layer_problems(tmp_path, "toy", TOY_LAYERS) == [
         "toy.mid (middle) imports toy.top (high), a layer above it",
         "toy.stray: in no layer; add it to LAYERS in tests/test_layers.py",
@@ -211,10 +239,13 @@ def test_the_check_catches_type_checking_and_relative_imports_and_a_module_witho
 
 
 def test_a_clean_toy_package_passes(tmp_path: Path):
-    _write_package(tmp_path, {
-        "toy/__init__.py": "",
-        "toy/base.py": "import os\n",
-        "toy/mid.py": "from toy.base import os\n",
-        "toy/top.py": "import toy.mid\nfrom toy import base\n",
-    })
+    _write_package(
+        tmp_path,
+        {
+            "toy/__init__.py": "",
+            "toy/base.py": "import os\n",
+            "toy/mid.py": "from toy.base import os\n",
+            "toy/top.py": "import toy.mid\nfrom toy import base\n",
+        },
+    )
     assert layer_problems(tmp_path, "toy", TOY_LAYERS) == []

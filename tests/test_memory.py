@@ -17,9 +17,7 @@ CPU = torch.device("cpu")
 def _measure(model_cfg, candidate: Candidate, workload: Workload):
     loader = ModelLoader(model_cfg, WeightsSource("random", "test"), CPU, seed=0)
     loaded, _ = loader.get(candidate.dtype, candidate.attn_implementation)
-    return loaded, measure_candidate(
-        loaded, candidate, workload, CPU, warmup=1, repetitions=2, seed=0
-    )
+    return loaded, measure_candidate(loaded, candidate, workload, CPU, warmup=1, repetitions=2, seed=0)
 
 
 def _analytic_kv_bytes(layers, kv_heads, head_dim, tokens, batch, bytes_per_element):
@@ -31,9 +29,7 @@ def test_dynamic_cache_bytes_match_the_analytic_size_gpt2(tiny_gpt2):
     workload = Workload(prompt_tokens=24, new_tokens=6)
     _, m = _measure(tiny_gpt2, Candidate("dynamic", "sdpa", "float32", 3), workload)
     # The last generated token is never fed back, so the cache holds prompt + new - 1.
-    expected = _analytic_kv_bytes(
-        arch["n_layer"], arch["n_head"], arch["n_embd"] // arch["n_head"], 24 + 6 - 1, 3, 4
-    )
+    expected = _analytic_kv_bytes(arch["n_layer"], arch["n_head"], arch["n_embd"] // arch["n_head"], 24 + 6 - 1, 3, 4)
     assert m.kv_cache_bytes == expected
 
 

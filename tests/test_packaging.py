@@ -19,9 +19,22 @@ pytestmark = [pytest.mark.wheel, pytest.mark.slow]
 def test_the_wheel_carries_conf_and_runs_a_study(tmp_path: Path):
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheel_dir), str(REPO)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     wheel = next(wheel_dir.glob("kvopt-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -34,20 +47,30 @@ def test_the_wheel_carries_conf_and_runs_a_study(tmp_path: Path):
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
     where = subprocess.run(
         [sys.executable, "-c", "import kvopt.paths as p; print(p.__file__); print(p.conf_dir())"],
-        cwd=work, env=env, capture_output=True, text=True, check=True,
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert all(str(target) in line for line in where)
     run = subprocess.run(
-        [sys.executable, "-m", "kvopt", "model=tiny-gpt2", "profile=ci-micro",
-         "study.n_trials=2", "storage=memory"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "kvopt", "model=tiny-gpt2", "profile=ci-micro", "study.n_trials=2", "storage=memory"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "recommended:" in run.stdout

@@ -24,7 +24,9 @@ CPU = torch.device("cpu")
 
 def _space(batches=(1, 4, 8)) -> SearchSpace:
     return SearchSpace(
-        cache_implementation=["dynamic"], attn_implementation=["sdpa"], dtype=["float32"],
+        cache_implementation=["dynamic"],
+        attn_implementation=["sdpa"],
+        dtype=["float32"],
         batch_size=list(batches),
         baseline=Candidate("dynamic", "sdpa", "float32", 1),
     )
@@ -61,15 +63,17 @@ def test_a_batch_larger_than_one_that_ran_out_of_memory_is_not_run(tmp_path):
     study, loader, objective = _objective(tmp_path, space)
     dists = {k: CategoricalDistribution(v) for k, v in space.choices().items()}
     # A recorded out-of-memory at batch 4 (as a GPU would give): batch 8 must not run.
-    study.add_trial(create_trial(
-        state=TrialState.PRUNED, params={**space.baseline.params(), "batch_size": 4},
-        distributions=dists, user_attrs={"reason": "out of memory: CUDA out of memory"},
-    ))
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            params={**space.baseline.params(), "batch_size": 4},
+            distributions=dists,
+            user_attrs={"reason": "out of memory: CUDA out of memory"},
+        )
+    )
     outcome = _run(study, objective, space, {**space.baseline.params(), "batch_size": 8})
     assert outcome.state == TrialState.PRUNED
-    assert outcome.reason == (
-        "batch 8 >= batch 4, which ran out of memory with the same settings in trial #0"
-    )
+    assert outcome.reason == ("batch 8 >= batch 4, which ran out of memory with the same settings in trial #0")
     assert loader._current is None
     smaller = _run(study, objective, space, {**space.baseline.params(), "batch_size": 1})
     assert smaller.state == TrialState.COMPLETE  # smaller batches still run
@@ -152,13 +156,24 @@ def test_the_pruning_replay_on_a_recorded_grid_never_prunes_the_true_front():
 
     def row(name, ttft, tput, mem, baseline=False):
         noise = lambda v: [v * rng.uniform(0.97, 1.03) for _ in range(8)]  # noqa: E731
-        return {"candidate": name, "baseline": baseline, "ttft_ms": noise(ttft),
-                "decode_tok_s": noise(tput), "peak_mem_mb": mem}
+        return {
+            "candidate": name,
+            "baseline": baseline,
+            "ttft_ms": noise(ttft),
+            "decode_tok_s": noise(tput),
+            "peak_mem_mb": mem,
+        }
 
-    grid = {"model": "synthetic", "rows": [
-        row("base", 10, 100, 50, baseline=True), row("fast", 5, 200, 50),
-        row("slow", 20, 50, 60), row("slower", 30, 40, 70), row("big", 40, 800, 200),
-    ]}
+    grid = {
+        "model": "synthetic",
+        "rows": [
+            row("base", 10, 100, 50, baseline=True),
+            row("fast", 5, 200, 50),
+            row("slow", 20, 50, 60),
+            row("slower", 30, 40, 70),
+            row("big", 40, 800, 200),
+        ],
+    }
     result = replay_pruning_rule(grid, seeds=10, margin=0.05)
     assert result["true_front_pruned_total"] == 0
     assert set(result["true_front"]) == {1, 4}
@@ -174,8 +189,12 @@ def test_the_memory_budget_reaches_the_study():
 
     def prepared(*overrides):
         with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
-            cfg = validate(compose(config_name="config", overrides=[
-                "model=tiny-gpt2", "profile=ci-micro", "storage=memory", *overrides]))
+            cfg = validate(
+                compose(
+                    config_name="config",
+                    overrides=["model=tiny-gpt2", "profile=ci-micro", "storage=memory", *overrides],
+                )
+            )
         return prepare(cfg)
 
     assert prepared("pruning.memory_budget_mb=0.5").memory_budget_bytes == 2**19

@@ -30,8 +30,11 @@ def study_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     No dominance pruning, so all 8 trials complete and parameter importance is computed.
     """
     return make_study(
-        tmp_path_factory.mktemp("report"), f"study.n_trials={N_TRIALS}", "confirm.rounds=3",
-        "measure.adaptive=false", "pruning.dominated=false",
+        tmp_path_factory.mktemp("report"),
+        f"study.n_trials={N_TRIALS}",
+        "confirm.rounds=3",
+        "measure.adaptive=false",
+        "pruning.dominated=false",
     )
 
 
@@ -59,7 +62,8 @@ def test_stored_study_matches_what_the_run_printed_and_wrote(study_run: dict):
 def test_a_journal_copy_of_the_study_loads_the_same(study_run: dict, tmp_path: Path):
     journal = tmp_path / "copy.journal"
     optuna.copy_study(
-        from_study_name=STUDY, from_storage=study_run["url"],
+        from_study_name=STUDY,
+        from_storage=study_run["url"],
         to_storage=JournalStorage(JournalFileBackend(str(journal))),
     )
     copied, original = load_study(STUDY, str(journal)), load_study(STUDY, study_run["url"])
@@ -102,16 +106,26 @@ def test_the_run_writes_the_report_with_every_part(study_run: dict):
     rec = stored.recommendation
     assert rec is not None
     for text in (md, html):
-        for part in ("tiny-gpt2", "ci-micro", "AMD" if "AMD" in stored.attrs["machine"]["cpu"] else "",
-                     "transformers 5.", "optuna 5.", "Pareto front", "Parameter importance", "Noise flags",
-                     "Every trial", rec.result.label, f"{rec.gains_pct['decode_tok_s']:+.1f}%"):
+        for part in (
+            "tiny-gpt2",
+            "ci-micro",
+            "AMD" if "AMD" in stored.attrs["machine"]["cpu"] else "",
+            "transformers 5.",
+            "optuna 5.",
+            "Pareto front",
+            "Parameter importance",
+            "Noise flags",
+            "Every trial",
+            rec.result.label,
+            f"{rec.gains_pct['decode_tok_s']:+.1f}%",
+        ):
             assert part in text, part
         assert "median of 3 paired interleaved rounds" in text
         assert "PED-ANOVA" in text and "not computed" not in text
     # Plots: files for report.md, inline SVG with one mark per measured candidate in report.html.
     assert "![TTFT against decode throughput" in md and (run / "plots" / "pareto.svg").is_file()
     assert {p.name for p in (run / "plots").iterdir()} == {"pareto.svg", "objectives.svg", "importance.svg"}
-    pareto = html[html.index('id="plot-pareto"'):]
+    pareto = html[html.index('id="plot-pareto"') :]
     pareto = pareto[: pareto.index("</svg>")]
     assert len(re.findall(r'class="mark [^"]*" data-trial="(\d+)"', pareto)) == len(stored.results)
     # Every trial has a row with its state.

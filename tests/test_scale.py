@@ -60,8 +60,13 @@ def _as_in_a_terminal() -> None:
 def _start(*args: str, cwd: Path) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "kvopt", *args], cwd=cwd, env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal,
+        [sys.executable, "-m", "kvopt", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_in_a_terminal,
     )
 
 
@@ -125,8 +130,14 @@ def _summary_rows(root: Path) -> list[dict[str, str]]:
 def test_three_workers_share_a_journal_study_through_the_joblib_launcher(tmp_path):
     journal = tmp_path / "study.journal"
     proc = _start(
-        "-m", "worker=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3",
-        "storage=journal", f"storage.url={journal}", *FAST, "study.n_trials=3",
+        "-m",
+        "worker=0,1,2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=3",
+        "storage=journal",
+        f"storage.url={journal}",
+        *FAST,
+        "study.n_trials=3",
         f"scale.lock_dir={tmp_path / 'locks'}",
         cwd=tmp_path,
     )
@@ -148,8 +159,13 @@ def test_two_workers_sampling_the_same_candidate_measure_it_once(tmp_path, tiny_
     # have) pick up the same queued candidate at the same moment, on separate devices.
     path = tmp_path / "twins.journal"
     base = Candidate("dynamic", "sdpa", "float32", 1)
-    space = SearchSpace(cache_implementation=["dynamic", "static"], attn_implementation=["sdpa"],
-                        dtype=["float32"], batch_size=[1, 2], baseline=base)
+    space = SearchSpace(
+        cache_implementation=["dynamic", "static"],
+        attn_implementation=["sdpa"],
+        dtype=["float32"],
+        batch_size=[1, 2],
+        baseline=base,
+    )
     twin = {**base.params(), "cache_implementation": "static", "batch_size": 2}
     seed_study = open_study(_journal(path), "twins", optuna.samplers.RandomSampler(seed=0), {})
     seed_study.enqueue_trial(twin)
@@ -229,14 +245,41 @@ def postgres_url():
         os.chown(pwfile, user.pw_uid, user.pw_gid)
     data, port = root / "data", _free_port()
     subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "kvopt", f"--pwfile={pwfile}",
-         "--auth=scram-sha-256", "--no-sync", "-E", "UTF8"],
-        check=True, capture_output=True, timeout=120,
+        [
+            *run_as,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "kvopt",
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
-         "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-        check=True, capture_output=True, timeout=120,
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     try:
         import psycopg2
@@ -247,8 +290,11 @@ def postgres_url():
         conn.close()
         yield f"postgresql://kvopt:{PASSWORD}@127.0.0.1:{port}/kvopt"
     finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -270,9 +316,16 @@ def test_three_worker_processes_share_a_postgres_study(tmp_path, postgres_url):
     url = _fresh_db(postgres_url, "three_workers")
     # flag: no device turns, so the three really sample and measure at the same time.
     procs = [
-        _start(f"worker={i}", f"storage.url={url}", *FAST, "study.n_trials=3",
-               "scale.shared_device=flag", "search_space.dtype=[float32]",
-               f"hydra.run.dir=out/w{i}", cwd=tmp_path)
+        _start(
+            f"worker={i}",
+            f"storage.url={url}",
+            *FAST,
+            "study.n_trials=3",
+            "scale.shared_device=flag",
+            "search_space.dtype=[float32]",
+            f"hydra.run.dir=out/w{i}",
+            cwd=tmp_path,
+        )
         for i in range(3)
     ]
     outputs = []
@@ -351,8 +404,10 @@ def _wait_for_running_trial(storage_of, proc: subprocess.Popen, timeout: float =
         # Measuring for 0.3 s already: not a reuse, which ends within milliseconds.
         now = datetime.datetime.now()
         running = [
-            t for t in trials
-            if t.state == TrialState.RUNNING and "device_start" in t.user_attrs
+            t
+            for t in trials
+            if t.state == TrialState.RUNNING
+            and "device_start" in t.user_attrs
             and (now - t.datetime_start).total_seconds() > 0.3
         ]
         if done and running:
@@ -463,9 +518,15 @@ def test_refuse_policy_exits_when_another_worker_holds_the_device(run_cli, tmp_p
 @pytest.mark.slow
 def test_a_two_by_two_sweep_writes_a_summary_with_four_rows(tmp_path):
     proc = _start(
-        "-m", "model=tiny-gpt2,tiny-llama", "profile=ci-micro,chat-agent", "study.n_trials=2",
-        "confirm.rounds=0", "measure.adaptive=false", "profile.prompt_tokens=16",
-        "profile.new_tokens=4", "search_space.dtype=[float32]",
+        "-m",
+        "model=tiny-gpt2,tiny-llama",
+        "profile=ci-micro,chat-agent",
+        "study.n_trials=2",
+        "confirm.rounds=0",
+        "measure.adaptive=false",
+        "profile.prompt_tokens=16",
+        "profile.new_tokens=4",
+        "search_space.dtype=[float32]",
         f"storage.url=sqlite:///{tmp_path / 'sweep.db'}",
         cwd=tmp_path,
     )
@@ -474,8 +535,10 @@ def test_a_two_by_two_sweep_writes_a_summary_with_four_rows(tmp_path):
     rows = _summary_rows(tmp_path)
     assert len(rows) == 4
     assert sorted((r["model"], r["profile"]) for r in rows) == [
-        ("tiny-gpt2", "chat-agent"), ("tiny-gpt2", "ci-micro"),
-        ("tiny-llama", "chat-agent"), ("tiny-llama", "ci-micro"),
+        ("tiny-gpt2", "chat-agent"),
+        ("tiny-gpt2", "ci-micro"),
+        ("tiny-llama", "chat-agent"),
+        ("tiny-llama", "ci-micro"),
     ]
     for r in rows:
         assert r["recommendation"] and "/" in r["recommendation"]
@@ -488,8 +551,14 @@ def test_a_two_by_two_sweep_writes_a_summary_with_four_rows(tmp_path):
 def test_the_submitit_local_launcher_runs_workers_on_one_study(tmp_path):
     journal = tmp_path / "submitit.journal"
     proc = _start(
-        "-m", "hydra/launcher=submitit_local", "worker=0,1", "storage=journal",
-        f"storage.url={journal}", *FAST, "study.n_trials=2", "search_space.dtype=[float32]",
+        "-m",
+        "hydra/launcher=submitit_local",
+        "worker=0,1",
+        "storage=journal",
+        f"storage.url={journal}",
+        *FAST,
+        "study.n_trials=2",
+        "search_space.dtype=[float32]",
         f"scale.lock_dir={tmp_path / 'locks'}",
         cwd=tmp_path,
     )
@@ -506,8 +575,11 @@ def test_the_slurm_launcher_config_composes():
     from kvopt.paths import conf_dir
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm", "worker=3", "device=cuda:${worker}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="config",
+            overrides=["hydra/launcher=slurm", "worker=3", "device=cuda:${worker}"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1

@@ -36,8 +36,13 @@ PROFILE = profile_config("ci-micro")
 
 
 def space(**kw) -> SearchSpace:
-    args = dict(cache_implementation=["dynamic", "static"], attn_implementation=["sdpa", "eager"],
-                dtype=["float32"], batch_size=[1, 2, 4, 8], baseline=BASE)
+    args = dict(
+        cache_implementation=["dynamic", "static"],
+        attn_implementation=["sdpa", "eager"],
+        dtype=["float32"],
+        batch_size=[1, 2, 4, 8],
+        baseline=BASE,
+    )
     args.update(kw)
     return SearchSpace(**args)
 
@@ -54,8 +59,14 @@ def truth(c: Candidate) -> tuple[float, float, float]:
 
 def add_complete(study: optuna.Study, sp: SearchSpace, c: Candidate, values=None, **attrs) -> None:
     dists = {k: v for k, v in sp.distributions().items() if k in c.params()}
-    study.add_trial(create_trial(params=c.params(), distributions=dists, values=list(values or truth(c)),
-                                 user_attrs={"candidate": c.label, **attrs}))
+    study.add_trial(
+        create_trial(
+            params=c.params(),
+            distributions=dists,
+            values=list(values or truth(c)),
+            user_attrs={"candidate": c.label, **attrs},
+        )
+    )
 
 
 def new_study() -> optuna.Study:
@@ -73,8 +84,10 @@ def test_batch_size_and_nbits_are_ordinal_features() -> None:
     two, four = (enc.encode(Candidate("quantized", "sdpa", "float32", 1, "quanto", n))[nb] for n in (2, 4))
     assert two < four
     # A model told only batch 1 and 8 places batch 2 and 4 in between, in order.
-    obs = [Observation(Candidate("dynamic", "sdpa", "float32", b), {"ttft_ms": math.log(10.0 * b)},
-                       {"ttft_ms": 0.02}) for b in (1, 8)]
+    obs = [
+        Observation(Candidate("dynamic", "sdpa", "float32", b), {"ttft_ms": math.log(10.0 * b)}, {"ttft_ms": 0.02})
+        for b in (1, 8)
+    ]
     means, _ = fit_model(sp, obs).predict([Candidate("dynamic", "sdpa", "float32", b) for b in (1, 2, 4, 8)])
     assert list(means[:, 0]) == sorted(means[:, 0])
 
@@ -96,8 +109,10 @@ def test_the_sampler_drives_a_real_study_and_never_repeats() -> None:
     chosen = [t for t in study.trials if t.number in sampler.last_choice]
     assert chosen and all(sampler.last_choice[t.number] for t in chosen)
     # Profile-directed: the best candidate of this made-up machine is among the first few.
-    best = max(sp.candidates(), key=lambda c: -0.4 * math.log(truth(c)[0]) + 0.4 * math.log(truth(c)[1])
-               - 0.2 * math.log(truth(c)[2]))
+    best = max(
+        sp.candidates(),
+        key=lambda c: -0.4 * math.log(truth(c)[0]) + 0.4 * math.log(truth(c)[1]) - 0.2 * math.log(truth(c)[2]),
+    )
     assert seen.index(candidate_key(best.params())) < sp.size // 2
 
 
@@ -107,16 +122,30 @@ def test_pruned_and_failed_trials_feed_the_sampler() -> None:
     add_complete(study, sp, BASE, baseline=True)
     oom = Candidate("static", "sdpa", "float32", 2, compile=False)
     dists = {k: v for k, v in sp.distributions().items() if k in oom.params()}
-    study.add_trial(create_trial(params=oom.params(), distributions=dists, state=TrialState.PRUNED,
-                                 user_attrs={"reason": "out of memory: CUDA", "constraints": {"runs": 1.0}},
-                                 system_attrs={"constraints:runs": 1.0}))
+    study.add_trial(
+        create_trial(
+            params=oom.params(),
+            distributions=dists,
+            state=TrialState.PRUNED,
+            user_attrs={"reason": "out of memory: CUDA", "constraints": {"runs": 1.0}},
+            system_attrs={"constraints:runs": 1.0},
+        )
+    )
     early = Candidate("dynamic", "eager", "float32", 4)
     early_dists = {k: v for k, v in sp.distributions().items() if k in early.params()}
-    study.add_trial(create_trial(
-        params=early.params(), distributions=early_dists, state=TrialState.PRUNED,
-        user_attrs={"reason": "dominated by trial #0", "ttft_ms_stats": {"median": 20.0, "ci_low": 18, "ci_high": 22},
-                    "decode_tok_s_stats": {"median": 250.0, "ci_low": 240, "ci_high": 260}, "peak_mem_mb": 140.0},
-    ))
+    study.add_trial(
+        create_trial(
+            params=early.params(),
+            distributions=early_dists,
+            state=TrialState.PRUNED,
+            user_attrs={
+                "reason": "dominated by trial #0",
+                "ttft_ms_stats": {"median": 20.0, "ci_low": 18, "ci_high": 22},
+                "decode_tok_s_stats": {"median": 250.0, "ci_low": 240, "ci_high": 260},
+                "peak_mem_mb": 140.0,
+            },
+        )
+    )
     state = read_study(study, sp)
     larger = {candidate_key(Candidate("static", "sdpa", "float32", b, compile=False).params()) for b in (2, 4, 8)}
     assert larger <= state.cannot_run  # the failure and every larger batch of the same settings
@@ -139,8 +168,11 @@ def test_convergence_stops_only_when_no_candidate_can_still_win() -> None:
     sp = space()
     study = new_study()
     add_complete(study, sp, BASE, baseline=True)
-    for c in (Candidate("dynamic", "sdpa", "float32", 2), Candidate("static", "sdpa", "float32", 1),
-              Candidate("dynamic", "eager", "float32", 1)):
+    for c in (
+        Candidate("dynamic", "sdpa", "float32", 2),
+        Candidate("static", "sdpa", "float32", 1),
+        Candidate("dynamic", "eager", "float32", 1),
+    ):
         add_complete(study, sp, c)
     # Batch helps on this machine and batch 4 and 8 are unmeasured: they can still win.
     assert check_converged(study, sp, PROFILE) is None
@@ -160,8 +192,14 @@ def test_convergence_stops_only_when_no_candidate_can_still_win() -> None:
 def test_finalists_are_only_candidates_that_can_still_win() -> None:
     def result(n: int, ttft: float, tput: float, ci: float, baseline: bool = False) -> Result:
         stats = lambda v: {"median": v, "ci_low": v * (1 - ci), "ci_high": v * (1 + ci)}  # noqa: E731
-        return Result(n, {"batch_size": n + 1}, f"c{n}", {"ttft_ms": ttft, "decode_tok_s": tput, "peak_mem_mb": 100.0},
-                      baseline, {"ttft_ms_stats": stats(ttft), "decode_tok_s_stats": stats(tput)})
+        return Result(
+            n,
+            {"batch_size": n + 1},
+            f"c{n}",
+            {"ttft_ms": ttft, "decode_tok_s": tput, "peak_mem_mb": 100.0},
+            baseline,
+            {"ttft_ms_stats": stats(ttft), "decode_tok_s_stats": stats(tput)},
+        )
 
     base = result(0, 10.0, 100.0, 0.02, baseline=True)
     best = result(1, 8.0, 150.0, 0.05)
@@ -183,8 +221,13 @@ def test_a_call_predicted_far_past_the_budget_is_skipped_with_its_reason() -> No
     from kvopt.trial import Objective
 
     objective = Objective(
-        sp, ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), torch.device("cpu"), 0),
-        Workload(32, 8), torch.device("cpu"), warmup=1, repetitions=3, seed=0,
+        sp,
+        ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), torch.device("cpu"), 0),
+        Workload(32, 8),
+        torch.device("cpu"),
+        warmup=1,
+        repetitions=3,
+        seed=0,
         measure=MeasureConfig(max_seconds=20.0),
     )
     trial = study.ask({k: v for k, v in sp.distributions().items() if k in BASE.params()})
@@ -238,15 +281,22 @@ def test_warm_start_from_a_study_that_is_not_there_is_refused_before_any_work(ru
 @pytest.mark.slow
 def test_warm_start_from_another_study_tries_its_best_first(run_cli, tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'kvopt.db'}"
-    space = ["search_space.dtype=[float32]", "search_space.cache_implementation=[dynamic,static]",
-             "confirm.rounds=0"]
-    first = run_cli("model=tiny-gpt2", "profile=ci-micro", f"storage.url={url}", "study.name=old",
-                    "study.n_trials=4", *space)
+    space = ["search_space.dtype=[float32]", "search_space.cache_implementation=[dynamic,static]", "confirm.rounds=0"]
+    first = run_cli(
+        "model=tiny-gpt2", "profile=ci-micro", f"storage.url={url}", "study.name=old", "study.n_trials=4", *space
+    )
     assert first.returncode == 0, first.stderr
     old = optuna.load_study(study_name="old", storage=url)
     assert [t for t in old.trials if t.state == TrialState.COMPLETE]
-    second = run_cli("model=tiny-gpt2", "profile=ci-micro", f"storage.url={url}", "study.name=new",
-                     "study.n_trials=2", "study.warm_start=old", *space)
+    second = run_cli(
+        "model=tiny-gpt2",
+        "profile=ci-micro",
+        f"storage.url={url}",
+        "study.name=new",
+        "study.n_trials=2",
+        "study.warm_start=old",
+        *space,
+    )
     assert second.returncode == 0, second.stderr
     assert "warm start    old:" in second.stdout
     new = optuna.load_study(study_name="new", storage=url).trials

@@ -71,9 +71,7 @@ def test_recommendation_never_breaks_an_slo():
 
 
 def test_no_candidate_meeting_the_slos_is_said_plainly():
-    profile = profile_config(
-        "ci-micro", slo={"max_ttft_ms": 1.0, "min_decode_tok_s": None, "max_mem_mb": None}
-    )
+    profile = profile_config("ci-micro", slo={"max_ttft_ms": 1.0, "min_decode_tok_s": None, "max_mem_mb": None})
     rec = recommend([BASE, FAST, BIG], profile)
     assert not rec.meets_slo
     assert "no measured candidate meets" in rec.note

@@ -66,5 +66,8 @@ def test_an_exception_becomes_a_state_a_reason_and_a_kind():
     oom = failure_reason(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 8 GB"))
     assert oom.kind == Failure.OUT_OF_MEMORY and oom.reason.startswith("out of memory: ")
     other = failure_reason(ValueError("flex_attention is not supported\nmore"))
-    assert (other.state.name, other.reason, other.kind) == ("FAIL", "ValueError: flex_attention is not supported",
-                                                            Failure.ERROR)
+    assert (other.state.name, other.reason, other.kind) == (
+        "FAIL",
+        "ValueError: flex_attention is not supported",
+        Failure.ERROR,
+    )

@@ -15,13 +15,22 @@ def make_two_studies(root: Path) -> str:
     url = f"sqlite:///{root / 'kvopt.db'}"
     for name, batches in BATCHES.items():
         kvopt.tune(
-            model="tiny-gpt2", profile="ci-micro", storage={"url": url},
+            model="tiny-gpt2",
+            profile="ci-micro",
+            storage={"url": url},
             # grid + no dominance pruning: every candidate measured; the study stops at exhaustion.
-            sampler="grid", pruning={"dominated": False},
+            sampler="grid",
+            pruning={"dominated": False},
             # A lock folder of its own: no turn-taking with kvopt processes outside the test.
             scale={"lock_dir": str(root)},
-            study={"name": name, "n_trials": 8}, confirm={"rounds": 2}, measure={"adaptive": False},
-            search_space={"dtype": ["float32"], "attn_implementation": ["sdpa"],
-                          "cache_implementation": ["dynamic", "static"], "batch_size": batches},
+            study={"name": name, "n_trials": 8},
+            confirm={"rounds": 2},
+            measure={"adaptive": False},
+            search_space={
+                "dtype": ["float32"],
+                "attn_implementation": ["sdpa"],
+                "cache_implementation": ["dynamic", "static"],
+                "batch_size": batches,
+            },
         )
     return url

@@ -37,8 +37,11 @@ def provenance() -> dict[str, Any]:
     """When, on what machine and by which command a benchmark figure was made."""
     from kvopt.machine import machine_info
 
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
 
 
 def script_main(main: Callable[[], None]) -> None:

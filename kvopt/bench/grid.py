@@ -47,28 +47,47 @@ def _measure_row(loader: Any, cand: Candidate, cfg: KvoptConfig, workload: Any, 
     try:
         loaded, reused = loader.get(cand.dtype, cand.attn_implementation)
         m = measure_candidate(
-            loaded, cand, workload, device, warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions,
-            seed=cfg.seed, measure=cfg.measure,
+            loaded,
+            cand,
+            workload,
+            device,
+            warmup=cfg.profile.warmup,
+            repetitions=cfg.profile.repetitions,
+            seed=cfg.seed,
+            measure=cfg.measure,
         )
     except Exception as exc:  # a candidate that cannot run is a row of the table too
         row.update({"status": "failed", "reason": failure_reason(exc).reason, "wall_s": time.perf_counter() - start})
         return row
     ttft, tput, mem = m.values
-    row.update({
-        "status": "ok", "reason": None,
-        "ttft_ms": m.ttft_ms, "decode_tok_s": m.decode_tok_s,
-        "ttft_ms_median": ttft, "decode_tok_s_median": tput, "peak_mem_mb": mem,
-        "n": len(m.ttft_ms), "stopped_because": m.stopped_because, "noisy": m.noisy,
-        "kv_cache_mb": m.to_attrs()["kv_cache_mb"], "weights_mb": m.to_attrs()["weights_mb"],
-        "load_s": 0.0 if reused else loaded.load_s, "first_call_s": m.first_call_s,
-        **{k: m.extra[k] for k in ("memory_run_s", "warmup_s", "timed_runs_s")},
-        "wall_s": time.perf_counter() - start,
-    })
+    row.update(
+        {
+            "status": "ok",
+            "reason": None,
+            "ttft_ms": m.ttft_ms,
+            "decode_tok_s": m.decode_tok_s,
+            "ttft_ms_median": ttft,
+            "decode_tok_s_median": tput,
+            "peak_mem_mb": mem,
+            "n": len(m.ttft_ms),
+            "stopped_because": m.stopped_because,
+            "noisy": m.noisy,
+            "kv_cache_mb": m.to_attrs()["kv_cache_mb"],
+            "weights_mb": m.to_attrs()["weights_mb"],
+            "load_s": 0.0 if reused else loaded.load_s,
+            "first_call_s": m.first_call_s,
+            **{k: m.extra[k] for k in ("memory_run_s", "warmup_s", "timed_runs_s")},
+            "wall_s": time.perf_counter() - start,
+        }
+    )
     return row
 
 
 def record_grid(
-    cfg: KvoptConfig, overrides: list[str], *, order_seed: int = 0,
+    cfg: KvoptConfig,
+    overrides: list[str],
+    *,
+    order_seed: int = 0,
     on_row: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every candidate of the probed search space ``cfg`` describes, once each."""
@@ -83,8 +102,13 @@ def record_grid(
     load_before = load_average()
     start = time.perf_counter()
     for i, cand in enumerate(order):
-        row = {"candidate": cand.label, "params": cand.params(), "settings": cand.as_dict(),
-               "baseline": cand == space.baseline, **_measure_row(loader, cand, cfg, p.workload, p.device)}
+        row = {
+            "candidate": cand.label,
+            "params": cand.params(),
+            "settings": cand.as_dict(),
+            "baseline": cand == space.baseline,
+            **_measure_row(loader, cand, cfg, p.workload, p.device),
+        }
         rows.append(row)
         if on_row is not None:
             on_row(i, len(order), row)
@@ -92,19 +116,36 @@ def record_grid(
     loader.release()
     return {
         **provenance(),
-        "model": cfg.model.name, "profile": cfg.profile.name, "overrides": overrides,
-        "weights": p.weights.kind, "device": str(p.device),
-        "workload": {"prompt_tokens": p.workload.prompt_tokens, "new_tokens": p.workload.new_tokens,
-                     "note": p.workload.note},
-        "profile_config": cfg.raw["profile"], "measure": cfg.raw["measure"], "seed": cfg.seed,
-        "space": {
-            "cache_implementation": space.cache_implementation, "attn_implementation": space.attn_implementation,
-            "dtype": space.dtype, "batch_size": space.batch_size, "quantized_backends": space.quantized_backends,
-            "quantized_nbits": space.quantized_nbits, "static_compile": space.static_compile,
-            "baseline": space.baseline.as_dict(), "dropped": space.dropped, "size": space.size,
+        "model": cfg.model.name,
+        "profile": cfg.profile.name,
+        "overrides": overrides,
+        "weights": p.weights.kind,
+        "device": str(p.device),
+        "workload": {
+            "prompt_tokens": p.workload.prompt_tokens,
+            "new_tokens": p.workload.new_tokens,
+            "note": p.workload.note,
         },
-        "candidates": len(rows), "failed": sum(r["status"] != "ok" for r in rows),
-        "grid_wall_s": wall, "load_1min_before": load_before, "load_1min_after": load_average(),
+        "profile_config": cfg.raw["profile"],
+        "measure": cfg.raw["measure"],
+        "seed": cfg.seed,
+        "space": {
+            "cache_implementation": space.cache_implementation,
+            "attn_implementation": space.attn_implementation,
+            "dtype": space.dtype,
+            "batch_size": space.batch_size,
+            "quantized_backends": space.quantized_backends,
+            "quantized_nbits": space.quantized_nbits,
+            "static_compile": space.static_compile,
+            "baseline": space.baseline.as_dict(),
+            "dropped": space.dropped,
+            "size": space.size,
+        },
+        "candidates": len(rows),
+        "failed": sum(r["status"] != "ok" for r in rows),
+        "grid_wall_s": wall,
+        "load_1min_before": load_before,
+        "load_1min_after": load_average(),
         "shared_machine_note": "the CPU was shared with other processes while recording; see load_1min_*",
         "rows": rows,
     }
@@ -114,10 +155,15 @@ def space_from_grid(grid: dict[str, Any]) -> SearchSpace:
     """The search space a grid was recorded on, as a study would sample it."""
     s = grid["space"]
     return SearchSpace(
-        cache_implementation=list(s["cache_implementation"]), attn_implementation=list(s["attn_implementation"]),
-        dtype=list(s["dtype"]), batch_size=list(s["batch_size"]), baseline=Candidate(**s["baseline"]),
-        quantized_backends=list(s["quantized_backends"]), quantized_nbits=list(s["quantized_nbits"]),
-        static_compile=list(s["static_compile"]), dropped=dict(s["dropped"]),
+        cache_implementation=list(s["cache_implementation"]),
+        attn_implementation=list(s["attn_implementation"]),
+        dtype=list(s["dtype"]),
+        batch_size=list(s["batch_size"]),
+        baseline=Candidate(**s["baseline"]),
+        quantized_backends=list(s["quantized_backends"]),
+        quantized_nbits=list(s["quantized_nbits"]),
+        static_compile=list(s["static_compile"]),
+        dropped=dict(s["dropped"]),
     )
 
 
@@ -128,10 +174,11 @@ def grid_rows_ok(grid: dict[str, Any]) -> list[dict[str, Any]]:
 
 def median_values(row: dict[str, Any]) -> dict[str, float]:
     """A row's objectives over all its recorded repetitions: the table's truth."""
-    return {"ttft_ms": statistics.median(row["ttft_ms"]), "decode_tok_s": statistics.median(row["decode_tok_s"]),
-            "peak_mem_mb": row["peak_mem_mb"]}
-
-
+    return {
+        "ttft_ms": statistics.median(row["ttft_ms"]),
+        "decode_tok_s": statistics.median(row["decode_tok_s"]),
+        "peak_mem_mb": row["peak_mem_mb"],
+    }
 
 
 def grid_results(grid: dict[str, Any]) -> list[Result]:
@@ -142,10 +189,18 @@ def grid_results(grid: dict[str, Any]) -> list[Result]:
     # Tables of the first pruning benchmark (benchmarks/grid_tiny-llama.json) carry no params.
     # The medians' statistics (CIs) ride along as a trial's would, for noise-aware rules.
     return [
-        Result(i, r.get("params", {}), r["candidate"], median_values(r), r["baseline"], {
-            "baseline": r["baseline"],
-            "ttft_ms_stats": describe_stats(r["ttft_ms"]), "decode_tok_s_stats": describe_stats(r["decode_tok_s"]),
-        })
+        Result(
+            i,
+            r.get("params", {}),
+            r["candidate"],
+            median_values(r),
+            r["baseline"],
+            {
+                "baseline": r["baseline"],
+                "ttft_ms_stats": describe_stats(r["ttft_ms"]),
+                "decode_tok_s_stats": describe_stats(r["decode_tok_s"]),
+            },
+        )
         for i, r in enumerate(rows)
     ]
 

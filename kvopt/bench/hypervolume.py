@@ -60,5 +60,8 @@ class Normalizer:
         return (math.log(value) - self.low[metric]) / span if span > 0 else 0.0
 
     def __call__(self, v: dict[str, float]) -> tuple[float, float, float]:
-        return (self._scale("ttft_ms", v["ttft_ms"]), 1.0 - self._scale("decode_tok_s", v["decode_tok_s"]),
-                self._scale("peak_mem_mb", v["peak_mem_mb"]))
+        return (
+            self._scale("ttft_ms", v["ttft_ms"]),
+            1.0 - self._scale("decode_tok_s", v["decode_tok_s"]),
+            self._scale("peak_mem_mb", v["peak_mem_mb"]),
+        )

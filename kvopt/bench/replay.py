@@ -42,8 +42,14 @@ from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
 from kvopt.trial import Objective
 
-__all__ = ["ReplayTable", "ReplayObjective", "StudyTrace", "replay_study", "replay_pruning_rule",
-           "warm_start_from_grid"]
+__all__ = [
+    "ReplayTable",
+    "ReplayObjective",
+    "StudyTrace",
+    "replay_study",
+    "replay_pruning_rule",
+    "warm_start_from_grid",
+]
 
 
 class ReplayTable:
@@ -55,8 +61,12 @@ class ReplayTable:
         self.rows = {candidate_key(r["params"]): r for r in grid["rows"]}
         missing = [c.label for c in self.space.candidates() if candidate_key(c.params()) not in self.rows]
         if missing:
-            raise ConfigError([f"grid: {len(missing)} candidates of its search space have no row (e.g. "
-                               f"{missing[0]}); allowed: a complete grid from scripts/record_grid.py"])
+            raise ConfigError(
+                [
+                    f"grid: {len(missing)} candidates of its search space have no row (e.g. "
+                    f"{missing[0]}); allowed: a complete grid from scripts/record_grid.py"
+                ]
+            )
         self.new_tokens = int(grid["workload"]["new_tokens"])
         results = grid_results(grid)
         self.truth = {candidate_key(r.params): r.values for r in results}
@@ -122,11 +132,17 @@ class ReplayObjective(Objective):
         else:
             result = repeat_fixed(once, self.repetitions, check=check)
         measurement = Measurement(
-            candidate=candidate, ttft_ms=result.samples["ttft_ms"], decode_tok_s=result.samples["decode_tok_s"],
+            candidate=candidate,
+            ttft_ms=result.samples["ttft_ms"],
+            decode_tok_s=result.samples["decode_tok_s"],
             memory=MemoryReading(int(row["peak_mem_mb"] * MB), "replayed from the recorded grid"),
-            weights_bytes=int(row.get("weights_mb", 0.0) * MB), kv_cache_bytes=int(row.get("kv_cache_mb", 0.0) * MB),
-            first_call_s=row.get("first_call_s", 0.0), stopped_because=result.stopped_because, noisy=result.noisy,
-            pruned_reason=result.pruned_reason, extra={"replay_s": spent["s"]},
+            weights_bytes=int(row.get("weights_mb", 0.0) * MB),
+            kv_cache_bytes=int(row.get("kv_cache_mb", 0.0) * MB),
+            first_call_s=row.get("first_call_s", 0.0),
+            stopped_because=result.stopped_because,
+            noisy=result.noisy,
+            pruned_reason=result.pruned_reason,
+            extra={"replay_s": spent["s"]},
         )
         return measurement, 0.0, True
 
@@ -196,7 +212,13 @@ def _exhausted(space: SearchSpace, seed: int, stop_rule: Any = None, stopped: li
 
 
 def replay_study(
-    table: ReplayTable, cfg: KvoptConfig, seed: int, *, n_trials: int, pruning: bool, converge: bool = False,
+    table: ReplayTable,
+    cfg: KvoptConfig,
+    seed: int,
+    *,
+    n_trials: int,
+    pruning: bool,
+    converge: bool = False,
     warm_start: WarmStart | None = None,
 ) -> StudyTrace:
     """Run one study of ``cfg.sampler`` (seeded ``seed``) against the table, baseline first.
@@ -208,23 +230,43 @@ def replay_study(
     workload = make_workload(cfg.profile, cfg.model)
     loader = ModelLoader(cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed)
     objective = ReplayObjective(
-        table, random.Random(seed), space, loader, workload, torch.device("cpu"),
-        warmup=cfg.profile.warmup, repetitions=cfg.profile.repetitions, seed=seed, measure=cfg.measure,
-        slo=cfg.profile.slo, memory_budget_bytes=None, dominance_pruning=pruning,
+        table,
+        random.Random(seed),
+        space,
+        loader,
+        workload,
+        torch.device("cpu"),
+        warmup=cfg.profile.warmup,
+        repetitions=cfg.profile.repetitions,
+        seed=seed,
+        measure=cfg.measure,
+        slo=cfg.profile.slo,
+        memory_budget_bytes=None,
+        dominance_pruning=pruning,
     )
     prior = memory_prior(cfg.model, workload)
     warm = warm_start or WarmStart()
-    sampler = make_sampler(cfg.sampler, seed, space, cfg.profile, memory_prior_mb=prior,
-                           warm_start=warm.observations, warm_first=warm.first)
+    sampler = make_sampler(
+        cfg.sampler,
+        seed,
+        space,
+        cfg.profile,
+        memory_prior_mb=prior,
+        warm_start=warm.observations,
+        warm_first=warm.first,
+    )
     study = optuna.create_study(directions=list(DIRECTIONS), sampler=sampler)
     enqueue_baseline(study, space)
     stopped: list[int] = []
     rule = None
     if converge:
+
         def rule(s: optuna.Study) -> Any:
             return check_converged(s, space, cfg.profile, memory_prior_mb=prior, warm_start=warm.observations)
-    study.optimize(objective, n_trials=n_trials, callbacks=[_exhausted(space, seed, rule, stopped)],
-                   gc_after_trial=False)
+
+    study.optimize(
+        objective, n_trials=n_trials, callbacks=[_exhausted(space, seed, rule, stopped)], gc_after_trial=False
+    )
     found: set[Any] = set()
     tried: set[Any] = set()
     hv, seconds, shortfall, measured, spent, wrong, pruned = [], [], [], [], 0.0, 0, 0
@@ -261,14 +303,19 @@ def warm_start_from_grid(other: ReplayTable, space: SearchSpace, profile: Any) -
     """
     study = optuna.create_study(directions=list(DIRECTIONS))
     for result in grid_results(other.grid):
-        study.add_trial(optuna.trial.create_trial(
-            params=result.params, values=list(result.values.values()),
-            distributions={k: v for k, v in other.space.distributions().items() if k in result.params},
-            user_attrs={k: v for k, v in result.user_attrs.items() if k in ("baseline", "ttft_ms_stats",
-                                                                              "decode_tok_s_stats")},
-        ))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=result.params,
+                values=list(result.values.values()),
+                distributions={k: v for k, v in other.space.distributions().items() if k in result.params},
+                user_attrs={
+                    k: v
+                    for k, v in result.user_attrs.items()
+                    if k in ("baseline", "ttft_ms_stats", "decode_tok_s_stats")
+                },
+            )
+        )
     return warm_start_from(study, space, profile)
-
 
 
 def replay_pruning_rule(grid: dict[str, Any], seeds: int, margin: float) -> dict[str, Any]:
@@ -309,7 +356,14 @@ def replay_pruning_rule(grid: dict[str, Any], seeds: int, margin: float) -> dict
         saved.append(1 - runs_used / total_runs)
         pruned.append(n_pruned)
         wrong.append(n_wrong)
-    return {"candidates": len(rows), "true_front": sorted(truth), "seeds": seeds, "margin": margin,
-            "runs_saved_median": statistics.median(saved), "runs_saved_min": min(saved),
-            "runs_saved_max": max(saved), "pruned_median": statistics.median(pruned),
-            "true_front_pruned_total": sum(wrong)}
+    return {
+        "candidates": len(rows),
+        "true_front": sorted(truth),
+        "seeds": seeds,
+        "margin": margin,
+        "runs_saved_median": statistics.median(saved),
+        "runs_saved_min": min(saved),
+        "runs_saved_max": max(saved),
+        "pruned_median": statistics.median(pruned),
+        "true_front_pruned_total": sum(wrong),
+    }

@@ -22,8 +22,15 @@ from kvopt.errors import KvoptError
 __all__ = ["run_study", "TRIAL_TIME_ATTRS"]
 
 # Per-trial seconds the measurement protocol stores (kvopt.trial / kvopt.protocol).
-TRIAL_TIME_ATTRS = ("load_s", "first_call_s", "memory_run_s", "warmup_s", "timed_runs_s", "trial_s",
-                    "device_wait_s")  # kvopt.workers: waiting for another process to free the device
+TRIAL_TIME_ATTRS = (
+    "load_s",
+    "first_call_s",
+    "memory_run_s",
+    "warmup_s",
+    "timed_runs_s",
+    "trial_s",
+    "device_wait_s",
+)  # kvopt.workers: waiting for another process to free the device
 
 
 def _timeline(db: Path, name: str) -> list[dict[str, Any]]:
@@ -33,13 +40,16 @@ def _timeline(db: Path, name: str) -> list[dict[str, Any]]:
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     out = []
     for t in study.get_trials(deepcopy=False):
-        out.append({
-            "number": t.number, "state": t.state.name,
-            "start": t.datetime_start.timestamp() if t.datetime_start else None,
-            "end": t.datetime_complete.timestamp() if t.datetime_complete else None,
-            "reused": "reused_from" in t.user_attrs,
-            **{k: t.user_attrs[k] for k in TRIAL_TIME_ATTRS if k in t.user_attrs},
-        })
+        out.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "start": t.datetime_start.timestamp() if t.datetime_start else None,
+                "end": t.datetime_complete.timestamp() if t.datetime_complete else None,
+                "reused": "reused_from" in t.user_attrs,
+                **{k: t.user_attrs[k] for k in TRIAL_TIME_ATTRS if k in t.user_attrs},
+            }
+        )
     return out
 
 
@@ -47,12 +57,21 @@ def run_study(model: str, profile: str, extra: list[str], *, log_dir: Path, name
     """One CLI run; its terminal output and results.json are kept as ``log_dir/name.*``."""
     with tempfile.TemporaryDirectory() as work:
         db = Path(work) / "kvopt.db"
-        cmd = [sys.executable, "-m", "kvopt", f"model={model}", f"profile={profile}",
-               f"storage.url=sqlite:///{db}", f"hydra.run.dir={work}/run", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kvopt",
+            f"model={model}",
+            f"profile={profile}",
+            f"storage.url=sqlite:///{db}",
+            f"hydra.run.dir={work}/run",
+            *extra,
+        ]
         load_before = load_average()
         started = time.time()
-        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True,
-                              env={**os.environ, "COLUMNS": "100", "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            cmd, cwd=work, capture_output=True, text=True, env={**os.environ, "COLUMNS": "100", "HF_HUB_OFFLINE": "1"}
+        )
         ended = time.time()
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / f"{name}.out.txt").write_text(proc.stdout + proc.stderr)
@@ -63,9 +82,15 @@ def run_study(model: str, profile: str, extra: list[str], *, log_dir: Path, name
         payload = json.loads(results.read_text())
         timeline = _timeline(db, payload["study_name"])
     return {
-        "model": model, "profile": profile, "overrides": extra,
+        "model": model,
+        "profile": profile,
+        "overrides": extra,
         "command": " ".join(["python -m kvopt", *cmd[3:]]).replace(str(db), "<tmp>/kvopt.db").replace(work, "<tmp>"),
-        "started_at": started, "ended_at": ended, "wall_s": ended - started,
-        "load_1min_before": load_before, "load_1min_after": load_average(),
-        "results": payload, "timeline": timeline,
+        "started_at": started,
+        "ended_at": ended,
+        "wall_s": ended - started,
+        "load_1min_before": load_before,
+        "load_1min_after": load_average(),
+        "results": payload,
+        "timeline": timeline,
     }

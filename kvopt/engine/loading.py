@@ -130,9 +130,7 @@ def free_device_memory(device: torch.device) -> None:
 class ModelLoader:
     """Loads models and keeps the last one, reused by trials with the same dtype and attention."""
 
-    def __init__(
-        self, model_cfg: ModelConfig, source: WeightsSource, device: torch.device, seed: int
-    ) -> None:
+    def __init__(self, model_cfg: ModelConfig, source: WeightsSource, device: torch.device, seed: int) -> None:
         self.model_cfg = model_cfg
         self.source = source
         self.device = device

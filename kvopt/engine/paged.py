@@ -38,6 +38,7 @@ __all__ = ["PAGE_SIZE", "PagedPool", "paged_pool", "paged_generate", "PagedRun"]
 # outside transformers' verbosity setting: keep kvopt's terminal for kvopt's lines.
 logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
 
+
 @dataclass
 class PagedRun:
     """One continuous-batching call: time to the batch's first tokens, decode time, tokens, pool bytes."""
@@ -81,7 +82,9 @@ def paged_generate(model: PreTrainedModel, input_ids: torch.Tensor, new_tokens: 
         # tensor in later Transformers; per-layer key and value tensors in 5.17).
         cache = getattr(manager.batch_processor, "cache", None)
         tensors = [
-            getattr(cache, "cache_tensor", None), *getattr(cache, "key_cache", []), *getattr(cache, "value_cache", [])
+            getattr(cache, "cache_tensor", None),
+            *getattr(cache, "key_cache", []),
+            *getattr(cache, "value_cache", []),
         ]
         pool_bytes = storage_bytes(t for t in tensors if isinstance(t, torch.Tensor))
     errors = [o.error for o in done if o.error]

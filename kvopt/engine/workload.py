@@ -17,9 +17,7 @@ def make_inputs(
     """Random token ids (fixed seed) of exactly the workload's length, no padding."""
     generator = torch.Generator().manual_seed(seed)
     # Ids from 1 up: 0 is often a special token; the values do not change the work done.
-    ids = torch.randint(
-        1, max(2, vocab_size), (batch_size, workload.prompt_tokens), generator=generator
-    )
+    ids = torch.randint(1, max(2, vocab_size), (batch_size, workload.prompt_tokens), generator=generator)
     return {
         "input_ids": ids.to(device),
         "attention_mask": torch.ones_like(ids).to(device),

@@ -169,9 +169,7 @@ def nvml_process_bytes(device: torch.device) -> dict[str, int] | None:
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByUUID(
-            nvml_uuid(str(torch.cuda.get_device_properties(device).uuid))
-        )
+        handle = pynvml.nvmlDeviceGetHandleByUUID(nvml_uuid(str(torch.cuda.get_device_properties(device).uuid)))
         used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
         mine = None
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
@@ -186,9 +184,7 @@ def nvml_process_bytes(device: torch.device) -> dict[str, int] | None:
         return None
 
 
-def measure_peak(
-    fn: Callable[[], T], device: torch.device, resident_bytes: int
-) -> tuple[T, MemoryReading]:
+def measure_peak(fn: Callable[[], T], device: torch.device, resident_bytes: int) -> tuple[T, MemoryReading]:
     """Run fn once and read its peak memory (see the module docstring for the definition)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -118,7 +118,9 @@ def _facts(c: Comparison) -> Table:
 def _matched_table(c: Comparison) -> Table:
     table = Table(
         title="measured in both (B/A: TTFT, memory < 1 and tok/s > 1 favour B)",
-        title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     table.add_column("candidate", no_wrap=True)
     table.add_column("", no_wrap=True)

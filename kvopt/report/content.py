@@ -62,9 +62,7 @@ def facts(s: StoredStudy) -> list[tuple[str, str]]:
     slo = {k: v for k, v in (_cfg(s, "profile", "slo") or {}).items() if v is not None}
     gpus = ", ".join(f"{g.get('name')} ({g.get('memory_gb')} GB)" for g in machine.get("gpus") or []) or "none"
     space = _cfg(s, "search_space") or {}
-    choices = "; ".join(
-        f"{k}: {', '.join(map(str, v))}" for k, v in space.items() if isinstance(v, list)
-    )
+    choices = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in space.items() if isinstance(v, list))
     dropped = "; ".join(f"{k} ({why})" for k, why in (s.attrs.get("dropped_choices") or {}).items())
     rows = [
         ("study", s.name),
@@ -73,7 +71,8 @@ def facts(s: StoredStudy) -> list[tuple[str, str]]:
         (
             "profile",
             f"{s.profile}: {workload.get('prompt_tokens')} prompt + {workload.get('new_tokens')} new tokens; "
-            "weights " + ", ".join(f"{m} {w:g}" for m, w in weights.items())
+            "weights "
+            + ", ".join(f"{m} {w:g}" for m, w in weights.items())
             + ("; SLOs " + ", ".join(f"{k} {v:g}" for k, v in slo.items()) if slo else "; no SLOs"),
         ),
         ("device", str(machine.get("device", "?"))),
@@ -125,7 +124,9 @@ def gain_rows(s: StoredStudy) -> list[tuple[str, str, str]]:
         interval = (
             f"[{_pct(ci['ci_low'])}, {_pct(ci['ci_high'])}]"
             if ci.get("ci_low") is not None
-            else "exact (measured once, not sampled)" if rec.confirmed_rounds else "not confirmed"
+            else "exact (measured once, not sampled)"
+            if rec.confirmed_rounds
+            else "not confirmed"
         )
         rows.append((GAIN_LABELS[m], _pct(rec.gains_pct[m]), interval))
     return rows
@@ -204,8 +205,13 @@ def trial_rows(s: StoredStudy) -> list[tuple[str, ...]]:
         duration = f"{t['duration_s']:.1f}" if t["duration_s"] is not None else ""
         rows.append(
             (
-                str(t["number"]), t["state"].lower(), str(attrs.get("candidate", "")), *values,
-                str(attrs.get("repetitions", "")), duration, _notes(t),
+                str(t["number"]),
+                t["state"].lower(),
+                str(attrs.get("candidate", "")),
+                *values,
+                str(attrs.get("repetitions", "")),
+                duration,
+                _notes(t),
             )
         )
     return rows

@@ -107,8 +107,7 @@ def alternatives(front: list[Result], baseline: Result | None, workload: Workloa
     if not front:
         return {}
     return {
-        name: _settings(_extreme(front, metric, pick), baseline, workload)
-        for name, (metric, pick) in _EXTREMES.items()
+        name: _settings(_extreme(front, metric, pick), baseline, workload) for name, (metric, pick) in _EXTREMES.items()
     }
 
 

@@ -46,9 +46,7 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], row_class: 
         out.append("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>")
     for i, row in enumerate(rows):
         cls = f' class="{escape(row_class[i])}"' if i < len(row_class) and row_class[i] else ""
-        cells = "".join(
-            f'<td class="num">{escape(c)}</td>' if _is_number(c) else f"<td>{escape(c)}</td>" for c in row
-        )
+        cells = "".join(f'<td class="num">{escape(c)}</td>' if _is_number(c) else f"<td>{escape(c)}</td>" for c in row)
         out.append(f"<tr{cls}>{cells}</tr>")
     out.append("</table>")
     return "\n".join(out)

@@ -125,8 +125,12 @@ def print_confirmation(console: Console, confirmation: Any) -> None:
         g = confirmation.gains[r.number]
         style = "bold green" if r.number == confirmation.recommended.number else None
         table.add_row(
-            str(r.number), r.label, _ci_cell(g["ttft_ms"]), _ci_cell(g["decode_tok_s"]),
-            _ci_cell(g["peak_mem_mb"]), style=style,
+            str(r.number),
+            r.label,
+            _ci_cell(g["ttft_ms"]),
+            _ci_cell(g["decode_tok_s"]),
+            _ci_cell(g["peak_mem_mb"]),
+            style=style,
         )
     console.print(table)
 
@@ -194,10 +198,7 @@ def print_summary(
                 (c["ci_coverage"] for c in (recommendation.gains_ci or {}).values() if c["ci_coverage"]),
                 default=0.0,
             )
-            how = (
-                f"confirmed: median [{coverage:.0%} CI] of "
-                f"{recommendation.confirmed_rounds} paired rounds"
-            )
+            how = f"confirmed: median [{coverage:.0%} CI] of {recommendation.confirmed_rounds} paired rounds"
         console.print(
             f"gain over baseline ({how}; positive = better): "
             + format_gains(recommendation.gains_pct, recommendation.gains_ci),
