@@ -33,12 +33,13 @@ from kvopt.config import MeasureConfig, TrialConfig
 from kvopt.engine.loading import ModelLoader, free_device_memory
 from kvopt.engine.workload import Workload
 from kvopt.failures import failure_reason
-from kvopt.isolation import IsolatedFailure, TrialJob, run_isolated
+from kvopt.isolation import IsolatedFailure
+from kvopt.measurer import Measurer, make_measurer
 from kvopt.metrics import MB, METRICS, OBJECTIVES
 from kvopt.predict import predict_memory
-from kvopt.protocol import SLOW_CALL_FACTOR, Measurement, measure_candidate
+from kvopt.protocol import SLOW_CALL_FACTOR
 from kvopt.sampler import predict_call_seconds
-from kvopt.select import Result, can_win_check, collect_results, pareto_front
+from kvopt.select import Result, collect_results, pareto_front
 from kvopt.space import Candidate, SearchSpace
 
 __all__ = ["TrialOutcome", "Objective", "outcome_of", "slo_constraints", "RUNS"]
@@ -108,6 +109,7 @@ class Objective:
         slo: dict[str, float | None] | None = None,
         memory_budget_bytes: int | None = None,
         dominance_pruning: bool = True,
+        measurer: Measurer | None = None,
     ) -> None:
         self.space = space
         self.loader = loader
@@ -121,6 +123,17 @@ class Objective:
         self.slo = slo or {}
         self.memory_budget_bytes = memory_budget_bytes
         self.dominance_pruning = dominance_pruning
+        # How candidates are measured: trial.isolation's choice unless one is given (replay).
+        self.measurer = measurer or make_measurer(
+            self.trial,
+            loader,
+            workload,
+            device,
+            warmup=warmup,
+            repetitions=repetitions,
+            seed=seed,
+            measure=self.measure,
+        )
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         candidate = self.space.suggest(trial)
@@ -224,25 +237,22 @@ class Objective:
         start = time.perf_counter()
         front = self._front(trial) if self.dominance_pruning else []
         try:
-            if self.trial.isolation == "process":
-                measurement, load_s = self._measure_in_process(candidate, front)
-                reused_model = False
-            else:
-                measurement, load_s, reused_model = self._measure_inline(candidate, front)
+            measured = self.measurer.measure(candidate, front)
         except IsolatedFailure as failure:
             self._record_failure(trial, start, failure.reason, failure.kind)
         except Exception as exc:  # a failing candidate must never stop the study
             failed = failure_reason(exc)
             self._record_failure(trial, start, failed.reason, failed.kind)
+        measurement = measured.measurement
         attrs: dict[str, Any] = measurement.to_attrs()
         attrs.update(
             {
-                "isolation": self.trial.isolation,
-                "model_reused": reused_model,
+                "isolation": self.measurer.name,
+                "model_reused": measured.model_reused,
                 "weights": self.loader.source.kind,
-                "load_s": load_s,
+                "load_s": measured.load_s,
                 # Setup cost, kept apart from TTFT and throughput: load + first call.
-                "setup_s": load_s + measurement.first_call_s,
+                "setup_s": measured.load_s + measurement.first_call_s,
                 "trial_s": time.perf_counter() - start,
             }
         )
@@ -262,39 +272,6 @@ class Objective:
         for key, value in constraints.items():
             trial.set_constraint(key, value)
         return measurement.values
-
-    def _can_win(self, front: list[Result]) -> Any:
-        return can_win_check(front, self.measure.rel_precision) if front else None
-
-    def _measure_inline(self, candidate: Candidate, front: list[Result]) -> tuple[Measurement, float, bool]:
-        loaded, reused_model = self.loader.get(candidate.dtype, candidate.attn_implementation)
-        measurement = measure_candidate(
-            loaded,
-            candidate,
-            self.workload,
-            self.device,
-            warmup=self.warmup,
-            repetitions=self.repetitions,
-            seed=self.seed,
-            measure=self.measure,
-            can_win=self._can_win(front),
-        )
-        return measurement, 0.0 if reused_model else loaded.load_s, reused_model
-
-    def _measure_in_process(self, candidate: Candidate, front: list[Result]) -> tuple[Measurement, float]:
-        job = TrialJob(
-            model=self.loader.model_cfg,
-            weights=self.loader.source,
-            device=str(self.device),
-            candidate=candidate,
-            workload=self.workload,
-            warmup=self.warmup,
-            repetitions=self.repetitions,
-            seed=self.seed,
-            measure=self.measure,
-            front=tuple(front),
-        )
-        return run_isolated(job, self.trial.timeout_s)
 
     def _record_failure(self, trial: optuna.Trial, start: float, reason: str, kind: str) -> NoReturn:
         trial.set_user_attr("trial_s", time.perf_counter() - start)

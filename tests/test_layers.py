@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "trial machinery",
         (
             "kvopt.trial",
+            "kvopt.measurer",
             "kvopt.isolation",
             "kvopt.workers",
             "kvopt.study",

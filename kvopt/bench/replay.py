@@ -1,8 +1,8 @@
 """A measurement backend that answers from a recorded grid, and studies run against it.
 
-``ReplayObjective`` is kvopt's own trial objective (reuse of repeated candidates, failure
-handling, memory prediction, dominance pruning, constraints) with one difference: where
-a trial would call ``generate``, it draws one of the candidate's recorded repetitions at
+A replayed study runs kvopt's own trial objective (reuse of repeated candidates, failure
+handling, memory prediction, dominance pruning, constraints) with one difference: its
+measurer, :class:`ReplayMeasurer`, does not call ``generate`` but draws one of the candidate's recorded repetitions at
 random (with replacement), so the replayed study sees the recorded noise. Repetitions
 stop by kvopt's adaptive rule on a replayed clock that advances by each drawn run's
 recorded duration; the seconds a real study would have spent measuring are summed.
@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from kvopt.attrs import Failure, failure_kind
 from kvopt.bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
 from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
-from kvopt.config import KvoptConfig
+from kvopt.config import KvoptConfig, MeasureConfig
 from kvopt.confirm import score_interval
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import make_workload
@@ -33,18 +33,19 @@ from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MemoryReading
+from kvopt.measurer import Measured, Measurer
 from kvopt.metrics import DIRECTIONS, MB
 from kvopt.predict import memory_prior
 from kvopt.protocol import Measurement, stop_rule
 from kvopt.sampler import WarmStart, check_converged, warm_start_from
-from kvopt.select import Result, collect_results, dominated_by, pareto_front, profile_score, recommend
+from kvopt.select import Result, can_win_check, collect_results, dominated_by, pareto_front, profile_score, recommend
 from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
 from kvopt.trial import Objective
 
 __all__ = [
     "ReplayTable",
-    "ReplayObjective",
+    "ReplayMeasurer",
     "StudyTrace",
     "replay_study",
     "replay_pruning_rule",
@@ -103,15 +104,18 @@ class ReplayedFailure(RuntimeError):
     """The recorded grid says this candidate could not run (its reason is the message)."""
 
 
-class ReplayObjective(Objective):
-    """kvopt's Objective with ``generate`` replaced by draws from the recorded table."""
+class ReplayMeasurer(Measurer):
+    """Measures a candidate by drawing its runs from the recorded table (nothing is loaded)."""
 
-    def __init__(self, table: ReplayTable, rng: random.Random, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    name = "replay"
+
+    def __init__(self, table: ReplayTable, rng: random.Random, measure: MeasureConfig, repetitions: int) -> None:
         self.table = table
         self.rng = rng
+        self.measure_cfg = measure
+        self.repetitions = repetitions
 
-    def _measure_inline(self, candidate: Candidate, front: list[Result]) -> tuple[Measurement, float, bool]:
+    def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
         row = self.table.rows[candidate_key(candidate.params())]
         if row.get("status", "ok") != "ok":
             raise ReplayedFailure(row["reason"])
@@ -125,10 +129,10 @@ class ReplayObjective(Objective):
         def clock() -> float:
             return spent["s"]
 
-        can_win = self._can_win(front)
+        can_win = can_win_check(front, self.measure_cfg.rel_precision) if front else None
         check = None if can_win is None else (lambda samples: can_win(samples, row["peak_mem_mb"]))
-        if self.measure.adaptive:
-            result = repeat_until_precise(once, stop_rule(self.measure, self.repetitions), clock=clock, check=check)
+        if self.measure_cfg.adaptive:
+            result = repeat_until_precise(once, stop_rule(self.measure_cfg, self.repetitions), clock=clock, check=check)
         else:
             result = repeat_fixed(once, self.repetitions, check=check)
         measurement = Measurement(
@@ -144,7 +148,7 @@ class ReplayObjective(Objective):
             pruned_reason=result.pruned_reason,
             extra={"replay_s": spent["s"]},
         )
-        return measurement, 0.0, True
+        return Measured(measurement, 0.0, True)
 
 
 @dataclass
@@ -229,9 +233,7 @@ def replay_study(
     space = table.space
     workload = make_workload(cfg.profile, cfg.model)
     loader = ModelLoader(cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed)
-    objective = ReplayObjective(
-        table,
-        random.Random(seed),
+    objective = Objective(
         space,
         loader,
         workload,
@@ -243,6 +245,7 @@ def replay_study(
         slo=cfg.profile.slo,
         memory_budget_bytes=None,
         dominance_pruning=pruning,
+        measurer=ReplayMeasurer(table, random.Random(seed), cfg.measure, cfg.profile.repetitions),
     )
     prior = memory_prior(cfg.model, workload)
     warm = warm_start or WarmStart()

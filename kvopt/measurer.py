@@ -1,0 +1,142 @@
+"""How a trial gets its measurement: the measurers a trial can be given.
+
+A trial decides *whether* to measure a candidate (reuse, repeat failures, memory and
+time checks); a measurer decides *how*: in this process with the model kept loaded
+(:class:`InlineMeasurer`), in a fresh process with a hard timeout (:class:`ProcessMeasurer`),
+or from a recorded table (the replay in :mod:`kvopt.bench.replay`). The config's
+``trial.isolation`` chooses between the first two (:func:`make_measurer`); a new way to
+measure is one new subclass of :class:`Measurer`, nothing in the trial changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from kvopt.config import MeasureConfig, TrialConfig
+from kvopt.engine.loading import ModelLoader
+from kvopt.engine.workload import Workload
+from kvopt.isolation import TrialJob, run_isolated
+from kvopt.protocol import Measurement, measure_candidate
+from kvopt.select import Result, can_win_check
+from kvopt.space import Candidate
+
+__all__ = ["Measured", "Measurer", "ProtocolSettings", "InlineMeasurer", "ProcessMeasurer", "make_measurer"]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a measurer returns for one candidate.
+
+    Attributes:
+        measurement: the timed runs and memory of the candidate.
+        load_s: seconds spent loading the model for it (0 when a loaded model was reused).
+        model_reused: whether an already loaded model served this candidate.
+    """
+
+    measurement: Measurement
+    load_s: float
+    model_reused: bool
+
+
+class Measurer(ABC):
+    """Measures one candidate for a trial; subclasses say where and how.
+
+    Attributes:
+        name: stored with each trial as its ``isolation`` attribute (inline, process, replay).
+    """
+
+    name: str = "inline"
+
+    @abstractmethod
+    def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
+        """Measure ``candidate``; ``front`` (possibly empty) lets it stop one that cannot win.
+
+        Raises:
+            Exception: any failure of the candidate; the trial records it and the study goes on.
+        """
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """What the measurement protocol needs besides the candidate: model, lengths, repetitions."""
+
+    loader: ModelLoader
+    workload: Workload
+    device: torch.device
+    warmup: int
+    repetitions: int
+    seed: int
+    measure: MeasureConfig
+
+
+class InlineMeasurer(Measurer):
+    """Measures in this process; the loader keeps a model loaded for the next candidate."""
+
+    name = "inline"
+
+    def __init__(self, settings: ProtocolSettings) -> None:
+        self.settings = settings
+
+    def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
+        s = self.settings
+        loaded, reused = s.loader.get(candidate.dtype, candidate.attn_implementation)
+        measurement = measure_candidate(
+            loaded,
+            candidate,
+            s.workload,
+            s.device,
+            warmup=s.warmup,
+            repetitions=s.repetitions,
+            seed=s.seed,
+            measure=s.measure,
+            can_win=can_win_check(front, s.measure.rel_precision) if front else None,
+        )
+        return Measured(measurement, 0.0 if reused else loaded.load_s, reused)
+
+
+class ProcessMeasurer(Measurer):
+    """Measures in a fresh spawned process, killed after ``timeout_s`` (:mod:`kvopt.isolation`)."""
+
+    name = "process"
+
+    def __init__(self, settings: ProtocolSettings, timeout_s: float) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+
+    def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
+        s = self.settings
+        job = TrialJob(
+            model=s.loader.model_cfg,
+            weights=s.loader.source,
+            device=str(s.device),
+            candidate=candidate,
+            workload=s.workload,
+            warmup=s.warmup,
+            repetitions=s.repetitions,
+            seed=s.seed,
+            measure=s.measure,
+            front=tuple(front),
+        )
+        measurement, load_s = run_isolated(job, self.timeout_s)
+        return Measured(measurement, load_s, False)
+
+
+def make_measurer(
+    trial: TrialConfig,
+    loader: ModelLoader,
+    workload: Workload,
+    device: torch.device,
+    *,
+    warmup: int,
+    repetitions: int,
+    seed: int,
+    measure: MeasureConfig,
+) -> Measurer:
+    """The measurer ``trial.isolation`` names (inline or process)."""
+    settings = ProtocolSettings(loader, workload, device, warmup, repetitions, seed, measure)
+    if trial.isolation == "process":
+        return ProcessMeasurer(settings, trial.timeout_s)
+    return InlineMeasurer(settings)
