@@ -29,6 +29,7 @@ __all__ = [
     "SLO_KEYS",
     "ModelConfig",
     "ProfileConfig",
+    "Shape",
     "SearchSpaceConfig",
     "SamplerConfig",
     "StorageConfig",
@@ -78,17 +79,37 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class ProfileConfig:
-    """A workload (prompt and new tokens, warm-up, repetitions) and what matters in it (weights, SLOs)."""
+class Shape:
+    """One request shape of a profile's mix: prompt tokens in, new tokens out, its share of requests."""
 
-    name: str
     prompt_tokens: int
     new_tokens: int
+    share: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.prompt_tokens}+{self.new_tokens}"
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A workload mix (request shapes and their shares, warm-up, repetitions) and what matters in it.
+
+    ``shapes`` come from ``context_lengths`` x ``output_lengths`` (equal shares), an explicit
+    ``shapes`` list, a ``traffic_file`` of observed requests, or one ``prompt_tokens`` +
+    ``new_tokens`` pair; :mod:`kvopt.workload` fits them to the model.
+    """
+
+    name: str
+    shapes: tuple[Shape, ...]
     warmup: int
     repetitions: int
     n_trials: int
     weights: dict[str, float]
     slo: dict[str, float | None]
+    # Tokens every request starts with (a system prompt), clamped like the shapes; 0: none.
+    shared_prefix_tokens: int = 0
+    traffic_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,10 +308,78 @@ def _model(problems: _Problems, m: Mapping[str, Any]) -> ModelConfig:
     )
 
 
-def _profile(problems: _Problems, p: Mapping[str, Any]) -> ProfileConfig:
-    prompt = _positive_int(problems, "profile.prompt_tokens", p.get("prompt_tokens"))
-    # Decode throughput needs at least one token after the first.
-    new = _positive_int(problems, "profile.new_tokens", p.get("new_tokens"), minimum=2)
+def _lengths(problems: _Problems, key: str, value: Any, minimum: int) -> list[int]:
+    if _is_int(value):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or any(not _is_int(v) or v < minimum for v in value):
+        problems.add(key, value, f"a non-empty list of integers >= {minimum}")
+        return []
+    return list(dict.fromkeys(value))
+
+
+def _explicit_shapes(problems: _Problems, value: Any) -> list[Shape]:
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, Mapping) for v in value):
+        problems.add("profile.shapes", value, "a non-empty list of {prompt_tokens, new_tokens, share}")
+        return []
+    shapes = []
+    for i, v in enumerate(value):
+        prompt = _positive_int(problems, f"profile.shapes[{i}].prompt_tokens", v.get("prompt_tokens"))
+        new = _positive_int(problems, f"profile.shapes[{i}].new_tokens", v.get("new_tokens"), minimum=2)
+        share = v.get("share", 1.0)
+        if not _is_number(share) or share <= 0:
+            problems.add(f"profile.shapes[{i}].share", share, "a number > 0 (shares are normalised to sum to 1)")
+            share = 1.0
+        shapes.append(Shape(prompt, new, float(share)))
+    return shapes
+
+
+def _profile_shapes(problems: _Problems, p: Mapping[str, Any], model: Mapping[str, Any]) -> tuple[Shape, ...]:
+    """The mix, from the first of: shapes, traffic_file, context_lengths x output_lengths, prompt/new tokens."""
+    from kvopt.traffic import read_requests, shapes_from_requests, tokenizer_counter
+
+    shapes: list[Shape] = []
+    if p.get("shapes") is not None:
+        shapes = _explicit_shapes(problems, p.get("shapes"))
+    elif p.get("traffic_file") is not None:
+        path = p.get("traffic_file")
+        if not isinstance(path, str) or not path:
+            problems.add("profile.traffic_file", path, "a CSV or JSONL file of prompt_tokens,new_tokens pairs")
+        else:
+            counter = tokenizer_counter(
+                str(model.get("hub_id")), str(model.get("revision") or "main"), model.get("trust_remote_code") is True
+            )
+            try:
+                shapes = [Shape(*shape) for shape in shapes_from_requests(read_requests(path, counter))]
+            except ConfigError as exc:
+                problems.items.extend(exc.problems)
+    elif p.get("context_lengths") is not None or p.get("output_lengths") is not None:
+        # Every context length with every output length, each an equal share (kvcache-autotune's mix).
+        contexts = _lengths(problems, "profile.context_lengths", p.get("context_lengths"), 1)
+        outputs = _lengths(problems, "profile.output_lengths", p.get("output_lengths"), 2)
+        shapes = [Shape(c, o) for c in contexts for o in outputs]
+    elif p.get("prompt_tokens") is not None or p.get("new_tokens") is not None:  # one shape (older studies)
+        prompt = _positive_int(problems, "profile.prompt_tokens", p.get("prompt_tokens"))
+        # Decode throughput needs at least one token after the first.
+        new = _positive_int(problems, "profile.new_tokens", p.get("new_tokens"), minimum=2)
+        shapes = [Shape(prompt, new)]
+    elif "traffic_file" in p:
+        problems.add("profile.traffic_file", None, "a CSV or JSONL file of prompt_tokens,new_tokens pairs")
+    else:
+        problems.add(
+            "profile",
+            None,
+            "context_lengths and output_lengths, a shapes list, a traffic_file, or prompt_tokens and new_tokens",
+        )
+    total = sum(s.share for s in shapes)
+    return tuple(Shape(s.prompt_tokens, s.new_tokens, s.share / total) for s in shapes)
+
+
+def _profile(problems: _Problems, p: Mapping[str, Any], model: Mapping[str, Any] | None = None) -> ProfileConfig:
+    shapes = _profile_shapes(problems, p, model or {})
+    prefix = p.get("shared_prefix_tokens", 0)
+    if not _is_int(prefix) or prefix < 0:
+        problems.add("profile.shared_prefix_tokens", prefix, "an integer >= 0 (0: no shared prefix)")
+        prefix = 0
     # The first warm-up run also measures memory, so at least one is needed.
     warmup = _positive_int(problems, "profile.warmup", p.get("warmup"))
     reps = _positive_int(problems, "profile.repetitions", p.get("repetitions"))
@@ -328,13 +417,14 @@ def _profile(problems: _Problems, p: Mapping[str, Any]) -> ProfileConfig:
         slo[key] = None if v is None else float(v)
     return ProfileConfig(
         name=str(p.get("name")),
-        prompt_tokens=prompt,
-        new_tokens=new,
+        shapes=shapes,
         warmup=warmup,
         repetitions=reps,
         n_trials=n_trials,
         weights=weights,
         slo=slo,
+        shared_prefix_tokens=int(prefix),
+        traffic_file=p.get("traffic_file") if isinstance(p.get("traffic_file"), str) else None,
     )
 
 
@@ -605,7 +695,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
         seed = 0
     result = KvoptConfig(
         model=_model(problems, sections["model"]),
-        profile=_profile(problems, sections["profile"]),
+        profile=_profile(problems, sections["profile"], sections["model"]),
         search_space=_search_space(problems, sections["search_space"]),
         sampler=_sampler(problems, sections["sampler"]),
         storage=_storage(problems, sections["storage"]),
@@ -621,4 +711,6 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
         raw=raw,
     )
     problems.raise_if_any()
+    # The resolved mix is what the study ran: stored with it, so a report needs no traffic file.
+    raw["profile"] = {**raw["profile"], "shapes": [vars(s) for s in result.profile.shapes]}
     return result

@@ -8,13 +8,20 @@ interleaved rounds whose order rotates (A B C, B C A, C A B, …), so drift and 
 baseline of the same round; gains are medians of those paired ratios with their
 distribution-free CIs. A finalist replaces the baseline only if its paired profile score
 is above zero across that CI; otherwise the baseline is kept and a note says so.
+
+A profile with several request shapes (:class:`kvopt.workload.WorkloadMix`) is confirmed on
+every shape: each round runs every shape, and a finalist's score in a round is the
+share-weighted sum of its paired per-shape scores (shares = each shape's fraction of the
+requests). Memory on a shape other than the trials' is the finalist's peak on its first
+call of that shape. Each shape's own preference is reported, and a note says when shapes
+prefer different finalists.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +32,8 @@ from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
+from kvopt.measure.memory import MB, measure_peak, storage_bytes, weights_bytes
+from kvopt.protocol import with_unseen_memory
 from kvopt.select import Recommendation, Result, profile_score, slo_violations
 from kvopt.space import SearchSpace
 from kvopt.surrogate import log_ci_half_width
@@ -68,6 +77,8 @@ class Confirmation:
     # rounds' generate calls, and before the rounds (loading and warming the finalists).
     timed_s: float = 0.0
     setup_s: float = 0.0
+    # Per request shape of the profile's mix (one entry per shape; see :func:`confirm`).
+    shapes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def reversed(self) -> bool:
@@ -86,6 +97,7 @@ class Confirmation:
             "study_recommended": self.study_recommended.number,
             "reversed": self.reversed,
             "notes": self.notes,
+            "shapes": self.shapes,
         }
 
 
@@ -178,6 +190,34 @@ def confirmed_gains(
     }
 
 
+def _shape_runner(
+    model: Any, cand: Any, shape: Workload, device: torch.device, seed: int, clock: list[float]
+) -> Callable[[], dict[str, float]]:
+    """One timed call of ``cand`` on ``shape``; adds its wall time to ``clock[0]``."""
+    inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
+
+    def once() -> dict[str, float]:
+        begin = time.monotonic()
+        run = timed_generate(model, inputs, cand, shape.new_tokens, device)
+        clock[0] += time.monotonic() - begin
+        return {
+            "ttft_ms": run.ttft_s * 1000.0,
+            "decode_tok_s": cand.batch_size * (run.new_tokens - 1) / run.decode_s,
+        }
+
+    return once
+
+
+def _peak_mb(model: Any, cand: Any, shape: Workload, device: torch.device, seed: int) -> float:
+    """Peak memory of one call of ``cand`` on ``shape`` (doubles as a warm-up call)."""
+    inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
+    resident = weights_bytes(model) + storage_bytes(inputs.values())
+    result, reading = measure_peak(
+        lambda: timed_generate(model, inputs, cand, shape.new_tokens, device), device, resident
+    )
+    return with_unseen_memory(reading, result, model, cand, shape, device).peak_bytes / MB
+
+
 def confirm(
     finalists: list[Result],
     *,
@@ -190,49 +230,57 @@ def confirm(
     cfg: ConfirmConfig,
     seed: int,
     on_round: Callable[[int, float], None] | None = None,
+    shapes: Sequence[Workload] = (),
 ) -> Confirmation:
-    """Measure the finalists in rotating interleaved rounds and decide on confirmed numbers."""
+    """Measure the finalists in rotating interleaved rounds and decide on confirmed numbers.
+
+    ``workload`` is the shape the trials measured; ``shapes`` the profile's whole mix (it
+    includes ``workload``; empty: that shape alone).
+    """
     setup_start = time.monotonic()
     baseline = next(r for r in finalists if r.is_baseline)
+    mix = list(shapes) or [workload]
+    trial_shape = next(
+        i for i, w in enumerate(mix) if (w.prompt_tokens, w.new_tokens) == (workload.prompt_tokens, workload.new_tokens)
+    )
     candidates = {r.number: space.make_candidate(r.params) for r in finalists}
     # One loader per (dtype, attention): every finalist's model stays loaded for the rounds.
     loaders: dict[tuple[str, str], ModelLoader] = {}
-    runners: dict[int, Callable[[], dict[str, float]]] = {}
-    timed_s = 0.0  # wall time inside the rounds' generate calls
+    runners: dict[tuple[int, int], Callable[[], dict[str, float]]] = {}
+    clock = [0.0]  # wall time inside the rounds' generate calls
+    # Peak memory per shape and finalist: the trials' for their shape, a first call for the others.
+    memory: list[dict[int, float]] = [{} for _ in mix]
     for number, cand in candidates.items():
         key = (cand.dtype, cand.attn_implementation)
         if key not in loaders:
             loaders[key] = ModelLoader(model_cfg, weights, device, seed)
         model = loaders[key].get(*key)[0].model
-        inputs = make_inputs(workload, cand.batch_size, model.config.vocab_size, seed, device)
-
-        def once(model: Any = model, inputs: Any = inputs, cand: Any = cand) -> dict[str, float]:
-            nonlocal timed_s
-            begin = time.monotonic()
-            run = timed_generate(model, inputs, cand, workload.new_tokens, device)
-            timed_s += time.monotonic() - begin
-            return {
-                "ttft_ms": run.ttft_s * 1000.0,
-                "decode_tok_s": cand.batch_size * (run.new_tokens - 1) / run.decode_s,
-            }
-
-        runners[number] = once
-    for warm in runners.values():  # warm every finalist before the first timed round
+        result = next(r for r in finalists if r.number == number)
+        for i, shape in enumerate(mix):
+            runners[(number, i)] = _shape_runner(model, cand, shape, device, seed, clock)
+            if i == trial_shape:
+                memory[i][number] = result.values["peak_mem_mb"]
+            else:
+                memory[i][number] = _peak_mb(model, cand, shape, device, seed)
+    for warm in runners.values():  # warm every finalist on every shape before the first timed round
         for _ in range(profile.warmup):
             warm()
-    timed_s = 0.0  # the warm-up calls are setup, not measurement
+    clock[0] = 0.0  # the warm-up calls are setup, not measurement
     setup_s = time.monotonic() - setup_start
 
     order = [r.number for r in finalists]
-    samples: dict[int, dict[str, list[float]]] = {n: {"ttft_ms": [], "decode_tok_s": []} for n in order}
+    per_shape: list[dict[int, dict[str, list[float]]]] = [
+        {n: {"ttft_ms": [], "decode_tok_s": []} for n in order} for _ in mix
+    ]
     start = time.monotonic()
     rounds = 0
     notes: list[str] = []
     while rounds < cfg.rounds:
         shift = rounds % len(order)
-        for number in order[shift:] + order[:shift]:
-            for metric, value in runners[number]().items():
-                samples[number][metric].append(value)
+        for i in range(len(mix)):
+            for number in order[shift:] + order[:shift]:
+                for metric, value in runners[(number, i)]().items():
+                    per_shape[i][number][metric].append(value)
         rounds += 1
         if on_round is not None:
             on_round(rounds, time.monotonic() - start)
@@ -242,6 +290,7 @@ def confirm(
     for loader in loaders.values():
         loader.release()
 
+    samples = per_shape[trial_shape]
     gains = {
         r.number: confirmed_gains(
             samples[r.number],
@@ -250,12 +299,37 @@ def confirm(
         )
         for r in finalists
     }
-    recommended = _decide(finalists, samples, baseline, profile, notes)
+    shares = [w.share for w in mix] if len(mix) > 1 else [1.0]
+    by_shape = [
+        {
+            r.number: paired_scores(
+                per_shape[i][r.number],
+                per_shape[i][baseline.number],
+                memory[i][r.number] / memory[i][baseline.number],
+                profile.weights,
+            )
+            for r in finalists
+        }
+        for i in range(len(mix))
+    ]
+    # A round's mix score: the share-weighted sum of its per-shape paired scores.
+    scores = {
+        r.number: [sum(shares[i] * by_shape[i][r.number][k] for i in range(len(mix))) for k in range(rounds)]
+        for r in finalists
+    }
+    recommended = _decide(finalists, scores, baseline, profile, notes)
     if recommended.number != finalists[0].number:
         notes.append(
             f"confirmation reversed the study's ranking: #{finalists[0].number} {finalists[0].label} "
             f"-> #{recommended.number} {recommended.label}"
         )
+    shape_docs = []
+    if len(mix) > 1:
+        shape_docs = [
+            _shape_doc(mix[i], i == trial_shape, finalists, baseline, per_shape[i], memory[i], by_shape[i], profile.slo)
+            for i in range(len(mix))
+        ]
+        _note_disagreement(shape_docs, finalists, notes)
     return Confirmation(
         rounds=rounds,
         finalists=finalists,
@@ -265,9 +339,65 @@ def confirm(
         study_recommended=finalists[0],
         seconds=time.monotonic() - start,
         notes=notes,
-        timed_s=timed_s,
+        timed_s=clock[0],
         setup_s=setup_s,
+        shapes=shape_docs,
     )
+
+
+def _preferred(
+    finalists: list[Result], baseline: Result, scores: dict[int, list[float]], slo: Mapping[str, float | None]
+) -> int:
+    """The finalist this shape alone would choose: the best median score whose CI excludes zero, else the baseline."""
+    proven = [
+        (median_ci(scores[r.number]).median, r.number)
+        for r in finalists
+        if r.number != baseline.number and not slo_violations(r.values, slo) and median_ci(scores[r.number]).low > 0
+    ]
+    return max(proven)[1] if proven else baseline.number
+
+
+def _shape_doc(
+    shape: Workload,
+    is_trial_shape: bool,
+    finalists: list[Result],
+    baseline: Result,
+    samples: dict[int, dict[str, list[float]]],
+    memory: dict[int, float],
+    scores: dict[int, list[float]],
+    slo: Mapping[str, float | None],
+) -> dict[str, Any]:
+    """One shape's confirmed figures, as stored: gains and median paired score per finalist, its preference."""
+    base = samples[baseline.number]
+    return {
+        "prompt_tokens": shape.prompt_tokens,
+        "new_tokens": shape.new_tokens,
+        "share": shape.share,
+        "clamped_from": shape.clamped_from,
+        "trial_shape": is_trial_shape,
+        "peak_mem_mb": {str(n): mb for n, mb in memory.items()},
+        "medians": {str(r.number): {m: median_ci(v).median for m, v in samples[r.number].items()} for r in finalists},
+        "gains": {
+            str(r.number): {
+                m: g.as_dict()
+                for m, g in confirmed_gains(samples[r.number], base, memory[r.number] / memory[baseline.number]).items()
+            }
+            for r in finalists
+        },
+        "score": {str(r.number): median_ci(scores[r.number]).median for r in finalists},
+        "preferred": _preferred(finalists, baseline, scores, slo),
+    }
+
+
+def _note_disagreement(shape_docs: list[dict[str, Any]], finalists: list[Result], notes: list[str]) -> None:
+    labels = {r.number: f"#{r.number} {r.label}" for r in finalists}
+    preferred = {doc["preferred"] for doc in shape_docs}
+    if len(preferred) > 1:
+        notes.append(
+            "shapes prefer different settings: "
+            + "; ".join(f"{d['prompt_tokens']}+{d['new_tokens']} -> {labels[d['preferred']]}" for d in shape_docs)
+            + " (the recommendation follows the share-weighted mix score)"
+        )
 
 
 def paired_scores(
@@ -294,9 +424,8 @@ def _changes(result: Result, baseline: Result) -> int:
 
 def _settle_ties(
     proven: list[Result],
-    samples: dict[int, dict[str, list[float]]],
+    scores: dict[int, list[float]],
     baseline: Result,
-    weights: dict[str, float],
     notes: list[str],
 ) -> Result:
     """Among finalists with a proven gain, the one the rounds can tell is best — else the simplest.
@@ -306,15 +435,6 @@ def _settle_ties(
     from the baseline wins (then the smaller batch, then the label), so a second run of
     the same command, whose noise orders the tied ones differently, keeps the same one.
     """
-    scores = {
-        r.number: paired_scores(
-            samples[r.number],
-            samples[baseline.number],
-            r.values["peak_mem_mb"] / baseline.values["peak_mem_mb"],
-            weights,
-        )
-        for r in proven
-    }
     leader = max(proven, key=lambda r: median_ci(scores[r.number]).median)
     tied = [
         r
@@ -334,32 +454,31 @@ def _settle_ties(
 
 def _decide(
     finalists: list[Result],
-    samples: dict[int, dict[str, list[float]]],
+    scores: dict[int, list[float]],
     baseline: Result,
     profile: ProfileConfig,
     notes: list[str],
 ) -> Result:
     """The finalist the confirmed rounds support; the baseline unless a gain is shown.
 
-    Each finalist's profile score is computed round by round against the baseline of the
-    same round. A finalist can replace the baseline only if the distribution-free CI of
-    its median paired score lies wholly above zero (a gain the noise cannot explain); of
-    those, the highest median wins unless the rounds cannot tell it from another (then the
-    simplest change wins, :func:`_settle_ties`). With none, the baseline is kept and a note says which
-    finalists were within the noise — so two runs of one command agree, or both say why.
+    ``scores`` holds each finalist's per-round profile score against the baseline of the
+    same round (the mix score: share-weighted over the shapes). A finalist can replace the
+    baseline only if the distribution-free CI of its median score lies wholly above zero (a
+    gain the noise cannot explain); of those, the highest median wins unless the rounds
+    cannot tell it from another (then the simplest change wins, :func:`_settle_ties`). With
+    none, the baseline is kept and a note says which finalists were within the noise — so
+    two runs of one command agree, or both say why.
     """
-    weights = profile.weights
     feasible_baseline = not slo_violations(baseline.values, profile.slo)
     scored: list[tuple[float, float, Result]] = []
     for r in finalists:
         if r.number == baseline.number or slo_violations(r.values, profile.slo):
             continue
-        ratio = r.values["peak_mem_mb"] / baseline.values["peak_mem_mb"]
-        ci = median_ci(paired_scores(samples[r.number], samples[baseline.number], ratio, weights))
+        ci = median_ci(scores[r.number])
         scored.append((ci.median, ci.low, r))
     proven = [(median, r) for median, low, r in scored if low > 0]
     if proven:
-        return _settle_ties([r for _, r in proven], samples, baseline, weights, notes)
+        return _settle_ties([r for _, r in proven], scores, baseline, notes)
     if not feasible_baseline and scored:
         notes.append("the baseline breaks an SLO: the best confirmed finalist is kept although its gain is not proven")
         return max(scored, key=lambda item: item[0])[2]

@@ -42,7 +42,7 @@ from kvopt.measure.stats import summarize
 from kvopt.predict import activation_bytes, shape_of_config
 from kvopt.space import Candidate
 
-__all__ = ["Measurement", "measure_candidate", "stop_rule", "describe_stats", "SETTLE_BELOW_S"]
+__all__ = ["Measurement", "measure_candidate", "stop_rule", "describe_stats", "with_unseen_memory", "SETTLE_BELOW_S"]
 
 # After a CPU-profiled first call shorter than this, one untimed call lets the profiler's
 # after-effect (~1 ms) pass; for longer calls it is under 0.1% of a run and is skipped.
@@ -115,6 +115,15 @@ def _with_paged_worker(
     )
 
 
+def with_unseen_memory(
+    reading: MemoryReading, result: Any, model: Any, candidate: Candidate, workload: Workload, device: torch.device
+) -> MemoryReading:
+    """A call's peak plus what the profiler cannot see (the paged pool and its worker's prefill on CPU)."""
+    if candidate.cache_implementation == "paged" and device.type != "cuda":
+        return _with_paged_worker(reading, result.kv_bytes, model, candidate, workload)
+    return reading
+
+
 def describe_stats(values: list[float]) -> dict[str, float]:
     """n, median, p90, mean, cv, and the median's distribution-free 95% CI."""
     ci = median_ci(values)
@@ -172,9 +181,7 @@ def measure_candidate(
         return timed_generate(model, inputs, candidate, workload.new_tokens, device)
 
     def read_memory(result: Any, reading: MemoryReading) -> tuple[MemoryReading, int]:
-        if candidate.cache_implementation == "paged" and device.type != "cuda":
-            reading = _with_paged_worker(reading, result.kv_bytes, model, candidate, workload)
-        return reading, result.kv_bytes
+        return with_unseen_memory(reading, result, model, candidate, workload, device), result.kv_bytes
 
     # Where the peak is read: see the module docstring.
     probe_in_timed_run = device.type == "cuda"

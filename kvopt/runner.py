@@ -24,7 +24,7 @@ from rich.console import Console
 from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
 from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
-from kvopt.engine.workload import Workload, make_workload
+from kvopt.engine.workload import Workload, WorkloadMix, make_mix
 from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
@@ -76,7 +76,7 @@ class Prepared:
     cfg: KvoptConfig
     device: torch.device
     weights: WeightsSource
-    workload: Workload
+    mix: WorkloadMix
     space: SearchSpace
     storage: BaseStorage
     storage_label: str
@@ -90,6 +90,11 @@ class Prepared:
     started: float | None = None
     # study.warm_start read: the other study's measurements and profile-best.
     warm_start: WarmStart = field(default_factory=WarmStart)
+
+    @property
+    def workload(self) -> Workload:
+        """The shape every trial measures (the mix's trial shape)."""
+        return self.mix.trial
 
     def device_turn(self) -> contextlib.AbstractContextManager[float]:
         """Hold the device while timing outside a trial (confirmation), if waiting is the policy."""
@@ -181,7 +186,7 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         cfg=cfg,
         device=device,
         weights=weights,
-        workload=make_workload(cfg.profile, cfg.model),
+        mix=make_mix(cfg.profile, cfg.model),
         space=space,
         storage=storage,
         storage_label=describe_storage(cfg.storage),
@@ -262,7 +267,7 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
         ("device", str(p.device)),
         (
             "workload",
-            f"{cfg.profile.name}: {w.prompt_tokens} prompt + {w.new_tokens} new tokens, "
+            f"{cfg.profile.name}: trials measure {w.prompt_tokens} prompt + {w.new_tokens} new tokens, "
             f"{cfg.profile.warmup} warm-up + "
             + (
                 f"{cfg.profile.repetitions}–{max(cfg.measure.max_repetitions, cfg.profile.repetitions)} timed runs "
@@ -271,10 +276,23 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
                 else f"{cfg.profile.repetitions} timed runs"
             ),
         ),
+        *_mix_lines(p.mix),
         ("search space", f"{choices} ({p.space.size} candidates)"),
         ("baseline", p.space.baseline.label),
         *_warm_line(p),
     ]
+
+
+def _mix_lines(mix: WorkloadMix) -> list[tuple[str, str]]:
+    """The mix's shapes (finalists are confirmed on each) and its shared prefix, when there is more than one shape."""
+    lines = []
+    if len(mix.shapes) > 1:
+        lines.append(("shapes", f"{mix.describe()}; finalists are confirmed on every shape"))
+    if mix.shared_prefix_tokens:
+        lines.append(
+            ("shared prefix", f"{mix.shared_prefix_tokens} tokens in every request (not reused: docs/profiles.md)")
+        )
+    return lines
 
 
 def _warm_line(p: Prepared) -> list[tuple[str, str]]:
@@ -292,7 +310,8 @@ def _study_attrs(p: Prepared) -> dict[str, Any]:
         "workload": {
             "prompt_tokens": p.workload.prompt_tokens,
             "new_tokens": p.workload.new_tokens,
-            "note": p.workload.note,
+            "note": "; ".join(p.mix.notes) or None,
+            **p.mix.as_dict(),
         },
         "weights": p.weights.kind,
         "dropped_choices": p.space.dropped,
@@ -332,8 +351,8 @@ def tune(
     console = console or Console()
     p = prepared or prepare(cfg)
     print_plan(console, _plan_lines(p), p.space.dropped)
-    if p.workload.note:
-        console.print(f"[yellow]note[/yellow]          {p.workload.note}", highlight=False)
+    for note in p.mix.notes:
+        console.print(f"[yellow]note[/yellow]          {note}", highlight=False)
 
     started = p.started or time.perf_counter()
     # A re-run reseeds by the stored trial count, so it does not replay the first run's
@@ -482,6 +501,7 @@ def _confirm_recommendation(p: Prepared, study: optuna.Study, result: StudyResul
                 model_cfg=cfg.model,
                 weights=p.weights,
                 workload=p.workload,
+                shapes=p.mix.shapes,
                 device=p.device,
                 profile=cfg.profile,
                 cfg=cfg.confirm,

@@ -6,9 +6,9 @@ import torch
 
 # The workload itself (lengths, clamping) is knowledge, defined in kvopt.workload; named
 # here too, beside the prompts made from it.
-from kvopt.workload import Workload, make_workload, max_positions
+from kvopt.workload import Workload, WorkloadMix, make_mix, make_workload, max_positions
 
-__all__ = ["Workload", "make_workload", "max_positions", "make_inputs"]
+__all__ = ["Workload", "WorkloadMix", "make_mix", "make_workload", "max_positions", "make_inputs"]
 
 
 def make_inputs(
