@@ -200,10 +200,7 @@ def _shape_runner(
         begin = time.monotonic()
         run = timed_generate(model, inputs, cand, shape.new_tokens, device)
         clock[0] += time.monotonic() - begin
-        return {
-            "ttft_ms": run.ttft_s * 1000.0,
-            "decode_tok_s": cand.batch_size * (run.new_tokens - 1) / run.decode_s,
-        }
+        return run.metrics(cand.batch_size)
 
     return once
 

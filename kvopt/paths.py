@@ -20,14 +20,21 @@ SQLITE_PREFIX = "sqlite:///"
 
 
 def conf_dir() -> str:
-    """The shipped Hydra configs: ``kvopt/conf`` in a wheel, ``conf/`` in a source checkout."""
+    """The shipped Hydra configs: ``conf/`` in a source checkout, ``kvopt/conf`` in a wheel.
+
+    The checkout's own folder comes first: an editable install made from another checkout
+    maps ``kvopt.conf`` there, and this code must read the configs it ships with.
+    """
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").is_file() and (checkout / "profile").is_dir():
+        return str(checkout)
     try:
         packaged = Path(str(resources.files("kvopt.conf")))
         if (packaged / "config.yaml").is_file():
             return str(packaged)
     except ModuleNotFoundError:
         pass
-    return str(Path(__file__).resolve().parent.parent / "conf")
+    return str(checkout)
 
 
 def sqlite_path(url: str) -> str | None:
