@@ -68,6 +68,7 @@ SUBCOMMANDS = {
     "report": "kvopt.report.command:report_command",
     "dashboard": "kvopt.report.dashboard:dashboard_command",
     "compare": "kvopt.report.compare:compare_command",
+    "profiles": "kvopt.profiles:profiles_command",
 }
 
 

@@ -3,9 +3,9 @@
 Knowledge: lengths only, nothing is loaded. :mod:`kvopt.engine.workload` turns a workload
 into the synthetic prompts a model runs.
 
-- **Clamping.** A shape whose prompt + new tokens exceed the model's positions keeps its
-  new tokens and has its prompt cut to ``positions - new tokens``; shapes that become
-  identical are merged (their shares added) and the notes say so.
+- **Clamping.** A shape whose prompt + new tokens exceed the model's positions has its new
+  tokens capped at half the positions and its prompt cut to ``positions - new tokens``;
+  shapes that become identical are merged (their shares added) and the notes say so.
 - **The trial's shape** (:func:`representative`): the shape with the largest share of
   requests; among equal shares the one with the largest KV cache (prompt + new tokens),
   since KV-cache settings matter most where the cache is largest; then the one with fewer
@@ -63,6 +63,8 @@ def max_positions(model_cfg: ModelConfig) -> int | None:
 
 def _fit(prompt: int, new: int, limit: int | None, share: float) -> Workload:
     if limit is not None and prompt + new > limit:
+        # New tokens at most half the positions, so a clamped shape keeps a prompt at least as long.
+        new = min(new, max(2, limit // 2))
         return Workload(prompt_tokens=max(1, limit - new), new_tokens=new, clamped_from=prompt, share=share)
     return Workload(prompt_tokens=prompt, new_tokens=new, share=share)
 
@@ -139,7 +141,8 @@ def make_mix(profile: ProfileConfig, model_cfg: ModelConfig) -> WorkloadMix:
     notes = []
     if clamped:
         notes.append(
-            f"clamped to the model's {limit} positions (prompt = positions - new tokens): " + ", ".join(clamped)
+            f"clamped to the model's {limit} positions (new tokens at most half, prompt = the rest): "
+            + ", ".join(clamped)
         )
     if len(shapes) < len(profile.shapes):
         notes.append(f"{len(profile.shapes)} shapes became {len(shapes)} after clamping: identical ones merged")

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kvopt.attrs",
             "kvopt.interrupt",
             "kvopt.config",
+            "kvopt.traffic",
             "kvopt.compose",
         ),
     ),
@@ -69,7 +70,19 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Renderers of the run record (and the subcommands that only read stored studies).
     ("outputs", ("kvopt.report",)),
     ("orchestration", ("kvopt.runner",)),
-    ("entry points", ("kvopt", "kvopt.__main__", "kvopt.cli", "kvopt.api", "kvopt.sweep", "kvopt.info", "kvopt.bench")),
+    (
+        "entry points",
+        (
+            "kvopt",
+            "kvopt.__main__",
+            "kvopt.cli",
+            "kvopt.api",
+            "kvopt.sweep",
+            "kvopt.info",
+            "kvopt.profiles",
+            "kvopt.bench",
+        ),
+    ),
 ]
 
 

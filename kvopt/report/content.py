@@ -27,6 +27,8 @@ __all__ = [
     "gain_rows",
     "gains_heading",
     "confirmation_rows",
+    "SHAPE_HEADER",
+    "shape_rows",
     "front_rows",
     "trial_rows",
     "noise_rows",
@@ -151,6 +153,34 @@ def confirmation_rows(s: StoredStudy) -> list[tuple[str, ...]]:
             cells.append(_pct(g["pct"]) + ci)
         mark = "recommended" if number == stored["recommended"] else ""
         rows.append((str(number), r.label, *cells, mark))
+    return rows
+
+
+SHAPE_HEADER = ("shape (prompt+new)", "share", "TTFT", "decode tok/s", "peak memory", "score", "this shape prefers")
+
+
+def shape_rows(s: StoredStudy) -> list[tuple[str, ...]]:
+    """Per request shape of the mix: the recommendation's confirmed gains there and the shape's own choice."""
+    stored = s.confirmation
+    if not stored or not stored.get("shapes"):
+        return []
+    labels = {r.number: f"#{r.number} {r.label}" for r in s.results}
+    rec = str(stored["recommended"])
+    rows = []
+    for shape in stored["shapes"]:
+        gains = shape["gains"][rec]
+        name = f"{shape['prompt_tokens']}+{shape['new_tokens']}" + (" (trials)" if shape.get("trial_shape") else "")
+        if shape.get("clamped_from"):
+            name += f", clamped from {shape['clamped_from']}"
+        rows.append(
+            (
+                name,
+                f"{shape['share']:.0%}",
+                *(_pct(gains[m]["pct"]) for m in METRICS),
+                f"{shape['score'][rec]:+.3f}",
+                labels.get(shape["preferred"], str(shape["preferred"])),
+            )
+        )
     return rows
 
 

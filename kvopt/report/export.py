@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import pprint
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,8 @@ class StudySettings:
     recommendation: Recommendation | None
     front: list[Result]
     baseline: Result | None
+    # The confirmation's per-shape figures (kvopt.confirm), for a profile of several shapes.
+    shapes: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_stored(cls, stored: StoredStudy) -> StudySettings:
@@ -147,6 +149,7 @@ class StudySettings:
             recommendation=stored.recommendation,
             front=stored.front,
             baseline=stored.baseline,
+            shapes=list((stored.confirmation or {}).get("shapes") or []),
         )
 
 
@@ -178,7 +181,25 @@ def settings_document(src: StudySettings) -> dict[str, Any]:
         if baseline is None
         else {"trial": baseline.number, "candidate": baseline.label, "values": dict(baseline.values)},
         "alternatives": alternatives(src.front, baseline, workload),
+        "shapes": _shapes(src.shapes, rec),
     }
+
+
+def _shapes(shapes: list[dict[str, Any]], rec: Recommendation) -> list[dict[str, Any]]:
+    """Per request shape: its share, the recommendation's confirmed gains there, and what that shape alone prefers."""
+    number = str(rec.result.number)
+    return [
+        {
+            "prompt_tokens": s["prompt_tokens"],
+            "new_tokens": s["new_tokens"],
+            "share": round(s["share"], 4),
+            "trials_measured_this_shape": bool(s.get("trial_shape")),
+            "gains_pct": {m: round(g["pct"], 2) for m, g in s["gains"][number].items()},
+            "score": round(s["score"][number], 4),
+            "prefers_trial": s["preferred"],
+        }
+        for s in shapes
+    ]
 
 
 _SCRIPT = '''"""kvopt's recommended settings for {hub_id} on {device} (profile {profile}, study {study}).

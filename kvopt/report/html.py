@@ -101,6 +101,12 @@ def render_html(s: StoredStudy, importance: content.Importance, plots: dict[str,
             "<h3>Confirmed finalists (gain over the baseline, paired rounds)</h3>",
             html_table(CONFIRM_HEADER, confirmed, _marked(confirmed)),
         ]
+    shapes = content.shape_rows(s)
+    if shapes:
+        out += [
+            "<h3>Per request shape (the recommendation's confirmed gain over the baseline)</h3>",
+            html_table(content.SHAPE_HEADER, shapes),
+        ]
     out.append("<h2>Pareto front</h2>")
     out += [_figure(name, plots[name]) for name in ("pareto", "objectives") if name in plots]
     front = content.front_rows(s)

@@ -79,6 +79,10 @@ def render_markdown(s: StoredStudy, importance: content.Importance, plots: dict[
     if confirmed:
         out += ["### Confirmed finalists (gain over the baseline, paired rounds)", ""]
         out += [md_table(CONFIRM_HEADER, confirmed), ""]
+    shapes = content.shape_rows(s)
+    if shapes:
+        out += ["### Per request shape (the recommendation's confirmed gain over the baseline)", ""]
+        out += [md_table(content.SHAPE_HEADER, shapes), ""]
     out += ["## Pareto front", ""]
     for name in ("pareto", "objectives"):
         if name in plots:
