@@ -373,6 +373,7 @@ def _shape_doc(
         "clamped_from": shape.clamped_from,
         "trial_shape": is_trial_shape,
         "peak_mem_mb": {str(n): mb for n, mb in memory.items()},
+        "samples": {str(n): v for n, v in samples.items()},
         "medians": {str(r.number): {m: median_ci(v).median for m, v in samples[r.number].items()} for r in finalists},
         "gains": {
             str(r.number): {

@@ -99,7 +99,7 @@ class WorkloadMix:
     def describe(self) -> str:
         """One line: every shape with its share, the trial's marked."""
         parts = [
-            f"{w.label} ({w.share:.0%})" + (" [trials]" if i == self.trial_index else "")
+            f"{w.label} {w.share:.0%}" + (" (trials)" if i == self.trial_index else "")
             for i, w in enumerate(self.shapes)
         ]
         return ", ".join(parts)

@@ -30,7 +30,14 @@ from typing import Any
 from kvopt.bench.common import compose_config, provenance, script_main, write_json
 from kvopt.bench.grid import grid_rows_ok, untimed_seconds
 from kvopt.bench.hypervolume import REFERENCE
-from kvopt.bench.replay import ReplayTable, StudyTrace, replay_pruning_rule, replay_study, warm_start_from_grid
+from kvopt.bench.replay import (
+    ReplayTable,
+    StudyTrace,
+    recorded_profile,
+    replay_pruning_rule,
+    replay_study,
+    warm_start_from_grid,
+)
 from kvopt.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -215,7 +222,9 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.samplers:
-        cfg = compose_config(grid["model"], grid["profile"], [*grid["overrides"], f"sampler={name}"])
+        cfg = compose_config(
+            grid["model"], grid["profile"], [*grid["overrides"], *recorded_profile(grid), f"sampler={name}"]
+        )
         seeds = args.gp_seeds if name == "gp" and args.gp_seeds else args.seeds
         # The grid order visits every grid point (conditional options repeat candidates);
         # the others get as many trials as the space has candidates.

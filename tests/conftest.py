@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from kvopt.config import ModelConfig, ProfileConfig
+from kvopt.config import ModelConfig, ProfileConfig, validate_profile
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -31,8 +31,7 @@ def model_config(name: str) -> ModelConfig:
 
 
 def profile_config(name: str, **overrides) -> ProfileConfig:
-    data = {**load_yaml("profile", name), **overrides}
-    return ProfileConfig(**{k: data[k] for k in ProfileConfig.__dataclass_fields__})
+    return validate_profile({**load_yaml("profile", name), **overrides})
 
 
 @pytest.fixture

@@ -73,12 +73,13 @@ def test_journal_storage_and_a_clamped_prompt(run_cli, tmp_path):
         "study.n_trials=2",
         "storage=journal",
         f"storage.url={journal}",
-        "profile.new_tokens=4",
+        "profile.output_lengths=[4]",
         "profile.repetitions=1",
         "search_space.batch_size=[1]",
     )
     assert result.returncode == 0, result.stderr
-    assert "prompt clamped from 1024 to 252 tokens" in result.stdout
+    # rag's three contexts with 4 new tokens all clamp to tiny-gpt2's 256 positions: one shape.
+    assert "8192+4 -> 252+4" in result.stdout and "3 shapes became 1" in result.stdout
     assert journal.stat().st_size > 0
 
 
@@ -125,7 +126,7 @@ def test_help_lists_the_config_groups_and_their_options(run_cli):
     assert result.returncode == 0
     for line in (
         "model: gpt2, qwen2.5-0.5b, tiny-gpt2, tiny-llama",
-        "profile: chat-agent, ci-micro, longform, rag",
+        "profile: chat-agent, ci-micro, longform, rag, traffic",
         "sampler: gp, grid, nsga2, profile, random, tpe",
         "storage: journal, memory, sqlite",
     ):

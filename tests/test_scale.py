@@ -417,7 +417,7 @@ def _wait_for_running_trial(storage_of, proc: subprocess.Popen, timeout: float =
 
 
 # Slow enough trials (a second or more each) to be caught in the middle of one.
-SLOW = [*FAST, "profile.repetitions=40", "profile.new_tokens=16", "search_space.dtype=[float32]"]
+SLOW = [*FAST, "profile.repetitions=40", "profile.output_lengths=[16]", "search_space.dtype=[float32]"]
 
 
 @pytest.mark.slow
@@ -524,8 +524,8 @@ def test_a_two_by_two_sweep_writes_a_summary_with_four_rows(tmp_path):
         "study.n_trials=2",
         "confirm.rounds=0",
         "measure.adaptive=false",
-        "profile.prompt_tokens=16",
-        "profile.new_tokens=4",
+        "profile.context_lengths=[16]",
+        "profile.output_lengths=[4]",
         "search_space.dtype=[float32]",
         f"storage.url=sqlite:///{tmp_path / 'sweep.db'}",
         cwd=tmp_path,

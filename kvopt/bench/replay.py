@@ -47,6 +47,7 @@ __all__ = [
     "ReplayTable",
     "ReplayMeasurer",
     "StudyTrace",
+    "recorded_profile",
     "replay_study",
     "replay_pruning_rule",
     "warm_start_from_grid",
@@ -213,6 +214,24 @@ def _exhausted(space: SearchSpace, seed: int, stop_rule: Any = None, stopped: li
             queue_unmeasured_after_repeat(study, space, trial, random.Random(seed + trial.number))
 
     return callback
+
+
+def recorded_profile(grid: dict[str, Any]) -> list[str]:
+    """Overrides that give a replay the profile the grid was recorded with (weights, lengths).
+
+    A replay scores and samples with the config's profile; the shipped profiles change
+    (issue 14 made them mixes with new weights), the recorded grids do not, so a replay
+    pins the recorded weights and its one shape (the profile's own lengths, before clamping).
+    """
+    recorded = grid["profile_config"]
+    pinned = [f"profile.weights.{m}={w}" for m, w in recorded["weights"].items()]
+    shapes = recorded.get("shapes") or [recorded]
+    if len(shapes) == 1:
+        pinned += [
+            f"profile.context_lengths=[{shapes[0]['prompt_tokens']}]",
+            f"profile.output_lengths=[{shapes[0]['new_tokens']}]",
+        ]
+    return pinned
 
 
 def replay_study(

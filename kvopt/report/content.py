@@ -3,7 +3,6 @@ and the dashboard note, so the three never disagree. Rendering and escaping are 
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from kvopt.attrs import CONSTRAINTS_ATTR, NOISY_ATTR, REUSED_FROM_ATTR
 from kvopt.metrics import METRIC_BY_NAME, METRICS, OBJECTIVES
+from kvopt.report.shapes import confirmed_shape_rows, pct_cell
 from kvopt.select import Result
 
 if TYPE_CHECKING:  # kvopt.stored imports kvopt.report: no import cycle at run time
@@ -27,7 +27,6 @@ __all__ = [
     "gain_rows",
     "gains_heading",
     "confirmation_rows",
-    "SHAPE_HEADER",
     "shape_rows",
     "front_rows",
     "trial_rows",
@@ -97,8 +96,7 @@ def facts(s: StoredStudy) -> list[tuple[str, str]]:
     return rows
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:+.1f}%"
+_pct = pct_cell
 
 
 def gains_heading(s: StoredStudy) -> str:
@@ -156,32 +154,12 @@ def confirmation_rows(s: StoredStudy) -> list[tuple[str, ...]]:
     return rows
 
 
-SHAPE_HEADER = ("shape (prompt+new)", "share", "TTFT", "decode tok/s", "peak memory", "score", "this shape prefers")
-
-
 def shape_rows(s: StoredStudy) -> list[tuple[str, ...]]:
     """Per request shape of the mix: the recommendation's confirmed gains there and the shape's own choice."""
     stored = s.confirmation
-    if not stored or not stored.get("shapes"):
+    if not stored:
         return []
-    labels = {r.number: f"#{r.number} {r.label}" for r in s.results}
-    rec = str(stored["recommended"])
-    rows = []
-    for shape in stored["shapes"]:
-        gains = shape["gains"][rec]
-        name = f"{shape['prompt_tokens']}+{shape['new_tokens']}" + (" (trials)" if shape.get("trial_shape") else "")
-        if shape.get("clamped_from"):
-            name += f", clamped from {shape['clamped_from']}"
-        rows.append(
-            (
-                name,
-                f"{shape['share']:.0%}",
-                *(_pct(gains[m]["pct"]) for m in METRICS),
-                f"{shape['score'][rec]:+.3f}",
-                labels.get(shape["preferred"], str(shape["preferred"])),
-            )
-        )
-    return rows
+    return confirmed_shape_rows(stored, {r.number: r.label for r in s.results})
 
 
 def _values(r: Result) -> tuple[str, str, str]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from kvopt.report import content
 from kvopt.report.markdown import CONFIRM_HEADER, FRONT_HEADER, PLOT_TITLES, TRIAL_HEADER
+from kvopt.report.shapes import SHAPE_HEADER
 
 if TYPE_CHECKING:
     from kvopt.stored import StoredStudy
@@ -105,7 +106,7 @@ def render_html(s: StoredStudy, importance: content.Importance, plots: dict[str,
     if shapes:
         out += [
             "<h3>Per request shape (the recommendation's confirmed gain over the baseline)</h3>",
-            html_table(content.SHAPE_HEADER, shapes),
+            html_table(SHAPE_HEADER, shapes),
         ]
     out.append("<h2>Pareto front</h2>")
     out += [_figure(name, plots[name]) for name in ("pareto", "objectives") if name in plots]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from kvopt.metrics import OBJECTIVES
 from kvopt.report import content
+from kvopt.report.shapes import SHAPE_HEADER
 
 if TYPE_CHECKING:
     from kvopt.stored import StoredStudy
@@ -82,7 +83,7 @@ def render_markdown(s: StoredStudy, importance: content.Importance, plots: dict[
     shapes = content.shape_rows(s)
     if shapes:
         out += ["### Per request shape (the recommendation's confirmed gain over the baseline)", ""]
-        out += [md_table(content.SHAPE_HEADER, shapes), ""]
+        out += [md_table(SHAPE_HEADER, shapes), ""]
     out += ["## Pareto front", ""]
     for name in ("pareto", "objectives"):
         if name in plots:

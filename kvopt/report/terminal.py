@@ -19,6 +19,7 @@ from rich.table import Table
 
 from kvopt.metrics import OBJECTIVES
 from kvopt.report.export import call_args
+from kvopt.report.shapes import SHAPE_HEADER, confirmed_shape_rows
 from kvopt.select import Recommendation, Result
 from kvopt.space import Candidate
 
@@ -133,6 +134,19 @@ def print_confirmation(console: Console, confirmation: Any) -> None:
             style=style,
         )
     console.print(table)
+    rows = confirmed_shape_rows(confirmation.to_dict(), {r.number: r.label for r in confirmation.finalists})
+    if rows:
+        shapes = Table(
+            title="per request shape: the recommendation's confirmed gain over the baseline",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        for header in SHAPE_HEADER:
+            shapes.add_column(header)
+        for row in rows:
+            shapes.add_row(*row)
+        console.print(shapes)
 
 
 def _values_row(r: Result) -> list[str]:

@@ -1,0 +1,153 @@
+"""Profiles as workload mixes: shapes fit to the model, traffic files, the profiles command,
+and finalists confirmed on every shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from kvopt.config import validate
+from kvopt.confirm import paired_scores
+from kvopt.errors import ConfigError
+from kvopt.measure.adaptive import median_ci
+from kvopt.paths import conf_dir
+from kvopt.profiles import profiles_command
+from kvopt.runner import tune
+from kvopt.traffic import BINS, shapes_from_requests
+from kvopt.workload import make_mix
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
+        return validate(compose(config_name="config", overrides=list(overrides)))
+
+
+def test_shipped_mixes_clamp_to_the_model_and_merge_identical_shapes():
+    gpt2 = _cfg("model=gpt2", "profile=rag")
+    assert [(s.prompt_tokens, s.new_tokens) for s in gpt2.profile.shapes][:2] == [(8192, 256), (8192, 512)]
+    assert gpt2.profile.weights == {"ttft_ms": 0.35, "decode_tok_s": 0.35, "peak_mem_mb": 0.30}
+    mix = make_mix(gpt2.profile, gpt2.model)
+    # Six shapes, two after clamping to gpt2's 1024 positions; each keeps half the requests.
+    assert [(w.label, w.share) for w in mix.shapes] == [("768+256", 0.5), ("512+512", 0.5)]
+    assert mix.trial.label == "768+256"  # equal shares and KV: the fewer new tokens (cheaper to time)
+    assert any("6 shapes became 2" in n for n in mix.notes)
+    # A long-context model keeps all six; trials measure the largest KV cache.
+    qwen = _cfg("model=qwen2.5-0.5b", "profile=rag")
+    long_mix = make_mix(qwen.profile, qwen.model)
+    assert len(long_mix.shapes) == 6 and long_mix.trial.label == "32512+256"
+    # Outputs longer than the positions are capped at half of them.
+    longform = _cfg("model=gpt2", "profile=longform")
+    assert [w.label for w in make_mix(longform.profile, longform.model).shapes] == ["512+512"]
+
+
+def test_a_traffic_csv_becomes_quartile_shapes(tmp_path):
+    rows = [(100 + 10 * i, 20 + i % 5) for i in range(40)]
+    path = tmp_path / "traffic.csv"
+    path.write_text("prompt_tokens,new_tokens,user\n" + "".join(f"{p},{n},u{i}\n" for i, (p, n) in enumerate(rows)))
+    cfg = _cfg("model=tiny-gpt2", "profile=traffic", f"profile.traffic_file={path}")
+    shapes = cfg.profile.shapes
+    assert len(shapes) == BINS and sum(s.share for s in shapes) == pytest.approx(1.0)
+    assert [s.prompt_tokens for s in shapes] == [145, 245, 345, 445]  # each quarter's median prompt
+    assert cfg.raw["profile"]["shapes"][0]["prompt_tokens"] == 145  # stored with the study
+    # Few distinct pairs: each is a shape, with its share of the requests.
+    assert shapes_from_requests([(10, 4), (10, 4), (30, 2)]) == [(10, 4, 2 / 3), (30, 2, 1 / 3)]
+
+
+def test_bad_traffic_lines_are_named_by_file_and_line(tmp_path):
+    path = tmp_path / "traffic.jsonl"
+    path.write_text(
+        '{"prompt_tokens": 12, "new_tokens": 4}\n'
+        '{"prompt_tokens": -3, "new_tokens": 4}\n'
+        "\n"
+        "not json\n"
+        '{"prompt_tokens": 12}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        _cfg("model=tiny-gpt2", "profile=traffic", f"profile.traffic_file={path}")
+    problems = info.value.problems
+    assert len(problems) == 3
+    assert problems[0].startswith(f"profile.traffic_file: {path}:2 got")
+    assert f"{path}:4 is not a JSON object" in problems[1]
+    assert f"{path}:5 got" in problems[2] and "new_tokens integers >= 1" in problems[2]
+    with pytest.raises(ConfigError, match="no such file"):
+        _cfg("model=tiny-gpt2", "profile=traffic", f"profile.traffic_file={tmp_path / 'missing.csv'}")
+    with pytest.raises(ConfigError, match=r"profile\.traffic_file: got None"):
+        _cfg("model=tiny-gpt2", "profile=traffic")
+
+
+def test_prompt_text_is_counted_with_the_models_tokenizer(tmp_path):
+    folder = tmp_path / "model"
+    vocab = {"[UNK]": 0, "hello": 1, "world": 2}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(folder)
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "hello world hello", "new_tokens": 5}\n{"prompt": "hello", "new_tokens": 3}\n')
+    cfg = _cfg("model=tiny-gpt2", f"model.hub_id={folder}", "profile=traffic", f"profile.traffic_file={path}")
+    assert [(s.prompt_tokens, s.new_tokens) for s in cfg.profile.shapes] == [(1, 3), (3, 5)]
+    # The shipped tiny model has no tokenizer files: one clear line, not a traceback.
+    with pytest.raises(ConfigError, match="tokenizer of 'kvopt/tiny-gpt2' cannot be loaded offline"):
+        _cfg("model=tiny-gpt2", "profile=traffic", f"profile.traffic_file={path}")
+
+
+def test_the_profiles_command_lists_shapes_weights_and_slos(capsys):
+    assert profiles_command(["model=gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert "rag: 6 shapes" in out and "8192+256 17%" in out
+    assert "weights ttft 0.35, decode 0.35, memory 0.30; SLOs none; 8 trials" in out
+    assert "on gpt2: 768+256 (50%) [trials], 512+512 (50%)" in out
+    assert "chat-agent: 9 shapes" in out and "shared prefix 2000" in out
+    assert "traffic: shapes from profile.traffic_file" in out
+    assert profiles_command(["profile=nope"]) == 2
+    assert "profile: got 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finalists_are_confirmed_on_every_shape(tmp_path):
+    cfg = _cfg(
+        "model=tiny-llama",
+        "profile=ci-micro",
+        "profile.context_lengths=[8,40]",
+        "profile.output_lengths=[4]",
+        "study.n_trials=2",
+        "study.converge=false",
+        "confirm.rounds=3",
+        "measure.adaptive=false",
+        "search_space.dtype=[float32]",
+        "search_space.cache_implementation=[dynamic]",
+        "pruning.dominated=false",
+        "search_space.attn_implementation=[sdpa]",
+        "search_space.batch_size=[1,2]",
+        f"storage.url=sqlite:///{tmp_path / 'kvopt.db'}",
+    )
+    result = tune(cfg, output_dir=tmp_path / "out")
+    confirmation = result.confirmation
+    assert confirmation is not None and len(confirmation.shapes) == 2
+    baseline = next(r for r in confirmation.finalists if r.is_baseline)
+    mix: dict[int, list[float]] = {}
+    for shape in confirmation.shapes:
+        assert shape["share"] == 0.5 and shape["trial_shape"] == (shape["prompt_tokens"] == 40)
+        samples, memory = shape["samples"], shape["peak_mem_mb"]
+        for r in confirmation.finalists:
+            assert len(samples[str(r.number)]["ttft_ms"]) == 3
+            scores = paired_scores(
+                samples[str(r.number)],
+                samples[str(baseline.number)],
+                memory[str(r.number)] / memory[str(baseline.number)],
+                cfg.profile.weights,
+            )
+            mix[r.number] = [m + 0.5 * s for m, s in zip(mix.get(r.number, [0.0] * 3), scores)]
+    # The decision follows the share-weighted mix score: a finalist only with a proven gain.
+    proven = [n for n, scores in mix.items() if n != baseline.number and median_ci(scores).low > 0]
+    assert (confirmation.recommended.number in proven) or (not proven and confirmation.recommended.is_baseline)
+    out = tmp_path / "out"
+    doc = yaml.safe_load((out / "recommended.yaml").read_text())
+    assert [(s["prompt_tokens"], s["new_tokens"]) for s in doc["shapes"]] == [(8, 4), (40, 4)]
+    assert "Per request shape" in (out / "report.md").read_text()
+    workload = json.loads((out / "results.json").read_text())["workload"]
+    assert workload["trial_shape"] == 1 and len(workload["shapes"]) == 2
