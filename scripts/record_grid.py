@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kvopt.bench.common import compose_config, script_main, write_csv, write_json
+from kvopt_bench.common import compose_config, script_main, write_csv, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 # The spaces of docs/benchmarks.md. gpt2 keeps float32 only: on this CPU bf16/fp16 run
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--name", help="output name (default: <model>-<profile>)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the measurement order")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks")
-    parser.add_argument("overrides", nargs="*", help="kvopt config overrides, e.g. profile.prompt_tokens=64")
+    parser.add_argument("overrides", nargs="*", help="kvopt config overrides, e.g. profile.context_lengths=[64]")
     args = parser.parse_args()
     overrides = [*SPACES[args.space], *args.overrides, *FIXED]
     cfg = compose_config(args.model, args.profile, overrides)
@@ -83,7 +83,7 @@ def main() -> None:
             flush=True,
         )
 
-    from kvopt.bench.grid import record_grid
+    from kvopt_bench.grid import record_grid
 
     grid = record_grid(cfg, overrides, order_seed=args.seed, on_row=progress)
     name = args.name or f"{args.model}-{args.profile}"
