@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kvopt.errors import ConfigError
 from kvopt.metrics import DIRECTIONS, METRICS, SLO_KEYS
+from kvopt.traffic import read_requests, shapes_from_requests, tokenizer_counter
 
 __all__ = [
     "CACHE_IMPLEMENTATIONS",
@@ -335,8 +336,6 @@ def _explicit_shapes(problems: _Problems, value: Any) -> list[Shape]:
 
 def _profile_shapes(problems: _Problems, p: Mapping[str, Any], model: Mapping[str, Any]) -> tuple[Shape, ...]:
     """The mix, from the first of: shapes, traffic_file, context_lengths x output_lengths, prompt/new tokens."""
-    from kvopt.traffic import read_requests, shapes_from_requests, tokenizer_counter
-
     shapes: list[Shape] = []
     if p.get("shapes") is not None:
         shapes = _explicit_shapes(problems, p.get("shapes"))

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import REPO
 from kvopt.config import validate
 from kvopt.confirm import paired_scores
 from kvopt.errors import ConfigError
@@ -19,7 +20,9 @@ from kvopt.paths import conf_dir
 from kvopt.profiles import profiles_command
 from kvopt.runner import tune
 from kvopt.traffic import BINS, shapes_from_requests
-from kvopt.workload import make_mix
+from kvopt.workload import make_mix, make_workload
+from kvopt_bench.common import compose_config
+from kvopt_bench.replay import recorded_profile
 
 
 def _cfg(*overrides: str):
@@ -100,7 +103,7 @@ def test_the_profiles_command_lists_shapes_weights_and_slos(capsys):
     out = capsys.readouterr().out
     assert "rag: 6 shapes" in out and "8192+256 17%" in out
     assert "weights ttft 0.35, decode 0.35, memory 0.30; SLOs none; 8 trials" in out
-    assert "on gpt2: 768+256 (50%) [trials], 512+512 (50%)" in out
+    assert "on gpt2: 768+256 50% (trials), 512+512 50%" in out
     assert "chat-agent: 9 shapes" in out and "shared prefix 2000" in out
     assert "traffic: shapes from profile.traffic_file" in out
     assert profiles_command(["profile=nope"]) == 2
@@ -117,6 +120,7 @@ def test_finalists_are_confirmed_on_every_shape(tmp_path):
         "study.n_trials=2",
         "study.converge=false",
         "confirm.rounds=3",
+        "confirm.max_seconds=600",  # all three rounds even on a loaded machine
         "measure.adaptive=false",
         "search_space.dtype=[float32]",
         "search_space.cache_implementation=[dynamic]",
@@ -141,7 +145,7 @@ def test_finalists_are_confirmed_on_every_shape(tmp_path):
                 memory[str(r.number)] / memory[str(baseline.number)],
                 cfg.profile.weights,
             )
-            mix[r.number] = [m + 0.5 * s for m, s in zip(mix.get(r.number, [0.0] * 3), scores)]
+            mix[r.number] = [m + 0.5 * s for m, s in zip(mix.get(r.number, [0.0] * len(scores)), scores)]
     # The decision follows the share-weighted mix score: a finalist only with a proven gain.
     proven = [n for n, scores in mix.items() if n != baseline.number and median_ci(scores).low > 0]
     assert (confirmation.recommended.number in proven) or (not proven and confirmation.recommended.is_baseline)
@@ -151,3 +155,12 @@ def test_finalists_are_confirmed_on_every_shape(tmp_path):
     assert "Per request shape" in (out / "report.md").read_text()
     workload = json.loads((out / "results.json").read_text())["workload"]
     assert workload["trial_shape"] == 1 and len(workload["shapes"]) == 2
+
+
+def test_replays_keep_the_profile_their_grid_was_recorded_with():
+
+    grid = json.loads((REPO / "benchmarks" / "grid_gpt2-rag.json").read_text())
+    cfg = compose_config(grid["model"], grid["profile"], [*grid["overrides"], *recorded_profile(grid)])
+    assert cfg.profile.weights == grid["profile_config"]["weights"]  # rag's former 0.6 / 0.2 / 0.2
+    workload = make_workload(cfg.profile, cfg.model)
+    assert (workload.prompt_tokens, workload.new_tokens) == (992, 32)

@@ -217,21 +217,18 @@ def _exhausted(space: SearchSpace, seed: int, stop_rule: Any = None, stopped: li
 
 
 def recorded_profile(grid: dict[str, Any]) -> list[str]:
-    """Overrides that give a replay the profile the grid was recorded with (weights, lengths).
+    """Overrides that give a replay the profile the grid was recorded with: its weights and its shape.
 
     A replay scores and samples with the config's profile; the shipped profiles change
     (issue 14 made them mixes with new weights), the recorded grids do not, so a replay
-    pins the recorded weights and its one shape (the profile's own lengths, before clamping).
+    pins the recorded weights and the one shape the grid measured (already fit to the model).
     """
-    recorded = grid["profile_config"]
-    pinned = [f"profile.weights.{m}={w}" for m, w in recorded["weights"].items()]
-    shapes = recorded.get("shapes") or [recorded]
-    if len(shapes) == 1:
-        pinned += [
-            f"profile.context_lengths=[{shapes[0]['prompt_tokens']}]",
-            f"profile.output_lengths=[{shapes[0]['new_tokens']}]",
-        ]
-    return pinned
+    workload = grid["workload"]
+    return [
+        *(f"profile.weights.{m}={w}" for m, w in grid["profile_config"]["weights"].items()),
+        f"profile.context_lengths=[{workload['prompt_tokens']}]",
+        f"profile.output_lengths=[{workload['new_tokens']}]",
+    ]
 
 
 def replay_study(
