@@ -12,12 +12,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from conftest import REPO
+from kvopt.commands.profiles import profiles_command
 from kvopt.config import validate
 from kvopt.confirm import paired_scores
 from kvopt.errors import ConfigError
 from kvopt.measure.adaptive import median_ci
 from kvopt.paths import conf_dir
-from kvopt.profiles import profiles_command
 from kvopt.runner import tune
 from kvopt.traffic import BINS, shapes_from_requests
 from kvopt.workload import make_mix, make_workload
