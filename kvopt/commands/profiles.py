@@ -71,8 +71,8 @@ def profiles_command(args: list[str]) -> int:
             lines += [f"  note: {n}" for n in mix.notes]
         lines.append("")
     lines.append(
-        "Trials measure one shape (marked: the largest share, then the largest KV cache, then fewer new "
-        "tokens); the finalists are confirmed on every shape and scored by the shares (docs/profiles.md)."
+        "Trials measure the shape marked (trials): the largest share, then the largest KV cache, then fewer new "
+        "tokens; the finalists are confirmed on every shape and scored by the shares (docs/profiles.md)."
     )
     console = Console(soft_wrap=True)
     for line in lines:
