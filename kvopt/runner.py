@@ -23,7 +23,8 @@ from rich.console import Console
 
 from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
 from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
-from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
+from kvopt.engine.loading import ModelLoader, WeightsSource
+from kvopt.engine.source import resolve_config
 from kvopt.engine.workload import Workload, make_workload
 from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
@@ -139,10 +140,11 @@ def _result_dict(r: Result) -> dict[str, Any]:
 
 
 def prepare(cfg: KvoptConfig) -> Prepared:
-    """Resolve device, weights, storage and search space; raise KvoptError on bad input."""
+    """Resolve model, device, weights, storage and search space; raise KvoptError on bad input."""
     started = time.perf_counter()
+    # The model the user named (its own config.json, pinned revision): p.cfg carries it from here on.
+    cfg, weights = resolve_config(cfg)
     device = resolve_device(cfg.device)
-    weights = resolve_weights(cfg.model)
     scale = cfg.scale
     # RDB heartbeats: another worker fails a trial whose worker fell silent, and re-queues it.
     storage = open_storage(
@@ -258,7 +260,11 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
     return [
         ("study", f"{p.name}{resume}"),
         ("storage", p.storage_label),
-        ("model", f"{cfg.model.name} ({cfg.model.hub_id}), {p.weights.kind} weights: {p.weights.reason}"),
+        (
+            "model",
+            f"{cfg.model.name} ({cfg.model.hub_id}), {p.weights.kind} weights: {p.weights.reason}"
+            + (", trust_remote_code=true (runs the model's own code)" if cfg.model.trust_remote_code else ""),
+        ),
         ("device", str(p.device)),
         (
             "workload",
@@ -331,6 +337,7 @@ def tune(
     """Run the study the config describes and return its front and recommendation."""
     console = console or Console()
     p = prepared or prepare(cfg)
+    cfg = p.cfg  # the resolved model
     print_plan(console, _plan_lines(p), p.space.dropped)
     if p.workload.note:
         console.print(f"[yellow]note[/yellow]          {p.workload.note}", highlight=False)
@@ -530,6 +537,7 @@ def _write_outputs(
         StudySettings(
             study=p.name,
             model=p.cfg.model,
+            weights=p.weights.kind,
             profile=p.cfg.profile.name,
             slo=p.cfg.profile.slo,
             device=str(p.device),
