@@ -97,20 +97,24 @@ def test_alternatives_are_the_fronts_extremes(run_dir: Path):
         assert alt["generate_kwargs"] == plain(SearchSpace.make_candidate(best["params"]).generate_kwargs())
 
 
-def _run_snippet(script: Path) -> list[str]:
+def _snippet(script: Path, *args: str) -> subprocess.CompletedProcess:
     # kvopt is made unimportable: the snippet must need only torch and transformers.
     runner = (
         "import runpy, sys; sys.modules['kvopt'] = None; "
-        f"sys.argv = [{str(script)!r}, '--random-weights', '--exact-length', '--calls', '2']; "
+        f"sys.argv = [{str(script)!r}, *{list(args)!r}]; "
         f"runpy.run_path({str(script)!r}, run_name='__main__')"
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", runner],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def _run_snippet(script: Path) -> list[str]:
+    proc = _snippet(script, "--random-weights", "--exact-length", "--calls", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.splitlines()
 
@@ -126,6 +130,21 @@ def test_snippet_runs_without_kvopt_and_generates_the_workload(run_dir: Path):
     assert len(calls) == 2
     for n, line in enumerate(calls, start=1):
         assert line.startswith(f"call {n}: {rec['batch_size']} x 8 new tokens in ")
+
+
+@pytest.mark.slow
+def test_snippet_runs_as_the_study_ran_offline(run_dir: Path):
+    # The study measured random weights: with no flag the snippet builds them again, offline.
+    assert yaml.safe_load((run_dir / "recommended.yaml").read_text())["model"]["weights"] == "random"
+    proc = _snippet(run_dir / "recommended.py", "--exact-length", "--calls", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1].startswith("call 1: ")
+    # Asked for weights that cannot be had offline: one line, exit status 2, no traceback.
+    proc = _snippet(run_dir / "recommended.py", "--pretrained")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"recommended.py: error: cannot load 'kvopt/{MODEL}' (")
+    assert "--random-weights" in proc.stderr
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ class ModelSource:
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """One quick TCP connect to the hub, so an offline machine costs seconds, not retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if _offline():
         return False
     from huggingface_hub import constants
 
@@ -75,6 +75,14 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
 def _shipped() -> dict[str, dict[str, Any]]:
     """conf/model/*.yaml by option name."""
     return {
@@ -87,7 +95,7 @@ def read_model_config(path: Path, field: str, given: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise KvoptError(f"{field}: got {given!r} but its config.json cannot be read ({exc})") from None
+        raise KvoptError(f"{field}: got {given!r} but its config.json cannot be read ({_first_line(exc)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
         raise KvoptError(
             f"{field}: got {given!r} but its config.json has no model_type; allowed: a Transformers config"
@@ -231,7 +239,9 @@ def _download_config(hub_id: str, revision: str) -> Path:
             f"model.hub_id: got {hub_id!r} but it has no config.json; allowed: a Transformers model"
         ) from None
     except (HfHubHTTPError, OSError) as exc:
-        raise KvoptError(f"model.hub_id: got {hub_id!r} but its config.json cannot be downloaded ({exc})") from None
+        raise KvoptError(
+            f"model.hub_id: got {hub_id!r} but its config.json cannot be downloaded ({_first_line(exc)})"
+        ) from None
 
 
 def _from_hub_id(m: ModelConfig, shipped: dict[str, dict[str, Any]]) -> ModelSource:
@@ -249,10 +259,11 @@ def _from_hub_id(m: ModelConfig, shipped: dict[str, dict[str, Any]]) -> ModelSou
         hub_ok = _hub_reachable()
         if not hub_ok:
             shipped_ids = ", ".join(sorted(str(d.get("hub_id")) for d in shipped.values()))
+            why = " (HF_HUB_OFFLINE is set)" if _offline() else ""
             raise KvoptError(
                 f"model.hub_id: got {m.hub_id!r} but it is not in the local Hugging Face cache and the hub "
-                f"cannot be reached; allowed: a cached hub id, a local folder with config.json, or a shipped "
-                f"model ({shipped_ids})"
+                f"cannot be reached{why}; allowed: a cached hub id, a local folder with config.json, or a "
+                f"shipped model ({shipped_ids})"
             )
         config, origin = _download_config(m.hub_id, m.revision), "hub"
     if config is None:  # a shipped model not cached: its YAML's architecture, weights from the hub or random

@@ -243,7 +243,7 @@ def load_model(model: str, random_weights: bool, device: str) -> torch.nn.Module
                 model, revision=revision, trust_remote_code=TRUST_REMOTE_CODE, **MODEL_KWARGS
             )
         except (OSError, ValueError) as exc:  # not cached and offline, no such folder or model
-            fail(model, exc)
+            fail(repr(model), exc)
     return model_obj.to(device).eval()
 
 
@@ -256,7 +256,7 @@ def make_inputs(model: torch.nn.Module, source: str, prompt: str | None, device:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=TRUST_REMOTE_CODE)
         except (OSError, ValueError) as exc:
-            fail(f"the tokenizer of {{source}} for --prompt", exc)
+            fail(f"the tokenizer of {{source!r}} for --prompt", exc)
         ids = tokenizer([prompt] * BATCH_SIZE, return_tensors="pt").input_ids
     return {{"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}}
 
