@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
-from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
+from kvopt.confirm import Confirmation, choose_finalists, confirm
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.source import resolve_config
 from kvopt.engine.workload import Workload, make_workload
@@ -44,10 +44,10 @@ from kvopt.report.terminal import (
     print_summary,
 )
 from kvopt.sampler import WarmStart, check_converged, warm_start_from
-from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
+from kvopt.select import Recommendation, Result, collect_results, recommend
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage, study_lock
-from kvopt.stored import open_existing_storage, trial_records
+from kvopt.stored import StoredStudy, open_existing_storage, stored_study, trial_records
 from kvopt.study import (
     check_compatible,
     enqueue_baseline,
@@ -99,18 +99,51 @@ class Prepared:
 
 @dataclass
 class StudyResult:
-    study_name: str
-    storage: str
-    results: list[Result]
-    front: list[Result]
-    baseline: Result | None
-    recommendation: Recommendation | None
+    """What :func:`tune` returns: the run record plus what only this run saw.
+
+    The record (:class:`kvopt.stored.StoredStudy`) is built once, from storage, after the
+    confirmation: the same description ``kvopt report`` and ``kvopt.load`` read back, and the
+    one every output of this run renders (terminal, results.json, recommended.*, report).
+    """
+
+    record: StoredStudy
     outcomes: list[TrialOutcome] = field(default_factory=list)
     stopped_because: str = "n_trials reached"
     confirmation: Confirmation | None = None
     wall_s: float | None = None
 
+    @property
+    def study_name(self) -> str:
+        """The study's name in its storage."""
+        return self.record.name
+
+    @property
+    def storage(self) -> str:
+        """The storage's label (passwords masked)."""
+        return self.record.storage
+
+    @property
+    def results(self) -> list[Result]:
+        """Every completed candidate of the study."""
+        return self.record.results
+
+    @property
+    def front(self) -> list[Result]:
+        """The Pareto front of the completed candidates."""
+        return self.record.front
+
+    @property
+    def baseline(self) -> Result | None:
+        """The baseline's result, if it completed."""
+        return self.record.baseline
+
+    @property
+    def recommendation(self) -> Recommendation | None:
+        """The profile's (confirmed) recommendation, if any candidate completed."""
+        return self.record.recommendation
+
     def to_dict(self) -> dict[str, Any]:
+        """The run's summary for results.json."""
         rec = self.recommendation
         return {
             "study_name": self.study_name,
@@ -437,21 +470,17 @@ def tune(
         timed_out = cfg.study.timeout is not None and len(outcomes) < cfg.study.n_trials
         stopped.append(f"study.timeout ({cfg.study.timeout:g} s) reached" if timed_out else "n_trials reached")
 
-    results = collect_results(study)
+    wall_s = time.perf_counter() - started
+    console.print(f"stopped: {stopped[0]}", highlight=False)
+    confirmation = None if interrupted else _confirm_recommendation(p, study, console)
+    # The run record, read back from storage once everything is stored: every output below renders it.
     result = StudyResult(
-        study_name=p.name,
-        storage=p.storage_label,
-        results=results,
-        front=pareto_front(results),
-        baseline=next((r for r in results if r.is_baseline), None),
-        recommendation=recommend(results, cfg.profile),
+        record=stored_study(study, p.storage_label),
         outcomes=outcomes,
         stopped_because=stopped[0],
-        wall_s=time.perf_counter() - started,
+        confirmation=confirmation,
+        wall_s=wall_s,
     )
-    console.print(f"stopped: {result.stopped_because}", highlight=False)
-    if not interrupted:
-        _confirm_recommendation(p, study, result, console)
     snippet = None
     if result.recommendation is not None:
         snippet = paste_snippet(
@@ -468,14 +497,21 @@ def tune(
     return result
 
 
-def _confirm_recommendation(p: Prepared, study: optuna.Study, result: StudyResult, console: Console) -> None:
-    """Re-measure the finalists interleaved; the recommendation follows confirmed numbers."""
-    cfg, rec = p.cfg, result.recommendation
-    if cfg.confirm.rounds == 0 or rec is None or result.baseline is None:
-        return
-    finalists = choose_finalists(result.results, rec.result, cfg.profile, cfg.confirm.top_k)
+def _confirm_recommendation(p: Prepared, study: optuna.Study, console: Console) -> Confirmation | None:
+    """Re-measure the finalists interleaved and store the outcome with the study.
+
+    The recommendation then follows the confirmed numbers: the run record applies the
+    stored confirmation (:func:`kvopt.confirm.confirmed_recommendation`), as ``kvopt report`` does.
+    """
+    cfg = p.cfg
+    results = collect_results(study)
+    rec = recommend(results, cfg.profile)
+    baseline = next((r for r in results if r.is_baseline), None)
+    if cfg.confirm.rounds == 0 or rec is None or baseline is None:
+        return None
+    finalists = choose_finalists(results, rec.result, cfg.profile, cfg.confirm.top_k)
     if len(finalists) < 2:
-        return
+        return None
     console.print(
         f"confirming {len(finalists)} finalists in {cfg.confirm.rounds} interleaved rounds: "
         + ", ".join(f"#{r.number}" for r in finalists),
@@ -497,13 +533,10 @@ def _confirm_recommendation(p: Prepared, study: optuna.Study, result: StudyResul
             )
     except Exception as exc:  # the study's own result stands if confirmation cannot run
         console.print(f"[yellow]confirmation failed[/yellow]: {type(exc).__name__}: {exc}", highlight=False)
-        return
-    stored = confirmation.to_dict()
-    study.set_user_attr("confirmation", stored)
-    # The same function rebuilds it from storage (kvopt report), so both agree.
-    result.recommendation = confirmed_recommendation(rec, result.results, stored)
-    result.confirmation = confirmation
+        return None
+    study.set_user_attr("confirmation", confirmation.to_dict())
     print_confirmation(console, confirmation)
+    return confirmation
 
 
 def _dashboard_arg(p: Prepared) -> str:
@@ -532,21 +565,7 @@ def _write_outputs(
         "trials": trial_records(study),
     }
     write_json_atomic(output_dir / "results.json", payload)
-    write_settings(
-        output_dir,
-        StudySettings(
-            study=p.name,
-            model=p.cfg.model,
-            weights=p.weights.kind,
-            profile=p.cfg.profile.name,
-            slo=p.cfg.profile.slo,
-            device=str(p.device),
-            workload=p.workload,
-            recommendation=result.recommendation,
-            front=result.front,
-            baseline=result.baseline,
-        ),
-    )
+    write_settings(output_dir, StudySettings.from_stored(result.record))
     (output_dir / "resolved_config.yaml").write_text(
         OmegaConf.to_yaml(OmegaConf.create(attrs["config"])), encoding="utf-8"
     )
