@@ -171,3 +171,25 @@ def test_a_study_of_a_folder_names_it_and_recommended_py_loads_it(tmp_path):
     )
     assert script.returncode == 0, script.stderr[-2000:]
     assert script.stdout.startswith(f"loaded {folder}: dtype torch.float32")
+
+
+def test_the_model_the_user_gave_names_studies_and_output_folders(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from kvopt.compose import model_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    assert model_name("gpt2", "openai-community/gpt2") == "gpt2"  # the option's own hub id
+    assert model_name("gpt2", "Qwen/Qwen2.5-7B-Instruct") == "Qwen2.5-7B-Instruct"
+    assert model_name("gpt2", "./ckpt") == "ckpt"
+    assert model_name("tiny-gpt2", "kvopt/tiny-llama") == "tiny-llama"  # another option's hub id
+    assert model_name("mine", "Qwen/Qwen2.5-7B-Instruct") == "mine"  # a name the user set
+    # conf/config.yaml's hydra.run.dir resolves it the same way.
+    run_dir = OmegaConf.create(
+        {
+            "model": {"name": "gpt2", "hub_id": "Qwen/Qwen2.5-7B-Instruct"},
+            "dir": "${kvopt_model_name:${model.name},${model.hub_id}}",
+        }
+    )
+    assert run_dir.dir == "Qwen2.5-7B-Instruct"

@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
+from kvopt.compose import model_name, shipped_models
 from kvopt.config import DTYPES, KvoptConfig, ModelConfig
 from kvopt.engine.loading import WeightsSource
 from kvopt.errors import KvoptError
-from kvopt.paths import conf_dir
 
 __all__ = ["ModelSource", "resolve_model", "resolve_config", "read_model_config", "WEIGHT_FILES"]
 
@@ -81,13 +79,6 @@ def _first_line(exc: Exception) -> str:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def _shipped() -> dict[str, dict[str, Any]]:
-    """conf/model/*.yaml by option name."""
-    return {
-        p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(Path(conf_dir(), "model").glob("*.yaml"))
-    }
 
 
 def read_model_config(path: Path, field: str, given: str) -> dict[str, Any]:
@@ -161,13 +152,6 @@ def _weights(m: ModelConfig, have_local: bool, where: str, *, hub_ok: bool | Non
     )
 
 
-def _derived_name(m: ModelConfig, shipped: dict[str, dict[str, Any]], own: str) -> str:
-    """The user's model names the study: a name set by the user stays, a shipped option's name does not."""
-    if m.name in shipped and shipped[m.name].get("hub_id") != m.hub_id:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", own).strip("-") or "model"
-    return m.name
-
-
 def _is_path(hub_id: str) -> bool:
     """Written as a path (./ckpt, /data/ckpt, ~/ckpt, C:\\ckpt), or not a valid hub id at all."""
     if hub_id.startswith(("/", ".", "~", "\\")) or "\\" in hub_id or re.match(r"^[A-Za-z]:", hub_id):
@@ -181,7 +165,7 @@ def _is_path(hub_id: str) -> bool:
     return False
 
 
-def _from_folder(m: ModelConfig, folder: Path, shipped: dict[str, dict[str, Any]]) -> ModelSource:
+def _from_folder(m: ModelConfig, folder: Path) -> ModelSource:
     config = folder / "config.json"
     if not config.is_file():
         raise KvoptError(
@@ -191,7 +175,7 @@ def _from_folder(m: ModelConfig, folder: Path, shipped: dict[str, dict[str, Any]
     architecture, dtype = _own_fields(read_model_config(config, "model.hub_id", m.hub_id))
     resolved = replace(
         m,
-        name=_derived_name(m, shipped, folder.resolve().name),
+        name=model_name(m.name, m.hub_id),
         hub_id=str(folder.resolve()),
         dtype=dtype,
         architecture=architecture,
@@ -273,8 +257,7 @@ def _from_hub_id(m: ModelConfig, shipped: dict[str, dict[str, Any]]) -> ModelSou
     commit = snapshot.name if _COMMIT.match(snapshot.name) else m.revision
     if own_option is None:
         architecture, dtype = _own_fields(read_model_config(config, "model.hub_id", m.hub_id))
-        name = _derived_name(m, shipped, m.hub_id.rsplit("/", 1)[-1])
-        m = replace(m, name=name, dtype=dtype, architecture=architecture)
+        m = replace(m, name=model_name(m.name, m.hub_id), dtype=dtype, architecture=architecture)
     pinned = f"commit {commit[:12]}" + (f" of {m.revision!r}" if commit != m.revision else "")
     m = replace(m, revision=commit)
     weights = _weights(m, origin == "cache" and _has_weights(snapshot), "in the local cache", hub_ok=hub_ok)
@@ -300,10 +283,10 @@ def resolve_model(m: ModelConfig) -> ModelSource:
             is not a causal LM, a hub id neither cached nor reachable, pretrained weights that
             cannot be had.
     """
-    shipped = _shipped()
+    shipped = shipped_models()
     folder = Path(m.hub_id).expanduser()
     if folder.is_dir():
-        return _from_folder(m, folder, shipped)
+        return _from_folder(m, folder)
     if _is_path(m.hub_id):
         raise KvoptError(
             f"model.hub_id: got {m.hub_id!r} but there is no such folder; "
