@@ -25,10 +25,10 @@ from kvopt.config import DTYPES, KvoptConfig, ModelConfig
 from kvopt.engine.loading import WeightsSource
 from kvopt.errors import KvoptError
 
-__all__ = ["ModelSource", "resolve_model", "resolve_config", "read_model_config", "WEIGHT_FILES"]
+__all__ = ["ModelSource", "resolve_model", "resolve_config"]
 
 # What save_pretrained and the hub hold as weights; the index files name their shards.
-WEIGHT_FILES = (
+_WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
     "pytorch_model.bin",
@@ -81,8 +81,8 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def read_model_config(path: Path, field: str, given: str) -> dict[str, Any]:
-    """A config.json as a dict; KvoptError naming ``field`` if it cannot be read or is not a causal LM."""
+def _read_config(path: Path, field: str, given: str) -> dict[str, Any]:
+    """A config.json as a dict; KvoptError naming ``field`` when it cannot be read or is not a causal LM."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -117,7 +117,7 @@ def _own_fields(data: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 def _has_weights(root: Path) -> bool:
     """Whether a folder (or cache snapshot) holds complete weights, every shard included."""
-    for name in WEIGHT_FILES:
+    for name in _WEIGHT_FILES:
         path = root / name
         if not path.is_file():
             continue
@@ -132,23 +132,23 @@ def _has_weights(root: Path) -> bool:
     return False
 
 
-def _weights(m: ModelConfig, have_local: bool, where: str, *, hub_ok: bool | None = None) -> WeightsSource:
-    """Pretrained when present (here, else from a reachable hub), else random (or an error)."""
+def _hub_weights(m: ModelConfig, cached: bool, hub_ok: bool | None = None) -> WeightsSource:
+    """A hub id's weights: pretrained when cached, else from a reachable hub, else random (or an error)."""
     if m.weights == "random":
         return WeightsSource("random", "model.weights=random")
-    if have_local:
-        return WeightsSource("pretrained", f"found {where}")
+    if cached:
+        return WeightsSource("pretrained", "found in the local cache")
     if hub_ok is None:
         hub_ok = _hub_reachable()
     if hub_ok:
         return WeightsSource("pretrained", "from the hub", local_only=False)
     if m.weights == "pretrained":
         raise KvoptError(
-            f"model.weights: got 'pretrained' but {m.hub_id!r} has no weights {where} and the hub cannot "
+            f"model.weights: got 'pretrained' but {m.hub_id!r} has no weights in the local cache and the hub cannot "
             "be reached; allowed here: auto or random (random weights give the same timings)"
         )
     return WeightsSource(
-        "random", f"no weights {where} and the hub is unreachable: random weights ({_RANDOM_IS_VALID})"
+        "random", f"no weights in the local cache and the hub is unreachable: random weights ({_RANDOM_IS_VALID})"
     )
 
 
@@ -172,7 +172,7 @@ def _from_folder(m: ModelConfig, folder: Path) -> ModelSource:
             f"model.hub_id: got {m.hub_id!r}, a folder without config.json; "
             "allowed: a folder written by save_pretrained (config.json and weights) or a hub id"
         )
-    architecture, dtype = _own_fields(read_model_config(config, "model.hub_id", m.hub_id))
+    architecture, dtype = _own_fields(_read_config(config, "model.hub_id", m.hub_id))
     resolved = replace(
         m,
         name=model_name(m.name, m.hub_id),
@@ -180,7 +180,19 @@ def _from_folder(m: ModelConfig, folder: Path) -> ModelSource:
         dtype=dtype,
         architecture=architecture,
     )
-    weights = _weights(resolved, _has_weights(folder), "in the folder", hub_ok=False)
+    if m.weights == "random":
+        weights = WeightsSource("random", "model.weights=random")
+    elif _has_weights(folder):
+        weights = WeightsSource("pretrained", "found in the folder")
+    elif m.weights == "pretrained":
+        raise KvoptError(
+            f"model.weights: got 'pretrained' but the folder {m.hub_id!r} has no weights "
+            f"({', '.join(_WEIGHT_FILES)}); allowed here: auto or random (random weights give the same timings)"
+        )
+    else:
+        weights = WeightsSource(
+            "random", f"no weights in the folder: random weights of its config ({_RANDOM_IS_VALID})"
+        )
     return ModelSource(resolved, replace(weights, reason=f"config.json from the folder; {weights.reason}"), "folder")
 
 
@@ -251,16 +263,16 @@ def _from_hub_id(m: ModelConfig, shipped: dict[str, dict[str, Any]]) -> ModelSou
             )
         config, origin = _download_config(m.hub_id, m.revision), "hub"
     if config is None:  # a shipped model not cached: its YAML's architecture, weights from the hub or random
-        return ModelSource(m, _weights(m, False, "in the local cache"), "shipped")
+        return ModelSource(m, _hub_weights(m, cached=False), "shipped")
     snapshot = config.parent
     # The snapshot folder is named by its commit: trials and recommended.py load exactly that one.
     commit = snapshot.name if _COMMIT.match(snapshot.name) else m.revision
     if own_option is None:
-        architecture, dtype = _own_fields(read_model_config(config, "model.hub_id", m.hub_id))
+        architecture, dtype = _own_fields(_read_config(config, "model.hub_id", m.hub_id))
         m = replace(m, name=model_name(m.name, m.hub_id), dtype=dtype, architecture=architecture)
     pinned = f"commit {commit[:12]}" + (f" of {m.revision!r}" if commit != m.revision else "")
     m = replace(m, revision=commit)
-    weights = _weights(m, origin == "cache" and _has_weights(snapshot), "in the local cache", hub_ok=hub_ok)
+    weights = _hub_weights(m, origin == "cache" and _has_weights(snapshot), hub_ok)
     if weights.kind == "random" and own_option is None and m.weights != "random":
         weights = replace(weights, reason=f"{weights.reason}, built from the model's own config.json")
     return ModelSource(
