@@ -62,6 +62,7 @@ from kvopt.workers import (
     Requeue,
     WorkerIdentity,
     WorkerObjective,
+    device_turn,
     open_device_lock,
     recover_dead_trials,
     worker_identity,
@@ -94,7 +95,7 @@ class Prepared:
 
     def device_turn(self) -> contextlib.AbstractContextManager[float]:
         """Hold the device while timing outside a trial (confirmation), if waiting is the policy."""
-        return _turn(self.device_lock, self.cfg)
+        return device_turn(self.device_lock, self.cfg.scale)
 
 
 @dataclass
@@ -200,7 +201,7 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         "attn_implementation": list(cfg.search_space.attn_implementation),
         "dtype": list(cfg.search_space.dtype),
     }
-    with _turn(device_lock, cfg):  # the probe times dtype matmuls: not beside another worker's trial
+    with device_turn(device_lock, cfg.scale):  # the probe times dtype matmuls: not beside another worker's trial
         probed = probe(
             cfg.model,
             device,
@@ -262,12 +263,6 @@ def _read_warm_start(cfg: KvoptConfig, storage: BaseStorage, name: str, space: S
             ]
         )
     return warm
-
-
-def _turn(lock: DeviceLock | None, cfg: KvoptConfig) -> contextlib.AbstractContextManager[float]:
-    if lock is not None and cfg.scale.shared_device == "wait":
-        return lock.turn()
-    return contextlib.nullcontext(0.0)
 
 
 def _check_backends_installed(cfg: KvoptConfig) -> None:
@@ -360,44 +355,89 @@ def _describe(outcome: TrialOutcome) -> str:
     return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{tail}"
 
 
-def tune(
-    cfg: KvoptConfig,
-    *,
-    output_dir: Path | None = None,
-    console: Console | None = None,
-    prepared: Prepared | None = None,
-) -> StudyResult:
-    """Run the study the config describes and return its front and recommendation."""
-    console = console or Console()
-    p = prepared or prepare(cfg)
-    cfg = p.cfg  # the resolved model
-    print_plan(console, _plan_lines(p), p.space.dropped)
-    if p.workload.note:
-        console.print(f"[yellow]note[/yellow]          {p.workload.note}", highlight=False)
+class _AfterTrial:
+    """What happens after each trial of this run: report it, then decide whether to go on.
 
-    started = p.started or time.perf_counter()
+    Optuna calls it as a callback. It logs the trial, fails trials of workers that died,
+    shows the current best, and stops the study when the space is exhausted or the search
+    has converged; after a repeated candidate it queues an unmeasured one so no sampler stalls.
+    """
+
+    def __init__(self, p: Prepared, progress: StudyProgress, identity: WorkerIdentity, requeue: Requeue) -> None:
+        self.p = p
+        self.progress = progress
+        self.identity = identity
+        self.requeue = requeue
+        self.outcomes: list[TrialOutcome] = []
+        self.stopped: list[str] = []  # why the study stopped, once it did
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        p, cfg, progress = self.p, self.p.cfg, self.progress
+        outcome = outcome_of(trial, p.space)
+        self.outcomes.append(outcome)
+        progress.log(_describe(outcome))
+        for number in recover_dead_trials(study, self.identity, self.requeue):
+            progress.log(f"trial #{number} was left running by a worker that stopped: marked failed")
+        rec = recommend(collect_results(study), cfg.profile)
+        progress.advance(rec.result.label if rec else "-")
+        reason = self._stop_reason(study)
+        if reason is not None:
+            self.stopped.append(reason)
+            study.stop()
+        elif len(self.outcomes) < cfg.study.n_trials:  # only a trial this run will take: none left waiting
+            queued = queue_unmeasured_after_repeat(study, p.space, trial, random.Random(cfg.seed + trial.number))
+            if queued is not None:
+                progress.log(f"  #{trial.number} was a repeat: {queued.label} (not measured yet) goes next")
+        raise_if_interrupted()  # Ctrl-C swallowed during the trial: stop now
+
+    def _stop_reason(self, study: optuna.Study) -> str | None:
+        """Why the study should stop now (every candidate measured, or converged), else None."""
+        p, cfg = self.p, self.p.cfg
+        if len(tried_candidates(study)) >= p.space.size:
+            return f"every candidate of the search space ({p.space.size}) has been measured"
+        if not cfg.study.converge:
+            return None
+        prior = memory_prior(cfg.model, p.workload)
+        converged = check_converged(
+            study, p.space, cfg.profile, memory_prior_mb=prior, warm_start=p.warm_start.observations
+        )
+        return None if converged is None else str(converged)
+
+    def cap_reason(self) -> str:
+        """Why a study that no rule stopped ended: its timeout or its trial count."""
+        cfg = self.p.cfg
+        timed_out = cfg.study.timeout is not None and len(self.outcomes) < cfg.study.n_trials
+        return f"study.timeout ({cfg.study.timeout:g} s) reached" if timed_out else "n_trials reached"
+
+
+def _open_shared_study(
+    p: Prepared, attrs: dict[str, Any], identity: WorkerIdentity, requeue: Requeue, console: Console
+) -> optuna.Study:
+    """Create or open the study, seeded apart per run and worker, with the baseline queued."""
+    cfg = p.cfg
     # A re-run reseeds by the stored trial count, so it does not replay the first run's
     # draws; workers started together reseed by their index, so they do not draw alike.
-    prior = memory_prior(cfg.model, p.workload)
     sampler = make_sampler(
         cfg.sampler,
         cfg.seed + p.existing_trials + 7919 * cfg.worker,
         p.space,
         cfg.profile,
-        memory_prior_mb=prior,
+        memory_prior_mb=memory_prior(cfg.model, p.workload),
         warm_start=p.warm_start.observations,
         warm_first=p.warm_start.first,
     )
-    attrs = _study_attrs(p)
-    identity = p.identity or worker_identity(cfg.worker, p.device)
-    requeue = Requeue(cfg.scale.max_retry)
     # One worker at a time creates the study, fails dead workers' trials and queues the baseline.
     with study_lock(cfg.storage, p.storage, p.name):
         study = open_study(p.storage, p.name, sampler, attrs)
         for number in recover_dead_trials(study, identity, requeue):
             console.print(f"trial #{number} was left running by a worker that stopped: marked failed", highlight=False)
         enqueue_baseline(study, p.space)
-    loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
+    return study
+
+
+def _worker_objective(p: Prepared, loader: ModelLoader, identity: WorkerIdentity, requeue: Requeue) -> WorkerObjective:
+    """kvopt's trial objective, wrapped for sharing the study and the device with other workers."""
+    cfg = p.cfg
     objective = Objective(
         p.space,
         loader,
@@ -412,7 +452,7 @@ def tune(
         memory_budget_bytes=p.memory_budget_bytes,
         dominance_pruning=cfg.pruning.dominated,
     )
-    shared = WorkerObjective(
+    return WorkerObjective(
         objective,
         p.space,
         identity,
@@ -421,38 +461,37 @@ def tune(
         requeue,
         wait_timeout_s=cfg.trial.timeout_s + cfg.scale.grace_s,
     )
-    outcomes: list[TrialOutcome] = []
-    stopped: list[str] = []
+
+
+def tune(
+    cfg: KvoptConfig,
+    *,
+    output_dir: Path | None = None,
+    console: Console | None = None,
+    prepared: Prepared | None = None,
+) -> StudyResult:
+    """Run the study the config describes and return its front and recommendation.
+
+    The flow: plan -> open the study -> trials until a stop rule or a cap -> confirm the
+    finalists -> read the run record back from storage -> print and write it.
+    """
+    console = console or Console()
+    p = prepared or prepare(cfg)
+    cfg = p.cfg  # the resolved model
+    print_plan(console, _plan_lines(p), p.space.dropped)
+    if p.workload.note:
+        console.print(f"[yellow]note[/yellow]          {p.workload.note}", highlight=False)
+
+    started = p.started or time.perf_counter()
+    identity = p.identity or worker_identity(cfg.worker, p.device)
+    requeue = Requeue(cfg.scale.max_retry)
+    attrs = _study_attrs(p)
+    study = _open_shared_study(p, attrs, identity, requeue, console)
+    loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
+    shared = _worker_objective(p, loader, identity, requeue)
     interrupted = False
-
     with StudyProgress(console, cfg.study.n_trials, cfg.study.timeout) as progress:
-
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            outcome = outcome_of(trial, p.space)
-            outcomes.append(outcome)
-            progress.log(_describe(outcome))
-            for number in recover_dead_trials(study, identity, requeue):
-                progress.log(f"trial #{number} was left running by a worker that stopped: marked failed")
-            rec = recommend(collect_results(study), cfg.profile)
-            progress.advance(rec.result.label if rec else "-")
-            exhausted = len(tried_candidates(study)) >= p.space.size
-            converged = None
-            if cfg.study.converge and not exhausted:
-                converged = check_converged(
-                    study, p.space, cfg.profile, memory_prior_mb=prior, warm_start=p.warm_start.observations
-                )
-            if exhausted:
-                stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
-                study.stop()
-            elif converged is not None:
-                stopped.append(str(converged))
-                study.stop()
-            elif len(outcomes) < cfg.study.n_trials:  # only a trial this run will take: none left waiting
-                queued = queue_unmeasured_after_repeat(study, p.space, trial, random.Random(cfg.seed + trial.number))
-                if queued is not None:
-                    progress.log(f"  #{trial.number} was a repeat: {queued.label} (not measured yet) goes next")
-            raise_if_interrupted()  # Ctrl-C swallowed during the trial: stop now
-
+        after_trial = _AfterTrial(p, progress, identity, requeue)
         try:
             with catch_interrupts():
                 study.optimize(
@@ -463,12 +502,11 @@ def tune(
                     gc_after_trial=False,
                 )
         except KeyboardInterrupt:
-            stopped.append("interrupted by the user (Ctrl-C)")
+            after_trial.stopped.append("interrupted by the user (Ctrl-C)")
             interrupted = True
     loader.release()
-    if not stopped:
-        timed_out = cfg.study.timeout is not None and len(outcomes) < cfg.study.n_trials
-        stopped.append(f"study.timeout ({cfg.study.timeout:g} s) reached" if timed_out else "n_trials reached")
+    stopped = after_trial.stopped or [after_trial.cap_reason()]
+    outcomes = after_trial.outcomes
 
     wall_s = time.perf_counter() - started
     console.print(f"stopped: {stopped[0]}", highlight=False)

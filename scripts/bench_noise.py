@@ -24,7 +24,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kvopt.bench.common import compose_config, script_main
+from kvopt_bench.common import compose_config, script_main
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = {"fixed": ["measure.adaptive=false"], "adaptive": ["measure.adaptive=true"]}
