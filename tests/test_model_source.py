@@ -129,6 +129,7 @@ def test_a_model_that_is_not_there_is_one_line(tmp_path, make, needle):
     assert "\n" not in message
 
 
+@pytest.mark.slow  # a CLI process / a study and a script process: seconds
 def test_the_cli_refuses_a_missing_model_and_writes_nothing(run_cli, tmp_path):
     # The example: it used to tune a random tiny-gpt2 instead (and with weights=pretrained, a traceback).
     result = run_cli("model=tiny-gpt2", "profile=ci-micro", "model.hub_id=/nonexistent/dir")
@@ -140,6 +141,7 @@ def test_the_cli_refuses_a_missing_model_and_writes_nothing(run_cli, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no kvopt.db, no outputs/
 
 
+@pytest.mark.slow  # a CLI process / a study and a script process: seconds
 def test_a_study_of_a_folder_names_it_and_recommended_py_loads_it(tmp_path):
     import kvopt
 
