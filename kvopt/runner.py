@@ -33,6 +33,7 @@ from kvopt.metrics import METRICS
 from kvopt.paths import write_json_atomic
 from kvopt.predict import memory_prior
 from kvopt.probe import backend_missing, default_attn_implementation, probe
+from kvopt.quality import quality_summary
 from kvopt.report.dashboard import publish_study
 from kvopt.report.export import StudySettings, write_settings
 from kvopt.report.terminal import (
@@ -135,7 +136,13 @@ class StudyResult:
 
 
 def _result_dict(r: Result) -> dict[str, Any]:
-    return {"number": r.number, "candidate": r.label, "params": r.params, "values": r.values}
+    return {
+        "number": r.number,
+        "candidate": r.label,
+        "params": r.params,
+        "values": r.values,
+        "quality": quality_summary(r.user_attrs),
+    }
 
 
 def prepare(cfg: KvoptConfig) -> Prepared:
@@ -371,6 +378,7 @@ def tune(
         slo=cfg.profile.slo,
         memory_budget_bytes=p.memory_budget_bytes,
         dominance_pruning=cfg.pruning.dominated,
+        quality=cfg.quality,
     )
     shared = WorkerObjective(
         objective,

@@ -14,6 +14,7 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from kvopt.attrs import CONSTRAINTS_ATTR, NOISY_ATTR, REUSED_FROM_ATTR
 from kvopt.metrics import METRIC_BY_NAME, METRICS, OBJECTIVES
+from kvopt.quality import quality_label
 from kvopt.select import Result
 
 if TYPE_CHECKING:  # kvopt.stored imports kvopt.report: no import cycle at run time
@@ -172,7 +173,7 @@ def front_rows(s: StoredStudy) -> list[tuple[str, ...]]:
             marks.append("recommended")
         if r.is_baseline:
             marks.append("baseline" if r in s.front else "baseline (dominated)")
-        rows.append((str(r.number), r.label, *_values(r), ", ".join(marks)))
+        rows.append((str(r.number), r.label, *_values(r), quality_label(r.user_attrs), ", ".join(marks)))
     return rows
 
 

@@ -26,7 +26,7 @@ PLOT_TITLES = {
 }
 
 _VALUE_HEADERS = tuple(m.header for m in OBJECTIVES)  # "TTFT ms", "decode tok/s", "memory MB"
-FRONT_HEADER = ("#", "candidate", *_VALUE_HEADERS, "")
+FRONT_HEADER = ("#", "candidate", *_VALUE_HEADERS, "quality", "")
 TRIAL_HEADER = ("#", "state", "candidate", *_VALUE_HEADERS, "runs", "seconds", "notes")
 CONFIRM_HEADER = ("#", "candidate", *(m.label for m in OBJECTIVES), "")
 

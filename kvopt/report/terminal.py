@@ -17,7 +17,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from kvopt.attrs import QUALITY_ATTR
 from kvopt.metrics import OBJECTIVES
+from kvopt.quality import quality_label
 from kvopt.report.export import call_args
 from kvopt.select import Recommendation, Result
 from kvopt.space import Candidate
@@ -174,6 +176,7 @@ def print_summary(
     table = _candidate_table(
         "Pareto front (TTFT min, decode tok/s max, memory min)", tuple(m.column for m in OBJECTIVES)
     )
+    table.add_column("quality", justify="left", no_wrap=True)
     table.add_column("", justify="left", no_wrap=True)
     rec_number = recommendation.result.number if recommendation else None
     shown = list(front)
@@ -185,12 +188,15 @@ def print_summary(
         if r.is_baseline:
             mark = "rec. = baseline" if is_rec else "baseline" if r in front else "baseline (dominated)"
         style = "bold green" if r.number == rec_number else None
-        table.add_row(str(r.number), r.label, *_values_row(r), mark, style=style)
+        table.add_row(str(r.number), r.label, *_values_row(r), quality_label(r.user_attrs), mark, style=style)
     console.print(table)
     if recommendation is None:
         return
     rec = recommendation.result
     console.print(f"[bold green]recommended[/bold green]: {rec.label} (trial #{rec.number})", highlight=False)
+    decision = rec.user_attrs.get(QUALITY_ATTR)
+    if decision:
+        console.print(f"quality: {decision['note']}", highlight=False)
     if recommendation.gains_pct is not None:
         how = "from the study, unconfirmed"
         if recommendation.confirmed_rounds:
