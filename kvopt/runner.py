@@ -325,7 +325,8 @@ def _describe(outcome: TrialOutcome) -> str:
         return f"{head}: {outcome.state.name.lower()}: {outcome.reason}"
     ttft, tput, mem = outcome.values
     tail = f" (reused #{outcome.reused_from})" if outcome.reused_from is not None else ""
-    return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{tail}"
+    quality = f", quality: {outcome.quality}" if outcome.quality else ""
+    return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{quality}{tail}"
 
 
 def tune(

@@ -40,7 +40,7 @@ from kvopt.measurer import Measurer, make_measurer
 from kvopt.metrics import MB, METRICS, OBJECTIVES
 from kvopt.predict import predict_memory
 from kvopt.protocol import SLOW_CALL_FACTOR
-from kvopt.quality import QUALITY, Fidelity, excess, plan_quality, violations
+from kvopt.quality import QUALITY, Fidelity, excess, plan_quality, quality_label, violations
 from kvopt.sampler import predict_call_seconds
 from kvopt.select import Result, collect_results, pareto_front
 from kvopt.space import Candidate, SearchSpace
@@ -57,6 +57,7 @@ class TrialOutcome:
     reason: str | None = None
     reused_from: int | None = None
     is_baseline: bool = False
+    quality: str = ""  # the quality guard's short verdict (kvopt.quality.quality_label)
 
 
 def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutcome:
@@ -69,6 +70,7 @@ def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutc
         reason=trial.user_attrs.get(REASON_ATTR),
         reused_from=trial.user_attrs.get(REUSED_FROM_ATTR),
         is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
+        quality=quality_label(trial.user_attrs),
     )
 
 
@@ -218,8 +220,10 @@ class Objective:
         if not plan.measure:
             return 0.0
         start = time.perf_counter()
+        earlier = _fidelity_at_other_batch(trial, candidate)
         try:
-            fidelity = self.measurer.fidelity(candidate, self.space.baseline)
+            # The fidelity prompts are one fixed batch: the candidate's batch size does not enter it.
+            fidelity = earlier or self.measurer.fidelity(candidate, self.space.baseline)
         except IsolatedFailure as failure:
             self._record_failure(trial, start, failure.reason, failure.kind)
         except Exception as exc:  # a failing candidate must never stop the study
@@ -331,15 +335,29 @@ class Objective:
         self._infeasible(trial, reason, kind)
 
 
+def _but_batch(params: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's parameters without its batch size (settings that batch size does not change)."""
+    return {k: v for k, v in params.items() if k != "batch_size"}
+
+
 def _oom_at_smaller_batch(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:
     """An earlier trial with the same settings that ran out of memory at a batch <= this one."""
-    others = {k: v for k, v in candidate.params().items() if k != "batch_size"}
+    others = _but_batch(candidate.params())
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
         if failure_kind(t.user_attrs) != Failure.OUT_OF_MEMORY:
             continue
-        same = {k: v for k, v in t.params.items() if k != "batch_size"} == others
+        same = _but_batch(t.params) == others
         if same and t.params.get("batch_size", 0) <= candidate.batch_size:
             return t
+    return None
+
+
+def _fidelity_at_other_batch(trial: optuna.Trial, candidate: Candidate) -> Fidelity | None:
+    """The fidelity an earlier trial measured for the same settings at another batch size, if any."""
+    others = _but_batch(candidate.params())
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if _but_batch(t.params) == others and FIDELITY_ATTR in t.user_attrs:
+            return Fidelity.from_dict({**t.user_attrs[FIDELITY_ATTR], "seconds": 0.0})
     return None
 
 

@@ -186,6 +186,9 @@ def _notes(t: dict[str, Any]) -> str:
         notes.append(f"reused #{attrs[REUSED_FROM_ATTR]}")
     if attrs.get(NOISY_ATTR):
         notes.append("noisy")
+    quality = quality_label(attrs)
+    if quality not in ("", "exact"):
+        notes.append(f"quality: {quality}")
     broken = {k: v for k, v in (attrs.get(CONSTRAINTS_ATTR) or {}).items() if isinstance(v, (int, float)) and v > 0}
     if broken:
         notes.append("constraints violated: " + ", ".join(f"{k} {v:g}" for k, v in broken.items()))
