@@ -176,7 +176,6 @@ def print_summary(
     table = _candidate_table(
         "Pareto front (TTFT min, decode tok/s max, memory min)", tuple(m.column for m in OBJECTIVES)
     )
-    table.add_column("quality", justify="left", no_wrap=True)
     table.add_column("", justify="left", no_wrap=True)
     rec_number = recommendation.result.number if recommendation else None
     shown = list(front)
@@ -188,8 +187,12 @@ def print_summary(
         if r.is_baseline:
             mark = "rec. = baseline" if is_rec else "baseline" if r in front else "baseline (dominated)"
         style = "bold green" if r.number == rec_number else None
-        table.add_row(str(r.number), r.label, *_values_row(r), quality_label(r.user_attrs), mark, style=style)
+        table.add_row(str(r.number), r.label, *_values_row(r), mark, style=style)
     console.print(table)
+    # What each point costs in fidelity, below the table so a narrow terminal keeps the figures whole.
+    labels = [f"#{r.number} {label}" for r in shown if (label := quality_label(r.user_attrs))]
+    if labels:
+        console.print("quality vs baseline: " + "; ".join(labels), highlight=False)
     if recommendation is None:
         return
     rec = recommendation.result
