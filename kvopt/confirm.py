@@ -211,10 +211,7 @@ def confirm(
             begin = time.monotonic()
             run = timed_generate(model, inputs, cand, workload.new_tokens, device)
             timed_s += time.monotonic() - begin
-            return {
-                "ttft_ms": run.ttft_s * 1000.0,
-                "decode_tok_s": cand.batch_size * (run.new_tokens - 1) / run.decode_s,
-            }
+            return run.metrics(cand.batch_size)
 
         runners[number] = once
     for warm in runners.values():  # warm every finalist before the first timed round

@@ -3,7 +3,7 @@
 A trial decides *whether* to measure a candidate (reuse, repeat failures, memory and
 time checks); a measurer decides *how*: in this process with the model kept loaded
 (:class:`InlineMeasurer`), in a fresh process with a hard timeout (:class:`ProcessMeasurer`),
-or from a recorded table (the replay in :mod:`kvopt.bench.replay`). The config's
+or from a recorded table (the benchmark harness's replay, scripts/kvopt_bench/replay.py). The config's
 ``trial.isolation`` chooses between the first two (:func:`make_measurer`); a new way to
 measure is one new subclass of :class:`Measurer`, nothing in the trial changes.
 """

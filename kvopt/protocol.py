@@ -207,10 +207,7 @@ def measure_candidate(
         else:
             result = run()
         timed_runs_s += time.perf_counter() - begin
-        return {
-            "ttft_ms": result.ttft_s * 1000.0,
-            "decode_tok_s": candidate.batch_size * (result.new_tokens - 1) / result.decode_s,
-        }
+        return result.metrics(candidate.batch_size)
 
     check = None
     if can_win is not None:

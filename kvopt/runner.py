@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
-from kvopt.confirm import Confirmation, choose_finalists, confirm, confirmed_recommendation
+from kvopt.confirm import Confirmation, choose_finalists, confirm
 from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
 from kvopt.engine.workload import Workload, make_workload
 from kvopt.errors import ConfigError
@@ -44,10 +44,10 @@ from kvopt.report.terminal import (
     print_summary,
 )
 from kvopt.sampler import WarmStart, check_converged, warm_start_from
-from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
+from kvopt.select import Recommendation, Result, collect_results, recommend
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage, study_lock
-from kvopt.stored import open_existing_storage, trial_records
+from kvopt.stored import StoredStudy, open_existing_storage, stored_study, trial_records
 from kvopt.study import (
     check_compatible,
     enqueue_baseline,
@@ -62,6 +62,7 @@ from kvopt.workers import (
     Requeue,
     WorkerIdentity,
     WorkerObjective,
+    device_turn,
     open_device_lock,
     recover_dead_trials,
     worker_identity,
@@ -94,23 +95,56 @@ class Prepared:
 
     def device_turn(self) -> contextlib.AbstractContextManager[float]:
         """Hold the device while timing outside a trial (confirmation), if waiting is the policy."""
-        return _turn(self.device_lock, self.cfg)
+        return device_turn(self.device_lock, self.cfg.scale)
 
 
 @dataclass
 class StudyResult:
-    study_name: str
-    storage: str
-    results: list[Result]
-    front: list[Result]
-    baseline: Result | None
-    recommendation: Recommendation | None
+    """What :func:`tune` returns: the run record plus what only this run saw.
+
+    The record (:class:`kvopt.stored.StoredStudy`) is built once, from storage, after the
+    confirmation: the same description ``kvopt report`` and ``kvopt.load`` read back, and the
+    one every output of this run renders (terminal, results.json, recommended.*, report).
+    """
+
+    record: StoredStudy
     outcomes: list[TrialOutcome] = field(default_factory=list)
     stopped_because: str = "n_trials reached"
     confirmation: Confirmation | None = None
     wall_s: float | None = None
 
+    @property
+    def study_name(self) -> str:
+        """The study's name in its storage."""
+        return self.record.name
+
+    @property
+    def storage(self) -> str:
+        """The storage's label (passwords masked)."""
+        return self.record.storage
+
+    @property
+    def results(self) -> list[Result]:
+        """Every completed candidate of the study."""
+        return self.record.results
+
+    @property
+    def front(self) -> list[Result]:
+        """The Pareto front of the completed candidates."""
+        return self.record.front
+
+    @property
+    def baseline(self) -> Result | None:
+        """The baseline's result, if it completed."""
+        return self.record.baseline
+
+    @property
+    def recommendation(self) -> Recommendation | None:
+        """The profile's (confirmed) recommendation, if any candidate completed."""
+        return self.record.recommendation
+
     def to_dict(self) -> dict[str, Any]:
+        """The run's summary for results.json."""
         rec = self.recommendation
         return {
             "study_name": self.study_name,
@@ -172,7 +206,7 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         "attn_implementation": list(cfg.search_space.attn_implementation),
         "dtype": list(cfg.search_space.dtype),
     }
-    with _turn(device_lock, cfg):  # the probe times dtype matmuls: not beside another worker's trial
+    with device_turn(device_lock, cfg.scale):  # the probe times dtype matmuls: not beside another worker's trial
         probed = probe(
             cfg.model,
             device,
@@ -234,12 +268,6 @@ def _read_warm_start(cfg: KvoptConfig, storage: BaseStorage, name: str, space: S
             ]
         )
     return warm
-
-
-def _turn(lock: DeviceLock | None, cfg: KvoptConfig) -> contextlib.AbstractContextManager[float]:
-    if lock is not None and cfg.scale.shared_device == "wait":
-        return lock.turn()
-    return contextlib.nullcontext(0.0)
 
 
 def _check_backends_installed(cfg: KvoptConfig) -> None:
@@ -329,43 +357,89 @@ def _describe(outcome: TrialOutcome) -> str:
     return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{quality}{tail}"
 
 
-def tune(
-    cfg: KvoptConfig,
-    *,
-    output_dir: Path | None = None,
-    console: Console | None = None,
-    prepared: Prepared | None = None,
-) -> StudyResult:
-    """Run the study the config describes and return its front and recommendation."""
-    console = console or Console()
-    p = prepared or prepare(cfg)
-    print_plan(console, _plan_lines(p), p.space.dropped)
-    if p.workload.note:
-        console.print(f"[yellow]note[/yellow]          {p.workload.note}", highlight=False)
+class _AfterTrial:
+    """What happens after each trial of this run: report it, then decide whether to go on.
 
-    started = p.started or time.perf_counter()
+    Optuna calls it as a callback. It logs the trial, fails trials of workers that died,
+    shows the current best, and stops the study when the space is exhausted or the search
+    has converged; after a repeated candidate it queues an unmeasured one so no sampler stalls.
+    """
+
+    def __init__(self, p: Prepared, progress: StudyProgress, identity: WorkerIdentity, requeue: Requeue) -> None:
+        self.p = p
+        self.progress = progress
+        self.identity = identity
+        self.requeue = requeue
+        self.outcomes: list[TrialOutcome] = []
+        self.stopped: list[str] = []  # why the study stopped, once it did
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        p, cfg, progress = self.p, self.p.cfg, self.progress
+        outcome = outcome_of(trial, p.space)
+        self.outcomes.append(outcome)
+        progress.log(_describe(outcome))
+        for number in recover_dead_trials(study, self.identity, self.requeue):
+            progress.log(f"trial #{number} was left running by a worker that stopped: marked failed")
+        rec = recommend(collect_results(study), cfg.profile)
+        progress.advance(rec.result.label if rec else "-")
+        reason = self._stop_reason(study)
+        if reason is not None:
+            self.stopped.append(reason)
+            study.stop()
+        elif len(self.outcomes) < cfg.study.n_trials:  # only a trial this run will take: none left waiting
+            queued = queue_unmeasured_after_repeat(study, p.space, trial, random.Random(cfg.seed + trial.number))
+            if queued is not None:
+                progress.log(f"  #{trial.number} was a repeat: {queued.label} (not measured yet) goes next")
+        raise_if_interrupted()  # Ctrl-C swallowed during the trial: stop now
+
+    def _stop_reason(self, study: optuna.Study) -> str | None:
+        """Why the study should stop now (every candidate measured, or converged), else None."""
+        p, cfg = self.p, self.p.cfg
+        if len(tried_candidates(study)) >= p.space.size:
+            return f"every candidate of the search space ({p.space.size}) has been measured"
+        if not cfg.study.converge:
+            return None
+        prior = memory_prior(cfg.model, p.workload)
+        converged = check_converged(
+            study, p.space, cfg.profile, memory_prior_mb=prior, warm_start=p.warm_start.observations
+        )
+        return None if converged is None else str(converged)
+
+    def cap_reason(self) -> str:
+        """Why a study that no rule stopped ended: its timeout or its trial count."""
+        cfg = self.p.cfg
+        timed_out = cfg.study.timeout is not None and len(self.outcomes) < cfg.study.n_trials
+        return f"study.timeout ({cfg.study.timeout:g} s) reached" if timed_out else "n_trials reached"
+
+
+def _open_shared_study(
+    p: Prepared, attrs: dict[str, Any], identity: WorkerIdentity, requeue: Requeue, console: Console
+) -> optuna.Study:
+    """Create or open the study, seeded apart per run and worker, with the baseline queued."""
+    cfg = p.cfg
     # A re-run reseeds by the stored trial count, so it does not replay the first run's
     # draws; workers started together reseed by their index, so they do not draw alike.
-    prior = memory_prior(cfg.model, p.workload)
     sampler = make_sampler(
         cfg.sampler,
         cfg.seed + p.existing_trials + 7919 * cfg.worker,
         p.space,
         cfg.profile,
-        memory_prior_mb=prior,
+        memory_prior_mb=memory_prior(cfg.model, p.workload),
         warm_start=p.warm_start.observations,
         warm_first=p.warm_start.first,
     )
-    attrs = _study_attrs(p)
-    identity = p.identity or worker_identity(cfg.worker, p.device)
-    requeue = Requeue(cfg.scale.max_retry)
     # One worker at a time creates the study, fails dead workers' trials and queues the baseline.
     with study_lock(cfg.storage, p.storage, p.name):
         study = open_study(p.storage, p.name, sampler, attrs)
         for number in recover_dead_trials(study, identity, requeue):
             console.print(f"trial #{number} was left running by a worker that stopped: marked failed", highlight=False)
         enqueue_baseline(study, p.space)
-    loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
+    return study
+
+
+def _worker_objective(p: Prepared, loader: ModelLoader, identity: WorkerIdentity, requeue: Requeue) -> WorkerObjective:
+    """kvopt's trial objective, wrapped for sharing the study and the device with other workers."""
+    cfg = p.cfg
     objective = Objective(
         p.space,
         loader,
@@ -381,7 +455,7 @@ def tune(
         dominance_pruning=cfg.pruning.dominated,
         quality=cfg.quality,
     )
-    shared = WorkerObjective(
+    return WorkerObjective(
         objective,
         p.space,
         identity,
@@ -390,38 +464,36 @@ def tune(
         requeue,
         wait_timeout_s=cfg.trial.timeout_s + cfg.scale.grace_s,
     )
-    outcomes: list[TrialOutcome] = []
-    stopped: list[str] = []
+
+
+def tune(
+    cfg: KvoptConfig,
+    *,
+    output_dir: Path | None = None,
+    console: Console | None = None,
+    prepared: Prepared | None = None,
+) -> StudyResult:
+    """Run the study the config describes and return its front and recommendation.
+
+    The flow: plan -> open the study -> trials until a stop rule or a cap -> confirm the
+    finalists -> read the run record back from storage -> print and write it.
+    """
+    console = console or Console()
+    p = prepared or prepare(cfg)
+    print_plan(console, _plan_lines(p), p.space.dropped)
+    if p.workload.note:
+        console.print(f"[yellow]note[/yellow]          {p.workload.note}", highlight=False)
+
+    started = p.started or time.perf_counter()
+    identity = p.identity or worker_identity(cfg.worker, p.device)
+    requeue = Requeue(cfg.scale.max_retry)
+    attrs = _study_attrs(p)
+    study = _open_shared_study(p, attrs, identity, requeue, console)
+    loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
+    shared = _worker_objective(p, loader, identity, requeue)
     interrupted = False
-
     with StudyProgress(console, cfg.study.n_trials, cfg.study.timeout) as progress:
-
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            outcome = outcome_of(trial, p.space)
-            outcomes.append(outcome)
-            progress.log(_describe(outcome))
-            for number in recover_dead_trials(study, identity, requeue):
-                progress.log(f"trial #{number} was left running by a worker that stopped: marked failed")
-            rec = recommend(collect_results(study), cfg.profile)
-            progress.advance(rec.result.label if rec else "-")
-            exhausted = len(tried_candidates(study)) >= p.space.size
-            converged = None
-            if cfg.study.converge and not exhausted:
-                converged = check_converged(
-                    study, p.space, cfg.profile, memory_prior_mb=prior, warm_start=p.warm_start.observations
-                )
-            if exhausted:
-                stopped.append(f"every candidate of the search space ({p.space.size}) has been measured")
-                study.stop()
-            elif converged is not None:
-                stopped.append(str(converged))
-                study.stop()
-            elif len(outcomes) < cfg.study.n_trials:  # only a trial this run will take: none left waiting
-                queued = queue_unmeasured_after_repeat(study, p.space, trial, random.Random(cfg.seed + trial.number))
-                if queued is not None:
-                    progress.log(f"  #{trial.number} was a repeat: {queued.label} (not measured yet) goes next")
-            raise_if_interrupted()  # Ctrl-C swallowed during the trial: stop now
-
+        after_trial = _AfterTrial(p, progress, identity, requeue)
         try:
             with catch_interrupts():
                 study.optimize(
@@ -432,28 +504,23 @@ def tune(
                     gc_after_trial=False,
                 )
         except KeyboardInterrupt:
-            stopped.append("interrupted by the user (Ctrl-C)")
+            after_trial.stopped.append("interrupted by the user (Ctrl-C)")
             interrupted = True
     loader.release()
-    if not stopped:
-        timed_out = cfg.study.timeout is not None and len(outcomes) < cfg.study.n_trials
-        stopped.append(f"study.timeout ({cfg.study.timeout:g} s) reached" if timed_out else "n_trials reached")
+    stopped = after_trial.stopped or [after_trial.cap_reason()]
+    outcomes = after_trial.outcomes
 
-    results = collect_results(study)
+    wall_s = time.perf_counter() - started
+    console.print(f"stopped: {stopped[0]}", highlight=False)
+    confirmation = None if interrupted else _confirm_recommendation(p, study, console)
+    # The run record, read back from storage once everything is stored: every output below renders it.
     result = StudyResult(
-        study_name=p.name,
-        storage=p.storage_label,
-        results=results,
-        front=pareto_front(results),
-        baseline=next((r for r in results if r.is_baseline), None),
-        recommendation=recommend(results, cfg.profile),
+        record=stored_study(study, p.storage_label),
         outcomes=outcomes,
         stopped_because=stopped[0],
-        wall_s=time.perf_counter() - started,
+        confirmation=confirmation,
+        wall_s=wall_s,
     )
-    console.print(f"stopped: {result.stopped_because}", highlight=False)
-    if not interrupted:
-        _confirm_recommendation(p, study, result, console)
     snippet = None
     if result.recommendation is not None:
         snippet = paste_snippet(
@@ -470,14 +537,21 @@ def tune(
     return result
 
 
-def _confirm_recommendation(p: Prepared, study: optuna.Study, result: StudyResult, console: Console) -> None:
-    """Re-measure the finalists interleaved; the recommendation follows confirmed numbers."""
-    cfg, rec = p.cfg, result.recommendation
-    if cfg.confirm.rounds == 0 or rec is None or result.baseline is None:
-        return
-    finalists = choose_finalists(result.results, rec.result, cfg.profile, cfg.confirm.top_k)
+def _confirm_recommendation(p: Prepared, study: optuna.Study, console: Console) -> Confirmation | None:
+    """Re-measure the finalists interleaved and store the outcome with the study.
+
+    The recommendation then follows the confirmed numbers: the run record applies the
+    stored confirmation (:func:`kvopt.confirm.confirmed_recommendation`), as ``kvopt report`` does.
+    """
+    cfg = p.cfg
+    results = collect_results(study)
+    rec = recommend(results, cfg.profile)
+    baseline = next((r for r in results if r.is_baseline), None)
+    if cfg.confirm.rounds == 0 or rec is None or baseline is None:
+        return None
+    finalists = choose_finalists(results, rec.result, cfg.profile, cfg.confirm.top_k)
     if len(finalists) < 2:
-        return
+        return None
     console.print(
         f"confirming {len(finalists)} finalists in {cfg.confirm.rounds} interleaved rounds: "
         + ", ".join(f"#{r.number}" for r in finalists),
@@ -499,13 +573,10 @@ def _confirm_recommendation(p: Prepared, study: optuna.Study, result: StudyResul
             )
     except Exception as exc:  # the study's own result stands if confirmation cannot run
         console.print(f"[yellow]confirmation failed[/yellow]: {type(exc).__name__}: {exc}", highlight=False)
-        return
-    stored = confirmation.to_dict()
-    study.set_user_attr("confirmation", stored)
-    # The same function rebuilds it from storage (kvopt report), so both agree.
-    result.recommendation = confirmed_recommendation(rec, result.results, stored)
-    result.confirmation = confirmation
+        return None
+    study.set_user_attr("confirmation", confirmation.to_dict())
     print_confirmation(console, confirmation)
+    return confirmation
 
 
 def _dashboard_arg(p: Prepared) -> str:
@@ -534,20 +605,7 @@ def _write_outputs(
         "trials": trial_records(study),
     }
     write_json_atomic(output_dir / "results.json", payload)
-    write_settings(
-        output_dir,
-        StudySettings(
-            study=p.name,
-            model=p.cfg.model,
-            profile=p.cfg.profile.name,
-            slo=p.cfg.profile.slo,
-            device=str(p.device),
-            workload=p.workload,
-            recommendation=result.recommendation,
-            front=result.front,
-            baseline=result.baseline,
-        ),
-    )
+    write_settings(output_dir, StudySettings.from_stored(result.record))
     (output_dir / "resolved_config.yaml").write_text(
         OmegaConf.to_yaml(OmegaConf.create(attrs["config"])), encoding="utf-8"
     )

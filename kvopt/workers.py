@@ -55,6 +55,7 @@ from kvopt.space import SearchSpace
 __all__ = [
     "WorkerIdentity",
     "DeviceLock",
+    "device_turn",
     "device_key",
     "worker_identity",
     "worker_alive",
@@ -229,6 +230,17 @@ class DeviceLock:
             self.release()
 
 
+def device_turn(lock: DeviceLock | None, scale: ScaleConfig) -> contextlib.AbstractContextManager[float]:
+    """A block that times the device: held alone under ``shared_device=wait``, else as is.
+
+    Yields the seconds spent waiting (0 when nothing is waited for). With ``refuse`` the
+    lock is held for the whole run already; with ``flag`` there is none.
+    """
+    if lock is not None and scale.shared_device == "wait":
+        return lock.turn()
+    return contextlib.nullcontext(0.0)
+
+
 def open_device_lock(cfg: ScaleConfig, me: WorkerIdentity, study: str) -> DeviceLock | None:
     """The device lock the policy asks for; ``refuse`` takes it for the whole run or raises."""
     if cfg.shared_device == "flag":
@@ -338,11 +350,8 @@ class WorkerObjective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         for key, value in self.me.attrs().items():
             trial.set_user_attr(key, value)
-        turn: contextlib.AbstractContextManager[float] = contextlib.nullcontext(0.0)
-        if self.lock is not None and self.scale.shared_device == "wait":
-            turn = self.lock.turn()
         try:
-            with turn as waited:
+            with device_turn(self.lock, self.scale) as waited:
                 trial.set_user_attr("device_wait_s", waited)
                 self.space.suggest(trial)
                 self._wait_for_identical(trial)

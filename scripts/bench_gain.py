@@ -1,7 +1,7 @@
 """Does the recommendation beat the default, provably, and how close is it to the best?
 
 For gpt2 (random weights) and each profile, the real study runs as a user runs it
-(``python -m kvopt model=gpt2 profile=…``; kvopt.bench.studyrun). From its results.json:
+(``python -m kvopt model=gpt2 profile=…``; kvopt_bench.studyrun). From its results.json:
 the confirmed gain of the recommendation over the baseline with its confidence interval
 (interleaved, paired rounds). Then the recommendation is placed in a recorded grid: its
 profile score (kvopt.select.profile_score, the profile's weights, against the grid's
@@ -21,12 +21,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kvopt.bench.common import compose_config, provenance, script_main, write_json
-from kvopt.bench.grid import grid_results
-from kvopt.bench.studyrun import run_study
 from kvopt.errors import ConfigError
 from kvopt.select import Result, profile_score
 from kvopt.space import candidate_key
+from kvopt_bench.common import compose_config, provenance, script_main, write_json
+from kvopt_bench.grid import grid_results
+from kvopt_bench.studyrun import run_study
 
 REPO = Path(__file__).resolve().parent.parent
 

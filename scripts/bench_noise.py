@@ -24,7 +24,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kvopt.bench.common import compose_config, script_main
+from kvopt_bench.common import compose_config, script_main
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = {"fixed": ["measure.adaptive=false"], "adaptive": ["measure.adaptive=true"]}
@@ -90,8 +90,8 @@ def paired_worker(
     for r in range(rounds):
         for name in list(pair) if r % 2 == 0 else list(pair)[::-1]:
             run = timed_generate(model_obj, inputs, pair[name], workload.new_tokens, device)
-            samples[name]["ttft_ms"].append(run.ttft_s * 1000)
-            samples[name]["decode_tok_s"].append((run.new_tokens - 1) / run.decode_s)
+            for metric, value in run.metrics(pair[name].batch_size).items():
+                samples[name][metric].append(value)
     gains = confirmed_gains(samples["static"], samples["base"], memory_ratio=1.0)
     return {
         # Ratios static/baseline, comparable across runs whatever each process's speed.

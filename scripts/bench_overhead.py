@@ -1,6 +1,6 @@
 """Where does a study's wall time go? Share spent outside the measured generate calls.
 
-Each case runs a whole study as a user does (``python -m kvopt …``, kvopt.bench.studyrun)
+Each case runs a whole study as a user does (``python -m kvopt …``, kvopt_bench.studyrun)
 and splits the process's wall time, from the trials' stored seconds (kvopt.protocol:
 ``timed_runs_s``, ``first_call_s``, ``memory_run_s``, ``warmup_s``; kvopt.trial:
 ``load_s``) and their start/end times in the storage, into:
@@ -35,9 +35,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kvopt.bench.common import provenance, script_main, write_json
-from kvopt.bench.studyrun import run_study
 from kvopt.errors import ConfigError, KvoptError
+from kvopt_bench.common import provenance, script_main, write_json
+from kvopt_bench.studyrun import run_study
 
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("measured", "confirmed", "untimed", "load", "wait", "in-trial", "startup", "between", "confirm", "after")

@@ -17,9 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-from kvopt.bench.common import compose_config, script_main, write_json
-from kvopt.bench.grid import record_grid
-from kvopt.bench.replay import replay_pruning_rule
+from kvopt_bench.common import compose_config, script_main, write_json
+from kvopt_bench.grid import record_grid
+from kvopt_bench.replay import replay_pruning_rule
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """How fast does each sampler find the front? Whole studies replayed on a recorded grid.
 
 For each sampler (profile — kvopt's default —, tpe, gp, nsga2, random, and the grid order) and seed, a complete kvopt
-study runs against the recorded table (kvopt.bench.replay: kvopt's objective, sampler
+study runs against the recorded table (kvopt_bench.replay: kvopt's objective, sampler
 construction and search space; each ``generate`` replaced by a draw from the candidate's
 recorded repetitions). After each trial, the hypervolume of the front found so far — its
 candidates at their full-table medians — is divided by the hypervolume of the table's
@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kvopt.bench.common import compose_config, provenance, script_main, write_json
-from kvopt.bench.grid import grid_rows_ok, untimed_seconds
-from kvopt.bench.hypervolume import REFERENCE
-from kvopt.bench.replay import ReplayTable, StudyTrace, replay_pruning_rule, replay_study, warm_start_from_grid
 from kvopt.errors import ConfigError
+from kvopt_bench.common import compose_config, provenance, script_main, write_json
+from kvopt_bench.grid import grid_rows_ok, untimed_seconds
+from kvopt_bench.hypervolume import REFERENCE
+from kvopt_bench.replay import ReplayTable, StudyTrace, replay_pruning_rule, replay_study, warm_start_from_grid
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLERS = ("profile", "tpe", "gp", "nsga2", "random", "grid")

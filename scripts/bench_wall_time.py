@@ -16,9 +16,9 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kvopt.bench.common import script_main
-from kvopt.bench.studyrun import run_study
 from kvopt.machine import machine_info
+from kvopt_bench.common import script_main
+from kvopt_bench.studyrun import run_study
 
 REPO = Path(__file__).resolve().parent.parent
 

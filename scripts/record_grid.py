@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kvopt.bench.common import compose_config, script_main, write_csv, write_json
+from kvopt_bench.common import compose_config, script_main, write_csv, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 # The spaces of docs/benchmarks.md. gpt2 keeps float32 only: on this CPU bf16/fp16 run
@@ -83,7 +83,7 @@ def main() -> None:
             flush=True,
         )
 
-    from kvopt.bench.grid import record_grid
+    from kvopt_bench.grid import record_grid
 
     grid = record_grid(cfg, overrides, order_seed=args.seed, on_row=progress)
     name = args.name or f"{args.model}-{args.profile}"

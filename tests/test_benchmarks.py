@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from optuna._hypervolume import compute_hypervolume  # an independent oracle for the test only
 
-from kvopt.bench.hypervolume import hypervolume_2d, hypervolume_3d
+from kvopt_bench.hypervolume import hypervolume_2d, hypervolume_3d
 
 REPO = Path(__file__).resolve().parent.parent
 # A 4-candidate space (dynamic/static x batch 1, 2) with fixed repetitions: seconds, not minutes.

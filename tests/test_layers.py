@@ -1,6 +1,6 @@
 """kvopt's layers: each module imports only modules of its own layer or the layers below.
 
-The order is written once, in :data:`LAYERS` (bottom first); README's Layout section shows
+The order is written once, in :data:`LAYERS` (bottom first); docs/development.md's Layout section shows
 the same picture. Every import counts, wherever it is written:
 at the top of a module, inside a function (a lazy import still ties the two modules
 together) and under ``if TYPE_CHECKING:`` (the type is still a dependency). Within a
@@ -77,7 +77,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Renderers of the run record (and the subcommands that only read stored studies).
     ("outputs", ("kvopt.report",)),
     ("orchestration", ("kvopt.runner",)),
-    ("entry points", ("kvopt", "kvopt.__main__", "kvopt.cli", "kvopt.api", "kvopt.sweep", "kvopt.info", "kvopt.bench")),
+    # The benchmark harness (scripts/kvopt_bench) sits above all of these, outside the package.
+    ("entry points", ("kvopt", "kvopt.__main__", "kvopt.cli", "kvopt.api", "kvopt.sweep", "kvopt.info")),
 ]
 
 

@@ -150,7 +150,7 @@ def test_prediction_is_close_to_the_measured_peak_on_a_tiny_model(tmp_path):
 
 
 def test_the_pruning_replay_on_a_recorded_grid_never_prunes_the_true_front():
-    from kvopt.bench.replay import replay_pruning_rule
+    from kvopt_bench.replay import replay_pruning_rule
 
     rng = __import__("random").Random(0)
 

@@ -27,7 +27,8 @@ N_TRIALS = 8  # enough complete trials for parameter importance
 def study_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real study through the CLI: 8 short trials of tiny-gpt2 and a short confirmation.
 
-    No dominance pruning, so all 8 trials complete and parameter importance is computed.
+    No dominance pruning and no convergence stop, so all 8 trials complete and parameter
+    importance is computed.
     """
     return make_study(
         tmp_path_factory.mktemp("report"),
@@ -35,6 +36,7 @@ def study_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "confirm.rounds=3",
         "measure.adaptive=false",
         "pruning.dominated=false",
+        "study.converge=false",
     )
 
 

@@ -52,6 +52,17 @@ class GenerateRun:
         """Bytes of the KV cache the call filled (the paged pool's size for ``paged``)."""
         return self.pool_bytes if self.pool_bytes is not None else cache_bytes(self.cache)
 
+    def metrics(self, batch_size: int) -> dict[str, float]:
+        """The run's timed metrics, by :mod:`kvopt.metrics` name: TTFT (ms) and decode tok/s.
+
+        Decode throughput counts the tokens made after the first one, for every sequence of
+        the batch: ``batch × (new_tokens − 1)`` over the time after the first token.
+        """
+        return {
+            "ttft_ms": self.ttft_s * 1000.0,
+            "decode_tok_s": batch_size * (self.new_tokens - 1) / self.decode_s,
+        }
+
 
 def generate_kwargs(candidate: Candidate, new_tokens: int, pad_token_id: int) -> dict[str, Any]:
     """Greedy, fixed-length generation with the candidate's cache settings (not for paged)."""

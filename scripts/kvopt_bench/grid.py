@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kvopt.bench.common import load_average, provenance
 from kvopt.config import KvoptConfig
 from kvopt.select import Result
 from kvopt.space import Candidate, SearchSpace
+from kvopt_bench.common import load_average, provenance
 
 __all__ = ["record_grid", "space_from_grid", "grid_rows_ok", "grid_results", "median_values", "untimed_seconds"]
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kvopt.bench.common import load_average
 from kvopt.errors import KvoptError
+from kvopt_bench.common import load_average
 
 __all__ = ["run_study", "TRIAL_TIME_ATTRS"]
 

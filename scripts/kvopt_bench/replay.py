@@ -23,8 +23,6 @@ import torch
 from optuna.trial import TrialState
 
 from kvopt.attrs import Failure, failure_kind
-from kvopt.bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
-from kvopt.bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 from kvopt.config import KvoptConfig, MeasureConfig
 from kvopt.confirm import score_interval
 from kvopt.engine.loading import ModelLoader, WeightsSource
@@ -42,6 +40,8 @@ from kvopt.select import Result, can_win_check, collect_results, dominated_by, p
 from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
 from kvopt.trial import Objective
+from kvopt_bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
+from kvopt_bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 
 __all__ = [
     "ReplayTable",
