@@ -65,9 +65,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 # the exit status. Imported only when used, so ``--help`` and bad input stay fast.
 SUBCOMMANDS = {
     "info": "kvopt.info:info_command",
-    "report": "kvopt.report.command:report_command",
-    "dashboard": "kvopt.report.dashboard:dashboard_command",
-    "compare": "kvopt.report.compare:compare_command",
+    "report": "kvopt.commands.report:report_command",
+    "dashboard": "kvopt.commands.dashboard:dashboard_command",
+    "compare": "kvopt.commands.compare:compare_command",
 }
 
 

@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from browser_helpers import Browser, artifacts_dir, find_chromium
-from kvopt.report.command import report_command
+from kvopt.commands.report import report_command
 from kvopt.report.dashboard import artifact_dir, publish_study
 from kvopt.stored import load_study, storage_config
 from report_helpers import HOSTILE, STUDY, free_port, hostile_copy, make_study

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 import kvopt
+from kvopt.commands.compare import compare_command, parse_source
 from kvopt.config import METRICS
 from kvopt.errors import KvoptError
-from kvopt.report.compare import compare_command, compare_studies, parse_source
+from kvopt.report.compare import compare_studies
 from tiny_studies import make_two_studies
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "80"}

@@ -98,6 +98,7 @@ def test_conflicting_options_are_refused():
     assert "search_space.quantized.backends" in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_full_space_keeps_what_runs_here():
     p = prepare(_cfg("search_space=full", "storage=memory"))
     assert "quantized" in p.space.cache_implementation and p.space.quantized_backends == ["fp8"]

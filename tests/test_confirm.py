@@ -23,6 +23,7 @@ def test_paired_gains_have_a_confidence_interval():
     assert gains["peak_mem_mb"].coverage is None  # memory is measured exactly, not sampled
 
 
+@pytest.mark.slow
 def test_a_study_ends_with_a_confirmed_recommendation(tmp_path):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
         cfg = validate(

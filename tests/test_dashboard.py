@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from kvopt.config import validate
@@ -22,6 +23,7 @@ def _get(url: str) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study_with_its_metric_names(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'kvopt.db'}"
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):

@@ -41,6 +41,7 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comple
     return gpu_check("--dry-run", "--out", str(out), cwd=work, timeout=600), out
 
 
+@pytest.mark.slow
 def test_the_dry_run_runs_every_step_and_records_it(dry_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, out = dry_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -61,6 +62,7 @@ def test_the_dry_run_runs_every_step_and_records_it(dry_run: tuple[subprocess.Co
     assert all(f"{name}: ok" in log for name in STEPS)
 
 
+@pytest.mark.slow
 def test_the_dry_run_records_what_each_step_found(dry_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     _, out = dry_run
     steps = {s["name"]: s for s in json.loads((out / "summary.json").read_text())["steps"]}
@@ -127,6 +129,7 @@ def test_a_spent_budget_skips_the_remaining_steps(tmp_path: Path) -> None:
         ([], "no CUDA device here"),  # this machine has no GPU: the GPU plan is refused
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_message_and_exit_status_2(tmp_path: Path, args: list[str], message: str) -> None:
     proc = gpu_check(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

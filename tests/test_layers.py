@@ -74,11 +74,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     # A finished run described from its storage alone.
     ("run record", ("kvopt.stored",)),
-    # Renderers of the run record (and the subcommands that only read stored studies).
+    # Renderers of the run record.
     ("outputs", ("kvopt.report",)),
     ("orchestration", ("kvopt.runner",)),
     # The benchmark harness (scripts/kvopt_bench) sits above all of these, outside the package.
-    ("entry points", ("kvopt", "kvopt.__main__", "kvopt.cli", "kvopt.api", "kvopt.sweep", "kvopt.info")),
+    (
+        "entry points",
+        ("kvopt", "kvopt.__main__", "kvopt.cli", "kvopt.api", "kvopt.sweep", "kvopt.info", "kvopt.commands"),
+    ),
 ]
 
 

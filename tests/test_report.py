@@ -13,10 +13,10 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from kvopt.commands.dashboard import dashboard_command
+from kvopt.commands.report import report_command
 from kvopt.errors import StorageError
-from kvopt.report.command import report_command
 from kvopt.report.content import MIN_IMPORTANCE_TRIALS, parameter_importance
-from kvopt.report.dashboard import dashboard_command
 from kvopt.stored import load_study
 from report_helpers import STUDY, hostile_copy, make_study, run_kvopt
 

@@ -1,4 +1,4 @@
-"""``python -m kvopt compare A B``: two stored studies side by side.
+"""Two stored studies side by side (``python -m kvopt compare A B``, :mod:`kvopt.commands.compare`).
 
 Two GPUs, two library versions or two models: the candidates both studies measured (same
 params) with the ratio B/A of every metric, the candidates only one measured, and the two
@@ -15,21 +15,14 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from kvopt.env import quiet_libraries
-from kvopt.errors import KvoptError, print_error
 from kvopt.metrics import METRICS, OBJECTIVES
 from kvopt.report.terminal import format_gains
 from kvopt.select import Recommendation, Result
 from kvopt.space import candidate_key
-from kvopt.stored import StoredStudy, default_storage_url, load_study
+from kvopt.stored import StoredStudy
 
-__all__ = ["Comparison", "compare_studies", "parse_source", "print_comparison", "compare_command"]
+__all__ = ["Comparison", "compare_studies", "print_comparison"]
 
-USAGE = (
-    "usage: python -m kvopt compare A B [storage.url=URL]\n"
-    "  A, B: STUDY (a study in storage.url, default sqlite:///kvopt.db) or STUDY@STORAGE_URL\n"
-    "  e.g.: python -m kvopt compare gpt2-rag-cuda@sqlite:///h100.db gpt2-rag-cuda@sqlite:///a100.db"
-)
 _HEADERS = {m.name: m.column for m in OBJECTIVES}
 
 
@@ -77,14 +70,6 @@ def compare_studies(a: StoredStudy, b: StoredStudy) -> Comparison:
         only_a=[r for r in a.results if _key(r) not in in_b],
         only_b=[r for r in b.results if _key(r) not in in_a],
     )
-
-
-def parse_source(arg: str, default_storage: str) -> tuple[str, str]:
-    """``STUDY`` or ``STUDY@STORAGE_URL`` -> (study, storage URL)."""
-    study, sep, storage = arg.partition("@")
-    if not study or (sep and not storage):
-        raise KvoptError(f"compare: got {arg!r}; allowed: STUDY or STUDY@STORAGE_URL\n{USAGE}")
-    return study, storage if sep else default_storage
 
 
 def _device(s: StoredStudy) -> str:
@@ -160,34 +145,3 @@ def print_comparison(console: Console, c: Comparison) -> None:
     if c.a.recommendation and c.b.recommendation:
         same = _key(c.a.recommendation.result) == _key(c.b.recommendation.result)
         console.print("same recommendation in both" if same else "the recommendations differ", highlight=False)
-
-
-def compare_command(args: list[str]) -> int:
-    """Entry of ``python -m kvopt compare``; returns the exit status (2 on bad input)."""
-    if any(a in ("-h", "--help") for a in args):
-        Console(soft_wrap=True).print(USAGE, highlight=False, markup=False)
-        return 0
-    storage = ""  # default: the storage a plain run uses (conf/config.yaml), read when needed
-    positional = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key == "storage.url":
-            storage = value
-        elif sep and "@" not in key:
-            print_error(f"compare: got {arg!r}; allowed: storage.url=URL\n{USAGE}")
-            return 2
-        else:
-            positional.append(arg)
-    if len(positional) != 2:
-        print_error(
-            f"compare: got {len(positional)} study argument(s) {positional}; allowed: exactly two, A and B\n{USAGE}"
-        )
-        return 2
-    quiet_libraries()
-    try:
-        a, b = (load_study(*parse_source(arg, storage or default_storage_url())) for arg in positional)
-    except KvoptError as exc:
-        print_error(str(exc))
-        return 2
-    print_comparison(Console(soft_wrap=False), compare_studies(a, b))
-    return 0

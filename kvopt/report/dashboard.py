@@ -1,10 +1,11 @@
-"""optuna-dashboard for kvopt studies: what each study carries there, and the server command.
+"""optuna-dashboard for kvopt studies: what each study carries there.
 
 At the end of a run the study gets a markdown note (recommendation, gains, front) and the
 report (report.html, report.md, plots) as study artifacts, in a file artifact store beside
-the storage: ``kvopt.db`` -> ``kvopt-artifacts/``. ``python -m kvopt dashboard`` serves the
-storage with that store on 127.0.0.1. Constraint values are per-trial user attrs
-(``constraints``), which the dashboard lists with each trial.
+the storage: ``kvopt.db`` -> ``kvopt-artifacts/``. ``python -m kvopt dashboard``
+(:mod:`kvopt.commands.dashboard`) serves the storage with that store on 127.0.0.1.
+Constraint values are per-trial user attrs (``constraints``), which the dashboard lists
+with each trial.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from kvopt.compose import parse_key_values
 from kvopt.config import StorageConfig
-from kvopt.errors import ConfigError, KvoptError, print_error
 from kvopt.paths import sqlite_path
 from kvopt.report.files import ReportFiles, write_report
 from kvopt.report.markdown import study_note
@@ -27,13 +26,8 @@ from kvopt.report.markdown import study_note
 if TYPE_CHECKING:
     from kvopt.stored import StoredStudy
 
-__all__ = ["artifact_dir", "publish_report", "publish_study", "dashboard_command", "DASHBOARD_USAGE"]
+__all__ = ["artifact_dir", "publish_report", "publish_study"]
 
-DASHBOARD_USAGE = (
-    "usage: python -m kvopt dashboard [storage.url=URL] [port=N]\n"
-    "  storage.url: default the storage of conf/config.yaml (sqlite:///kvopt.db)\n"
-    "  port: default 8080; the server listens on 127.0.0.1 only"
-)
 _ARTIFACTS_ATTR_PREFIX = "artifacts:"  # where Optuna keeps a study artifact's metadata
 
 
@@ -102,51 +96,3 @@ def publish_study(output_dir: Path, study: optuna.Study, storage_label: str, sto
     files = write_report(s, output_dir)
     publish_report(s, files, artifact_dir(storage))
     return files
-
-
-def _port(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
-        raise ConfigError([f"port: got {value!r}; allowed: an integer from 1 to 65535"])
-    return int(value)
-
-
-def dashboard_command(args: list[str]) -> int:
-    """``python -m kvopt dashboard``: serve a storage with optuna-dashboard on 127.0.0.1.
-
-    Args:
-        args: optionally ``storage.url=URL`` and ``port=N``.
-
-    Returns:
-        0 when the server stops (Ctrl-C), 2 after printing what is wrong with the input.
-    """
-    if any(a in ("-h", "--help") for a in args):
-        print(DASHBOARD_USAGE)
-        return 0
-    from optuna_dashboard import run_server
-
-    from kvopt.stored import default_storage_url, open_existing_storage, storage_config
-
-    try:
-        given = parse_key_values(args, {"storage.url": "storage URL", "port": "port number"})
-        port = _port(given.get("port", "8080"))
-        url = given.get("storage.url") or default_storage_url()
-        storage, label = open_existing_storage(url)
-        artifacts = artifact_dir(storage_config(url))
-        assert artifacts is not None  # open_existing_storage accepts no in-memory storage
-        artifacts.mkdir(parents=True, exist_ok=True)
-    except KvoptError as exc:
-        print_error(str(exc))
-        return 2
-    print(
-        f"optuna-dashboard: http://127.0.0.1:{port}/ (storage {label}; artifacts {artifacts}); Ctrl-C stops it",
-        flush=True,
-    )
-    try:
-        run_server(storage, host="127.0.0.1", port=port, artifact_store=FileSystemArtifactStore(str(artifacts)))
-    except OSError as exc:  # the port is taken, or not ours to bind
-        why = exc.strerror or exc
-        print_error(f"port: got {port} but the server cannot listen there ({why}); allowed: a free port")
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
