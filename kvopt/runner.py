@@ -34,6 +34,7 @@ from kvopt.metrics import METRICS
 from kvopt.paths import write_json_atomic
 from kvopt.predict import memory_prior
 from kvopt.probe import backend_missing, default_attn_implementation, probe
+from kvopt.quality import quality_summary
 from kvopt.report.dashboard import publish_study
 from kvopt.report.export import StudySettings, write_settings
 from kvopt.report.terminal import (
@@ -170,7 +171,13 @@ class StudyResult:
 
 
 def _result_dict(r: Result) -> dict[str, Any]:
-    return {"number": r.number, "candidate": r.label, "params": r.params, "values": r.values}
+    return {
+        "number": r.number,
+        "candidate": r.label,
+        "params": r.params,
+        "values": r.values,
+        "quality": quality_summary(r.user_attrs),
+    }
 
 
 def prepare(cfg: KvoptConfig) -> Prepared:
@@ -352,7 +359,8 @@ def _describe(outcome: TrialOutcome) -> str:
         return f"{head}: {outcome.state.name.lower()}: {outcome.reason}"
     ttft, tput, mem = outcome.values
     tail = f" (reused #{outcome.reused_from})" if outcome.reused_from is not None else ""
-    return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{tail}"
+    quality = f", quality: {outcome.quality}" if outcome.quality else ""
+    return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{quality}{tail}"
 
 
 class _AfterTrial:
@@ -451,6 +459,7 @@ def _worker_objective(p: Prepared, loader: ModelLoader, identity: WorkerIdentity
         slo=cfg.profile.slo,
         memory_budget_bytes=p.memory_budget_bytes,
         dominance_pruning=cfg.pruning.dominated,
+        quality=cfg.quality,
     )
     return WorkerObjective(
         objective,

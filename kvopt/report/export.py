@@ -20,6 +20,7 @@ from transformers import CompileConfig, ContinuousBatchingConfig
 from kvopt.config import ModelConfig
 from kvopt.metrics import METRICS
 from kvopt.paths import write_text_atomic
+from kvopt.quality import quality_summary
 from kvopt.select import Recommendation, Result, gains_pct
 from kvopt.space import Candidate, SearchSpace
 
@@ -96,6 +97,8 @@ def _settings(result: Result, baseline: Result | None, workload: Workload) -> di
         "model_kwargs": plain(candidate.model_kwargs()),
         "generate_kwargs": plain(candidate.generate_kwargs(workload.prompt_tokens, workload.new_tokens)),
         "values": {m: float(result.values[m]) for m in METRICS},
+        # Beside the speed, what it costs in fidelity (kvopt.quality; None: run without the guard).
+        "quality": plain(quality_summary(result.user_attrs)),
     }
     if baseline is not None:  # from the study's own measurements (unconfirmed)
         out["study_gains_pct"] = {m: round(g, 2) for m, g in gains_pct(result, baseline).items()}
