@@ -17,7 +17,8 @@ import torch
 
 from kvopt.config import ModelConfig, QualityConfig
 from kvopt.engine.fidelity import FidelityMeter
-from kvopt.engine.loading import ModelLoader, resolve_weights
+from kvopt.engine.loading import ModelLoader
+from kvopt.engine.source import resolve_model
 from kvopt.quality import classify, violations
 from kvopt.space import Candidate
 
@@ -44,7 +45,8 @@ def main() -> None:
 
     data = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "tiny-gpt2.yaml"))
     model_cfg = ModelConfig(**{**data, "hub_id": args.model, "weights": "pretrained"})  # type: ignore[arg-type]
-    loader = ModelLoader(model_cfg, resolve_weights(model_cfg), torch.device("cpu"), 0)
+    source = resolve_model(model_cfg)  # the folder's own config.json and weights
+    loader = ModelLoader(source.model, source.weights, torch.device("cpu"), 0)
     cfg = QualityConfig(new_tokens=args.new_tokens)
     print(
         "| candidate | kind | prompt | agreement | first divergence | top-5 (base in cand / cand in base) "

@@ -21,7 +21,8 @@ from conftest import REPO, model_config
 from kvopt.attrs import FIDELITY_ATTR, QUALITY_ATTR, Failure
 from kvopt.config import QualityConfig
 from kvopt.engine.fidelity import FidelityMeter, Reference, compare, fidelity_prompts
-from kvopt.engine.loading import ModelLoader, resolve_weights
+from kvopt.engine.loading import ModelLoader
+from kvopt.engine.source import resolve_model
 from kvopt.errors import ConfigError
 from kvopt.quality import CHECKED, EXACT, LOSSY, QUALITY, UNVERIFIED, Fidelity, excess, plan_quality, violations
 from kvopt.sampler import read_study
@@ -40,7 +41,8 @@ def _trained_model():
 @pytest.fixture(scope="module")
 def meter() -> FidelityMeter:
     model_cfg = _trained_model()
-    loader = ModelLoader(model_cfg, resolve_weights(model_cfg), torch.device("cpu"), 0)
+    source = resolve_model(model_cfg)  # the folder's own config.json and weights
+    loader = ModelLoader(source.model, source.weights, torch.device("cpu"), 0)
     return FidelityMeter(loader, BASE, QualityConfig(new_tokens=16), prompt_tokens=32, new_tokens=16)
 
 
