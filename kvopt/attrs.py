@@ -21,6 +21,8 @@ __all__ = [
     "REUSED_FROM_ATTR",
     "CONSTRAINTS_ATTR",
     "NOISY_ATTR",
+    "FIDELITY_ATTR",
+    "QUALITY_ATTR",
     "Failure",
     "failure_kind",
 ]
@@ -34,6 +36,8 @@ FAILURE_ATTR = "failure"  # the same as a Failure kind, for code
 REUSED_FROM_ATTR = "reused_from"  # the earlier trial of the same candidate whose outcome it took
 CONSTRAINTS_ATTR = "constraints"  # constraint name -> value (<= 0 met), as the trial set them
 NOISY_ATTR = "noisy"  # True when the timings did not reach the precision asked
+FIDELITY_ATTR = "fidelity"  # the candidate's outputs against the baseline's (kvopt.quality.Fidelity as a mapping)
+QUALITY_ATTR = "quality"  # the quality guard's decision: {"kind": exact|lossy|checked|unverified, "note": ...}
 
 
 class Failure:
@@ -49,6 +53,7 @@ class Failure:
     DOMINATED = "dominated"  # stopped early: it cannot reach the Pareto front (feasible, not worth finishing)
     INTERRUPTED = "interrupted"  # Ctrl-C, or its worker died: says nothing about the candidate
     TOO_SLOW = "too_slow"  # one generate call predicted or seen at several trial budgets: not measured
+    QUALITY = "quality"  # over the quality bounds, or lossy and unverifiable (random weights): not timed
 
     ALL = (
         OUT_OF_MEMORY,
@@ -61,6 +66,7 @@ class Failure:
         DOMINATED,
         INTERRUPTED,
         TOO_SLOW,
+        QUALITY,
     )
 
 

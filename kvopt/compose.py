@@ -2,15 +2,18 @@
 
 ``python -m kvopt``, ``kvopt.tune``, ``kvopt info`` and the benchmark scripts all build their
 config here, so they accept and refuse the same input with the same words. Foundation: it
-imports only the config schema, errors and paths.
+imports only the config schema, errors and paths. :func:`model_name` names a user's own model
+(``model.hub_id=...``) for the study and for Hydra's output folders.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -18,10 +21,40 @@ from kvopt.config import KvoptConfig, validate
 from kvopt.errors import ConfigError
 from kvopt.paths import conf_dir
 
-__all__ = ["Overrides", "compose_config", "unknown_group_options", "parse_key_values"]
+__all__ = ["Overrides", "compose_config", "unknown_group_options", "parse_key_values", "model_name", "shipped_models"]
 
 # What compose_config takes: values, Hydra-style overrides, a validated config, or nothing.
 Overrides = Mapping[str, Any] | DictConfig | Sequence[str] | KvoptConfig | None
+
+
+def shipped_models() -> dict[str, dict[str, Any]]:
+    """The ``model`` group's options (conf/model/*.yaml) by name, as their YAML says."""
+    return {
+        p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(Path(conf_dir(), "model").glob("*.yaml"))
+    }
+
+
+def model_name(name: str, hub_id: str) -> str:
+    """The name a model's studies and output folders go by.
+
+    A ``model`` option keeps its name for its own hub id. Given another ``model.hub_id``, the
+    model is named after it: a shipped option with that hub id by that option's name, else
+    the hub id's last part (``Qwen/Qwen2.5-7B-Instruct`` -> ``Qwen2.5-7B-Instruct``) or the
+    folder's name (``./ckpt`` -> ``ckpt``). A name the user set (no shipped option) stays.
+    """
+    options = shipped_models()
+    if name not in options or options[name].get("hub_id") == hub_id:
+        return name
+    same = sorted(option for option, data in options.items() if data.get("hub_id") == hub_id)
+    if same:
+        return same[0]
+    folder = Path(hub_id).expanduser()
+    own = folder.resolve().name if folder.is_dir() else hub_id.rstrip("/\\").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", own).strip("-") or "model"
+
+
+# Hydra's output folders (conf/config.yaml hydra.run.dir) name the model the user gave too.
+OmegaConf.register_new_resolver("kvopt_model_name", model_name, replace=True)
 
 
 def _groups(conf: str) -> set[str]:

@@ -7,10 +7,12 @@ given and what is allowed, before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +42,8 @@ __all__ = [
     "ConfirmConfig",
     "PruningConfig",
     "ScaleConfig",
+    "QualityConfig",
+    "QUALITY_BOUNDS",
     "SHARED_DEVICE_POLICIES",
     "KvoptConfig",
     "validate",
@@ -215,6 +219,31 @@ class ScaleConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """The quality guard: bounds on how far a candidate's outputs may stray from the baseline's.
+
+    The bounds (None: no bound) may be set per profile (a ``quality:`` section in the profile's
+    yaml overrides these). docs/quality.md defines the measures and says why these defaults.
+    """
+
+    # Mean KL(baseline || candidate) of the next-token distributions, nats per token.
+    max_mean_kl: float | None = 0.01
+    # Share of greedy tokens equal to the baseline's.
+    min_token_agreement: float | None = 0.5
+    # With random weights nothing can be measured: allow lossy candidates anyway (marked).
+    allow_unverified: bool = False
+    # A text file to cut the prompts from (None: the public-domain text shipped with kvopt).
+    prompts: str | None = None
+    n_prompts: int = 4
+    # Tokens generated per prompt: the profile's new_tokens, at most this many.
+    new_tokens: int = 32
+
+
+# The QualityConfig fields a profile may override.
+QUALITY_BOUNDS = ("max_mean_kl", "min_token_agreement")
+
+
+@dataclass(frozen=True)
 class KvoptConfig:
     """The whole validated configuration of one run; build it with :func:`validate` or ``kvopt.compose_config``."""
 
@@ -233,6 +262,8 @@ class KvoptConfig:
     # This process's index among workers sharing a study; never part of the study name.
     worker: int = 0
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    # The profile's own quality bounds applied over the quality section's.
+    quality: QualityConfig = field(default_factory=QualityConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -659,6 +690,50 @@ def _scale(problems: _Problems, s: Mapping[str, Any]) -> ScaleConfig:
     )
 
 
+def _bound(problems: _Problems, key: str, value: Any, upper: float | None) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value) or value < 0 or (upper is not None and value > upper):
+        problems.add(key, value, "null (no bound) or a number >= 0" + (f" and <= {upper:g}" if upper else ""))
+        return None
+    return float(value)
+
+
+_BOUND_LIMITS = {"max_mean_kl": None, "min_token_agreement": 1.0}
+
+
+def _quality(problems: _Problems, q: Mapping[str, Any], profile: Mapping[str, Any]) -> QualityConfig:
+    default = QualityConfig()
+    known = {f.name for f in dataclasses.fields(QualityConfig)}
+    unknown = sorted(set(q) - known)
+    if unknown:
+        problems.add("quality", unknown, f"keys {', '.join(sorted(known))}")
+    bounds = {
+        k: _bound(problems, f"quality.{k}", q.get(k, getattr(default, k)), _BOUND_LIMITS[k]) for k in QUALITY_BOUNDS
+    }
+    own = profile.get("quality") or {}
+    if not isinstance(own, Mapping) or set(own) - set(QUALITY_BOUNDS):
+        problems.add("profile.quality", own, f"a mapping of {', '.join(QUALITY_BOUNDS)}")
+        own = {}
+    for k, v in own.items():
+        bounds[k] = _bound(problems, f"profile.quality.{k}", v, _BOUND_LIMITS[k])
+    allow = q.get("allow_unverified", default.allow_unverified)
+    if not isinstance(allow, bool):
+        problems.add("quality.allow_unverified", allow, "true or false")
+        allow = default.allow_unverified
+    prompts = q.get("prompts", default.prompts)
+    if prompts is not None and (not isinstance(prompts, str) or not Path(prompts).is_file()):
+        problems.add("quality.prompts", prompts, "null (the text shipped with kvopt) or a path to a text file")
+        prompts = None
+    return QualityConfig(
+        allow_unverified=allow,
+        prompts=prompts,
+        n_prompts=_positive_int(problems, "quality.n_prompts", q.get("n_prompts", default.n_prompts)),
+        new_tokens=_positive_int(problems, "quality.new_tokens", q.get("new_tokens", default.new_tokens), minimum=2),
+        **bounds,
+    )
+
+
 def validate_profile(section: Mapping[str, Any]) -> ProfileConfig:
     """One ``profile`` section (e.g. read back from a stored study); ConfigError if invalid."""
     problems = _Problems()
@@ -707,6 +782,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
         pruning=_pruning(problems, raw.get("pruning") or {}),
         worker=_worker(problems, raw.get("worker", KvoptConfig.worker)),
         scale=_scale(problems, raw.get("scale") or {}),
+        quality=_quality(problems, raw.get("quality") or {}, sections["profile"]),
         raw=raw,
     )
     problems.raise_if_any()

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from kvopt.compose import compose_config
 from kvopt.config import ATTN_IMPLEMENTATIONS, CACHE_IMPLEMENTATIONS, DTYPES, QUANTIZED_BACKENDS
+from kvopt.engine.source import resolve_config
 from kvopt.env import quiet_libraries
 from kvopt.errors import KvoptError, print_error
 from kvopt.machine import machine_info, resolve_device
@@ -28,7 +29,7 @@ def info_command(overrides: list[str]) -> int:
     quiet_libraries()
     console = Console()
     try:
-        cfg = compose_config(list(overrides))
+        cfg, _ = resolve_config(compose_config(list(overrides)))
         device = resolve_device(cfg.device)
     except KvoptError as exc:
         print_error(str(exc))

@@ -18,7 +18,8 @@ import torch
 from optuna.trial import TrialState
 
 from kvopt.attrs import Failure
-from kvopt.config import MeasureConfig, ModelConfig
+from kvopt.config import MeasureConfig, ModelConfig, QualityConfig
+from kvopt.engine.fidelity import FidelityMeter
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload
 from kvopt.env import quiet_libraries
@@ -26,10 +27,11 @@ from kvopt.failures import failure_reason
 from kvopt.measure.rss import PeakRSS
 from kvopt.metrics import MB
 from kvopt.protocol import Measurement, measure_candidate
+from kvopt.quality import Fidelity
 from kvopt.select import Result, can_win_check
 from kvopt.space import Candidate
 
-__all__ = ["TrialJob", "IsolatedFailure", "run_isolated"]
+__all__ = ["TrialJob", "FidelityJob", "IsolatedFailure", "run_isolated", "run_fidelity_isolated"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,21 @@ class TrialJob:
     measure: MeasureConfig
     # The study's front when the trial started: lets the child stop a candidate that cannot win.
     front: tuple[Result, ...] = ()
+
+
+@dataclass(frozen=True)
+class FidelityJob:
+    """What a fresh process needs to measure one candidate's fidelity (picklable)."""
+
+    model: ModelConfig
+    weights: WeightsSource
+    device: str
+    candidate: Candidate
+    baseline: Candidate
+    quality: QualityConfig
+    prompt_tokens: int
+    new_tokens: int
+    seed: int
 
 
 class IsolatedFailure(Exception):
@@ -92,6 +109,19 @@ def _child(job: TrialJob, conn: Connection) -> None:
         conn.close()
 
 
+def _fidelity_child(job: FidelityJob, conn: Connection) -> None:
+    try:
+        quiet_libraries()
+        loader = ModelLoader(job.model, job.weights, torch.device(job.device), job.seed)
+        meter = FidelityMeter(loader, job.baseline, job.quality, job.prompt_tokens, job.new_tokens)
+        conn.send(("ok", meter.measure(job.candidate), 0.0))
+    except BaseException as exc:  # report everything; the parent decides
+        failed = failure_reason(exc)
+        conn.send(("error", failed.state.name, failed.reason, failed.kind))
+    finally:
+        conn.close()
+
+
 def _death_reason(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         try:
@@ -104,9 +134,20 @@ def _death_reason(exitcode: int | None) -> str:
 
 def run_isolated(job: TrialJob, timeout_s: float) -> tuple[Measurement, float]:
     """Measure in a fresh process; return (measurement, load seconds) or raise IsolatedFailure."""
+    measurement, load_s = _run_child(_child, job, timeout_s)
+    return measurement, load_s
+
+
+def run_fidelity_isolated(job: FidelityJob, timeout_s: float) -> Fidelity:
+    """Measure a candidate's fidelity in a fresh process (its own baseline reference); raise IsolatedFailure."""
+    fidelity, _ = _run_child(_fidelity_child, job, timeout_s)
+    return fidelity
+
+
+def _run_child(target: Any, job: Any, timeout_s: float) -> tuple[Any, float]:
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(job, sender), name="kvopt-trial", daemon=True)
+    process = context.Process(target=target, args=(job, sender), name="kvopt-trial", daemon=True)
     process.start()
     sender.close()  # only the child writes: EOF here means the child is gone
     message: Any = None

@@ -11,15 +11,18 @@ measure is one new subclass of :class:`Measurer`, nothing in the trial changes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from kvopt.config import MeasureConfig, TrialConfig
+from kvopt.config import MeasureConfig, QualityConfig, TrialConfig
+from kvopt.engine.fidelity import FidelityMeter
 from kvopt.engine.loading import ModelLoader
 from kvopt.engine.workload import Workload
-from kvopt.isolation import TrialJob, run_isolated
+from kvopt.errors import KvoptError
+from kvopt.isolation import FidelityJob, TrialJob, run_fidelity_isolated, run_isolated
 from kvopt.protocol import Measurement, measure_candidate
+from kvopt.quality import Fidelity
 from kvopt.select import Result, can_win_check
 from kvopt.space import Candidate
 
@@ -58,6 +61,16 @@ class Measurer(ABC):
             Exception: any failure of the candidate; the trial records it and the study goes on.
         """
 
+    def fidelity(self, candidate: Candidate, baseline: Candidate) -> Fidelity:
+        """The candidate's outputs against the baseline's on real prompts (:mod:`kvopt.engine.fidelity`).
+
+        Runs before the timed runs, only for a candidate the quality guard must check.
+
+        Raises:
+            Exception: any failure of the candidate; the trial records it and the study goes on.
+        """
+        raise KvoptError(f"the {self.name} measurer cannot measure fidelity")
+
 
 @dataclass(frozen=True)
 class ProtocolSettings:
@@ -70,15 +83,26 @@ class ProtocolSettings:
     repetitions: int
     seed: int
     measure: MeasureConfig
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 class InlineMeasurer(Measurer):
-    """Measures in this process; the loader keeps a model loaded for the next candidate."""
+    """Measures in this process; the loader keeps a model loaded for the next candidate.
+
+    The baseline's fidelity reference is run once, at the first candidate that needs it, and kept.
+    """
 
     name = "inline"
 
     def __init__(self, settings: ProtocolSettings) -> None:
         self.settings = settings
+        self._meter: FidelityMeter | None = None
+
+    def fidelity(self, candidate: Candidate, baseline: Candidate) -> Fidelity:
+        s = self.settings
+        if self._meter is None or self._meter.baseline != baseline:
+            self._meter = FidelityMeter(s.loader, baseline, s.quality, s.workload.prompt_tokens, s.workload.new_tokens)
+        return self._meter.measure(candidate)
 
     def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
         s = self.settings
@@ -123,6 +147,22 @@ class ProcessMeasurer(Measurer):
         measurement, load_s = run_isolated(job, self.timeout_s)
         return Measured(measurement, load_s, False)
 
+    def fidelity(self, candidate: Candidate, baseline: Candidate) -> Fidelity:
+        # A process of its own (it runs the baseline's reference too): a crash costs the trial only.
+        s = self.settings
+        job = FidelityJob(
+            model=s.loader.model_cfg,
+            weights=s.loader.source,
+            device=str(s.device),
+            candidate=candidate,
+            baseline=baseline,
+            quality=s.quality,
+            prompt_tokens=s.workload.prompt_tokens,
+            new_tokens=s.workload.new_tokens,
+            seed=s.seed,
+        )
+        return run_fidelity_isolated(job, self.timeout_s)
+
 
 def make_measurer(
     trial: TrialConfig,
@@ -134,9 +174,12 @@ def make_measurer(
     repetitions: int,
     seed: int,
     measure: MeasureConfig,
+    quality: QualityConfig | None = None,
 ) -> Measurer:
     """The measurer ``trial.isolation`` names (inline or process)."""
-    settings = ProtocolSettings(loader, workload, device, warmup, repetitions, seed, measure)
+    settings = ProtocolSettings(
+        loader, workload, device, warmup, repetitions, seed, measure, quality or QualityConfig()
+    )
     if trial.isolation == "process":
         return ProcessMeasurer(settings, trial.timeout_s)
     return InlineMeasurer(settings)

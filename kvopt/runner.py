@@ -23,7 +23,8 @@ from rich.console import Console
 
 from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
 from kvopt.confirm import Confirmation, choose_finalists, confirm
-from kvopt.engine.loading import ModelLoader, WeightsSource, resolve_weights
+from kvopt.engine.loading import ModelLoader, WeightsSource
+from kvopt.engine.source import resolve_config
 from kvopt.engine.workload import Workload, WorkloadMix, make_mix
 from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
@@ -33,6 +34,7 @@ from kvopt.metrics import METRICS
 from kvopt.paths import write_json_atomic
 from kvopt.predict import memory_prior
 from kvopt.probe import backend_missing, default_attn_implementation, probe
+from kvopt.quality import quality_summary
 from kvopt.report.dashboard import publish_study
 from kvopt.report.export import StudySettings, write_settings
 from kvopt.report.terminal import (
@@ -174,14 +176,21 @@ class StudyResult:
 
 
 def _result_dict(r: Result) -> dict[str, Any]:
-    return {"number": r.number, "candidate": r.label, "params": r.params, "values": r.values}
+    return {
+        "number": r.number,
+        "candidate": r.label,
+        "params": r.params,
+        "values": r.values,
+        "quality": quality_summary(r.user_attrs),
+    }
 
 
 def prepare(cfg: KvoptConfig) -> Prepared:
-    """Resolve device, weights, storage and search space; raise KvoptError on bad input."""
+    """Resolve model, device, weights, storage and search space; raise KvoptError on bad input."""
     started = time.perf_counter()
+    # The model the user named (its own config.json, pinned revision): p.cfg carries it from here on.
+    cfg, weights = resolve_config(cfg)
     device = resolve_device(cfg.device)
-    weights = resolve_weights(cfg.model)
     scale = cfg.scale
     # RDB heartbeats: another worker fails a trial whose worker fell silent, and re-queues it.
     storage = open_storage(
@@ -291,7 +300,11 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
     return [
         ("study", f"{p.name}{resume}"),
         ("storage", p.storage_label),
-        ("model", f"{cfg.model.name} ({cfg.model.hub_id}), {p.weights.kind} weights: {p.weights.reason}"),
+        (
+            "model",
+            f"{cfg.model.name} ({cfg.model.hub_id}), {p.weights.kind} weights: {p.weights.reason}"
+            + (", trust_remote_code=true (runs the model's own code)" if cfg.model.trust_remote_code else ""),
+        ),
         ("device", str(p.device)),
         (
             "workload",
@@ -365,7 +378,8 @@ def _describe(outcome: TrialOutcome) -> str:
         return f"{head}: {outcome.state.name.lower()}: {outcome.reason}"
     ttft, tput, mem = outcome.values
     tail = f" (reused #{outcome.reused_from})" if outcome.reused_from is not None else ""
-    return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{tail}"
+    quality = f", quality: {outcome.quality}" if outcome.quality else ""
+    return f"{head}: ttft {ttft:.1f} ms, decode {tput:.1f} tok/s, mem {mem:.1f} MB{quality}{tail}"
 
 
 class _AfterTrial:
@@ -464,6 +478,7 @@ def _worker_objective(p: Prepared, loader: ModelLoader, identity: WorkerIdentity
         slo=cfg.profile.slo,
         memory_budget_bytes=p.memory_budget_bytes,
         dominance_pruning=cfg.pruning.dominated,
+        quality=cfg.quality,
     )
     return WorkerObjective(
         objective,
@@ -490,6 +505,7 @@ def tune(
     """
     console = console or Console()
     p = prepared or prepare(cfg)
+    cfg = p.cfg  # the resolved model
     print_plan(console, _plan_lines(p), p.space.dropped)
     for note in p.mix.notes:
         console.print(f"[yellow]note[/yellow]          {note}", highlight=False)

@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kvopt.attrs import BASELINE_ATTR, CONSTRAINTS_ATTR, Failure, failure_kind
 from kvopt.config import ProfileConfig
 from kvopt.metrics import METRIC_BY_NAME, METRICS
+from kvopt.quality import QUALITY
 from kvopt.select import slo_violations
 from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.surrogate import Observation, PerformanceModel, log_ci_half_width, score_of, score_sd_of
@@ -103,9 +104,14 @@ def _complete_entry(
 
 
 def _failed_to_run(trial: FrozenTrial) -> bool:
-    """The candidate cannot run here (constraint ``runs`` > 0): never propose it again."""
-    runs = trial.constraints.get("runs", trial.user_attrs.get(CONSTRAINTS_ATTR, {}).get("runs"))
-    return runs is not None and runs > 0
+    """The candidate cannot run here (constraint ``runs`` > 0) or must not be used (``quality`` > 0,
+    :mod:`kvopt.quality`): never propose it again."""
+    stored = trial.user_attrs.get(CONSTRAINTS_ATTR, {})
+    for key in ("runs", QUALITY):
+        value = trial.constraints.get(key, stored.get(key))
+        if value is not None and value > 0:
+            return True
+    return False
 
 
 def _out_of_memory(trial: FrozenTrial) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from kvopt.compose import model_name
 from kvopt.storage import mask_urls
 
 __all__ = ["KvoptCallback", "SUMMARY_COLUMNS", "summarize_sweep", "mask_log_records", "scrub_file"]
@@ -123,7 +124,9 @@ def _row(job: Path) -> dict[str, Any]:
     row: dict[str, Any] = {c: "" for c in SUMMARY_COLUMNS}
     row.update(
         job=job.name,
-        model=OmegaConf.select(cfg, "model.name", default=""),
+        model=model_name(  # the model the user gave, as the study and its folder are named
+            str(OmegaConf.select(cfg, "model.name", default="")), str(OmegaConf.select(cfg, "model.hub_id", default=""))
+        ),
         profile=OmegaConf.select(cfg, "profile.name", default=""),
         worker=OmegaConf.select(cfg, "worker", default=0, throw_on_resolution_failure=False),
     )

@@ -23,13 +23,15 @@ from kvopt.attrs import (
     CANDIDATE_SETTINGS_ATTR,
     CONSTRAINTS_ATTR,
     FAILURE_ATTR,
+    FIDELITY_ATTR,
     NOISY_ATTR,
+    QUALITY_ATTR,
     REASON_ATTR,
     REUSED_FROM_ATTR,
     Failure,
     failure_kind,
 )
-from kvopt.config import MeasureConfig, TrialConfig
+from kvopt.config import MeasureConfig, QualityConfig, TrialConfig
 from kvopt.engine.loading import ModelLoader, free_device_memory
 from kvopt.engine.workload import Workload
 from kvopt.failures import failure_reason
@@ -38,11 +40,12 @@ from kvopt.measurer import Measurer, make_measurer
 from kvopt.metrics import MB, METRICS, OBJECTIVES
 from kvopt.predict import predict_memory
 from kvopt.protocol import SLOW_CALL_FACTOR
+from kvopt.quality import QUALITY, Fidelity, excess, plan_quality, quality_label, violations
 from kvopt.sampler import predict_call_seconds
 from kvopt.select import Result, collect_results, pareto_front
 from kvopt.space import Candidate, SearchSpace
 
-__all__ = ["TrialOutcome", "Objective", "outcome_of", "slo_constraints", "RUNS"]
+__all__ = ["TrialOutcome", "Objective", "outcome_of", "slo_constraints", "RUNS", "QUALITY"]
 
 
 @dataclass
@@ -54,6 +57,7 @@ class TrialOutcome:
     reason: str | None = None
     reused_from: int | None = None
     is_baseline: bool = False
+    quality: str = ""  # the quality guard's short verdict (kvopt.quality.quality_label)
 
 
 def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutcome:
@@ -66,6 +70,7 @@ def outcome_of(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialOutc
         reason=trial.user_attrs.get(REASON_ATTR),
         reused_from=trial.user_attrs.get(REUSED_FROM_ATTR),
         is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
+        quality=quality_label(trial.user_attrs),
     )
 
 
@@ -92,6 +97,10 @@ class Objective:
     before fails again at once; a larger batch than one that ran out of memory, or a
     candidate whose predicted memory exceeds the budget, is pruned before any load.
     While measuring: a candidate that cannot reach the front is pruned early.
+    With ``quality`` (the quality guard, :mod:`kvopt.quality`): a candidate that can change the
+    model's answers has its fidelity measured first, and one over the bounds (or lossy and
+    unverifiable with random weights) ends PRUNED with the ``quality`` constraint violated,
+    never timed. Without it (replays, direct uses) no candidate is checked.
     """
 
     def __init__(
@@ -110,6 +119,7 @@ class Objective:
         memory_budget_bytes: int | None = None,
         dominance_pruning: bool = True,
         measurer: Measurer | None = None,
+        quality: QualityConfig | None = None,
     ) -> None:
         self.space = space
         self.loader = loader
@@ -123,6 +133,7 @@ class Objective:
         self.slo = slo or {}
         self.memory_budget_bytes = memory_budget_bytes
         self.dominance_pruning = dominance_pruning
+        self.quality = quality
         # How candidates are measured: trial.isolation's choice unless one is given (replay).
         self.measurer = measurer or make_measurer(
             self.trial,
@@ -133,6 +144,7 @@ class Objective:
             repetitions=repetitions,
             seed=seed,
             measure=self.measure,
+            quality=quality,
         )
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
@@ -152,7 +164,8 @@ class Objective:
             cannot_fit = self._cannot_fit(trial, candidate)
             if cannot_fit is not None:
                 self._infeasible(trial, *cannot_fit)
-            return self._measure(trial, candidate)
+            fidelity_s = self._check_quality(trial, candidate)
+            return self._measure(trial, candidate, fidelity_s)
         except KeyboardInterrupt:
             trial.set_user_attr(REASON_ATTR, "interrupted by the user (Ctrl-C)")
             trial.set_user_attr(FAILURE_ATTR, Failure.INTERRUPTED)
@@ -161,7 +174,8 @@ class Objective:
     def _reuse(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, float, float]:
         # The same settings measured again would only add cost: reuse, and say so.
         trial.set_user_attr(REUSED_FROM_ATTR, earlier.number)
-        for key in ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb", NOISY_ATTR, CONSTRAINTS_ATTR):
+        copied = ("ttft_ms_stats", "decode_tok_s_stats", "kv_cache_mb", "weights_mb", NOISY_ATTR, CONSTRAINTS_ATTR)
+        for key in (*copied, FIDELITY_ATTR, QUALITY_ATTR):
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         for key, value in earlier.constraints.items():
@@ -172,20 +186,59 @@ class Objective:
         # Failures are deterministic here (unsupported, out of memory): say so, do not rerun.
         reason = f"same candidate as trial #{earlier.number}: {earlier.user_attrs.get(REASON_ATTR)}"
         trial.set_user_attr(REUSED_FROM_ATTR, earlier.number)
-        if earlier.constraints.get(RUNS, 0.0) > 0:
-            self._infeasible(trial, reason, Failure.REPEAT)
+        if earlier.constraints.get(RUNS, 0.0) > 0 or earlier.constraints.get(QUALITY, 0.0) > 0:
+            self._infeasible(trial, reason, Failure.REPEAT, dict(earlier.constraints))
         trial.set_user_attr(REASON_ATTR, reason)
         trial.set_user_attr(FAILURE_ATTR, Failure.REPEAT)
         raise optuna.TrialPruned(reason)
 
-    def _infeasible(self, trial: optuna.Trial, reason: str, kind: str) -> NoReturn:
-        """End the trial PRUNED and tell the sampler this candidate cannot run here."""
+    def _infeasible(
+        self, trial: optuna.Trial, reason: str, kind: str, constraints: dict[str, float] | None = None
+    ) -> NoReturn:
+        """End the trial PRUNED and tell the sampler this candidate cannot run here (or must not be used)."""
+        constraints = constraints or {RUNS: 1.0}
         trial.set_user_attr(REASON_ATTR, reason)
         trial.set_user_attr(FAILURE_ATTR, kind)
-        trial.set_user_attr(CONSTRAINTS_ATTR, {RUNS: 1.0})
-        trial.set_constraint(RUNS, 1.0)
+        trial.set_user_attr(CONSTRAINTS_ATTR, constraints)
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
         free_device_memory(self.device)
         raise optuna.TrialPruned(reason)
+
+    def _check_quality(self, trial: optuna.Trial, candidate: Candidate) -> float:
+        """The quality guard, before any timed run: the seconds its fidelity measurement took.
+
+        Ends the trial (PRUNED, ``quality`` constraint > 0) if the candidate is over the bounds,
+        or lossy and unverifiable. Its fidelity and the guard's note are kept as user attrs.
+        """
+        if self.quality is None:
+            return 0.0
+        plan = plan_quality(candidate, self.space.baseline.dtype, self.loader.source.kind, self.quality)
+        trial.set_user_attr(QUALITY_ATTR, plan.as_dict())
+        if plan.blocked is not None:
+            self._infeasible(trial, plan.blocked, Failure.QUALITY, {RUNS: 0.0, QUALITY: 1.0})
+        if not plan.measure:
+            return 0.0
+        start = time.perf_counter()
+        earlier = _fidelity_at_other_batch(trial, candidate)
+        try:
+            # The fidelity prompts are one fixed batch: the candidate's batch size does not enter it.
+            fidelity = earlier or self.measurer.fidelity(candidate, self.space.baseline)
+        except IsolatedFailure as failure:
+            self._record_failure(trial, start, failure.reason, failure.kind)
+        except Exception as exc:  # a failing candidate must never stop the study
+            failed = failure_reason(exc)
+            self._record_failure(trial, start, failed.reason, failed.kind)
+        trial.set_user_attr(FIDELITY_ATTR, fidelity.as_dict())
+        broken = violations(fidelity, self.quality)
+        verdict = "over the quality bounds: " + "; ".join(broken) if broken else "within the quality bounds"
+        trial.set_user_attr(QUALITY_ATTR, {**plan.as_dict(), "note": f"{verdict} ({fidelity.summary()})"})
+        if broken:
+            trial.set_user_attr("setup_s", fidelity.seconds)
+            self._infeasible(
+                trial, f"{verdict}; not timed", Failure.QUALITY, {RUNS: 0.0, QUALITY: excess(fidelity, self.quality)}
+            )
+        return fidelity.seconds
 
     def _cannot_fit(self, trial: optuna.Trial, candidate: Candidate) -> tuple[str, str] | None:
         """(reason, failure kind) if this candidate cannot fit in memory, found without loading anything."""
@@ -233,7 +286,9 @@ class Objective:
         results = [r for r in collect_results(trial.study) if r.user_attrs.get(CONSTRAINTS_ATTR, {}).get(RUNS, 0) <= 0]
         return pareto_front(results)
 
-    def _measure(self, trial: optuna.Trial, candidate: Candidate) -> tuple[float, float, float]:
+    def _measure(
+        self, trial: optuna.Trial, candidate: Candidate, fidelity_s: float = 0.0
+    ) -> tuple[float, float, float]:
         start = time.perf_counter()
         front = self._front(trial) if self.dominance_pruning else []
         try:
@@ -251,8 +306,8 @@ class Objective:
                 "model_reused": measured.model_reused,
                 "weights": self.loader.source.kind,
                 "load_s": measured.load_s,
-                # Setup cost, kept apart from TTFT and throughput: load + first call.
-                "setup_s": measured.load_s + measurement.first_call_s,
+                # Setup cost, kept apart from TTFT and throughput: load + first call (+ fidelity check).
+                "setup_s": measured.load_s + measurement.first_call_s + fidelity_s,
                 "trial_s": time.perf_counter() - start,
             }
         )
@@ -268,6 +323,8 @@ class Objective:
             trial.set_constraint(RUNS, 0.0)
             raise optuna.TrialPruned(measurement.pruned_reason)
         constraints = slo_constraints(measurement.values, self.slo)
+        if FIDELITY_ATTR in trial.user_attrs and self.quality is not None:
+            constraints[QUALITY] = excess(Fidelity.from_dict(trial.user_attrs[FIDELITY_ATTR]), self.quality)
         trial.set_user_attr(CONSTRAINTS_ATTR, constraints)
         for key, value in constraints.items():
             trial.set_constraint(key, value)
@@ -278,15 +335,29 @@ class Objective:
         self._infeasible(trial, reason, kind)
 
 
+def _but_batch(params: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's parameters without its batch size (settings that batch size does not change)."""
+    return {k: v for k, v in params.items() if k != "batch_size"}
+
+
 def _oom_at_smaller_batch(trial: optuna.Trial, candidate: Candidate) -> optuna.trial.FrozenTrial | None:
     """An earlier trial with the same settings that ran out of memory at a batch <= this one."""
-    others = {k: v for k, v in candidate.params().items() if k != "batch_size"}
+    others = _but_batch(candidate.params())
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
         if failure_kind(t.user_attrs) != Failure.OUT_OF_MEMORY:
             continue
-        same = {k: v for k, v in t.params.items() if k != "batch_size"} == others
+        same = _but_batch(t.params) == others
         if same and t.params.get("batch_size", 0) <= candidate.batch_size:
             return t
+    return None
+
+
+def _fidelity_at_other_batch(trial: optuna.Trial, candidate: Candidate) -> Fidelity | None:
+    """The fidelity an earlier trial measured for the same settings at another batch size, if any."""
+    others = _but_batch(candidate.params())
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if _but_batch(t.params) == others and FIDELITY_ATTR in t.user_attrs:
+            return Fidelity.from_dict({**t.user_attrs[FIDELITY_ATTR], "seconds": 0.0})
     return None
 
 

@@ -32,15 +32,16 @@ MODES = {"fixed": ["measure.adaptive=false"], "adaptive": ["measure.adaptive=tru
 
 def worker(model: str, profile: str, overrides: list[str], device_spec: str = "cpu") -> dict:
     """One fresh process: load the model, measure the baseline candidate once."""
-    from kvopt.engine.loading import ModelLoader, resolve_weights
+    from kvopt.engine.loading import ModelLoader
+    from kvopt.engine.source import resolve_config
     from kvopt.engine.workload import make_workload
     from kvopt.machine import resolve_device
     from kvopt.protocol import measure_candidate
     from kvopt.space import Candidate
 
-    cfg = compose_config(model, profile, overrides)
+    cfg, weights = resolve_config(compose_config(model, profile, overrides))
     device = resolve_device(device_spec)
-    loader = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed)
+    loader = ModelLoader(cfg.model, weights, device, cfg.seed)
     loaded, _ = loader.get("float32", "sdpa")
     m = measure_candidate(
         loaded,
@@ -73,14 +74,15 @@ def paired_worker(
     """
     from kvopt.confirm import confirmed_gains
     from kvopt.engine.generation import timed_generate
-    from kvopt.engine.loading import ModelLoader, resolve_weights
+    from kvopt.engine.loading import ModelLoader
+    from kvopt.engine.source import resolve_config
     from kvopt.engine.workload import make_inputs, make_workload
     from kvopt.machine import resolve_device
     from kvopt.space import Candidate
 
-    cfg = compose_config(model, profile, overrides or [])
+    cfg, weights = resolve_config(compose_config(model, profile, overrides or []))
     device = resolve_device(device_spec)
-    model_obj = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed).get("float32", "sdpa")[0].model
+    model_obj = ModelLoader(cfg.model, weights, device, cfg.seed).get("float32", "sdpa")[0].model
     workload = make_workload(cfg.profile, cfg.model)
     inputs = make_inputs(workload, 1, model_obj.config.vocab_size, cfg.seed, device)
     pair = {"base": Candidate("dynamic", "sdpa", "float32", 1), "static": Candidate("static", "sdpa", "float32", 1)}

@@ -583,7 +583,8 @@ def _vm_bytes() -> int:
 def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of the baseline candidate at two batch sizes, three ways, against the prediction."""
     from kvopt.api import compose_config
-    from kvopt.engine.loading import ModelLoader, free_device_memory, resolve_weights
+    from kvopt.engine.loading import ModelLoader, free_device_memory
+    from kvopt.engine.source import resolve_config
     from kvopt.engine.workload import make_workload
     from kvopt.machine import machine_info, resolve_device
     from kvopt.measure.memory import MB
@@ -592,12 +593,14 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     from kvopt.protocol import measure_candidate
     from kvopt.space import Candidate
 
-    cfg = compose_config(
-        [f"model={spec['model']}", f"profile={spec['profile']}", f"device={spec['device']}", "model.weights=random"]
+    cfg, weights = resolve_config(
+        compose_config(
+            [f"model={spec['model']}", f"profile={spec['profile']}", f"device={spec['device']}", "model.weights=random"]
+        )
     )
     device = resolve_device(cfg.device)
     workload = make_workload(cfg.profile, cfg.model)
-    loader = ModelLoader(cfg.model, resolve_weights(cfg.model), device, cfg.seed)
+    loader = ModelLoader(cfg.model, weights, device, cfg.seed)
     attn = default_attn_implementation(cfg.model, device)
     rows = []
     for batch in spec["batches"]:

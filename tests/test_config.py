@@ -95,25 +95,27 @@ def test_unknown_group_options_are_found_before_hydra():
 
 def test_the_yaml_states_the_dataclass_defaults():
     """One source of defaults: the dataclasses; conf/config.yaml repeats them for Hydra and --help."""
-    from kvopt.config import ConfirmConfig, MeasureConfig, PruningConfig, ScaleConfig, TrialConfig
+    from kvopt.config import ConfirmConfig, MeasureConfig, PruningConfig, QualityConfig, ScaleConfig, TrialConfig
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
         cfg = validate(compose(config_name="config"))
-    assert (cfg.measure, cfg.trial, cfg.pruning, cfg.confirm, cfg.scale, cfg.worker) == (
+    assert (cfg.measure, cfg.trial, cfg.pruning, cfg.confirm, cfg.scale, cfg.worker, cfg.quality) == (
         MeasureConfig(),
         TrialConfig(),
         PruningConfig(),
         ConfirmConfig(),
         ScaleConfig(),
         0,
+        QualityConfig(),
     )
     # A config without these sections (a dict passed to validate) gets the same.
     sections = ("model", "profile", "search_space", "sampler", "storage", "study", "device", "seed")
     bare = validate({k: v for k, v in cfg.raw.items() if k in sections})
-    assert (bare.measure, bare.trial, bare.pruning, bare.confirm, bare.scale) == (
+    assert (bare.measure, bare.trial, bare.pruning, bare.confirm, bare.scale, bare.quality) == (
         cfg.measure,
         cfg.trial,
         cfg.pruning,
         cfg.confirm,
         cfg.scale,
+        cfg.quality,
     )

@@ -97,20 +97,24 @@ def test_alternatives_are_the_fronts_extremes(run_dir: Path):
         assert alt["generate_kwargs"] == plain(SearchSpace.make_candidate(best["params"]).generate_kwargs())
 
 
-def _run_snippet(script: Path) -> list[str]:
+def _snippet(script: Path, *args: str) -> subprocess.CompletedProcess:
     # kvopt is made unimportable: the snippet must need only torch and transformers.
     runner = (
         "import runpy, sys; sys.modules['kvopt'] = None; "
-        f"sys.argv = [{str(script)!r}, '--random-weights', '--exact-length', '--calls', '2']; "
+        f"sys.argv = [{str(script)!r}, *{list(args)!r}]; "
         f"runpy.run_path({str(script)!r}, run_name='__main__')"
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", runner],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def _run_snippet(script: Path, *flags: str) -> list[str]:
+    proc = _snippet(script, *flags, "--exact-length", "--calls", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.splitlines()
 
@@ -119,6 +123,8 @@ def _run_snippet(script: Path) -> list[str]:
 def test_snippet_runs_without_kvopt_and_generates_the_workload(run_dir: Path):
     doc = yaml.safe_load((run_dir / "recommended.yaml").read_text())
     rec = doc["recommended"]
+    # No flag: the study measured random weights, so the snippet builds them again, offline.
+    assert doc["model"]["weights"] == "random"
     lines = _run_snippet(run_dir / "recommended.py")
     dtype, attn = rec["model_kwargs"]["dtype"], rec["model_kwargs"]["attn_implementation"]
     assert lines[0] == f"loaded kvopt/{MODEL}: dtype torch.{dtype}, attention {attn}"
@@ -126,6 +132,15 @@ def test_snippet_runs_without_kvopt_and_generates_the_workload(run_dir: Path):
     assert len(calls) == 2
     for n, line in enumerate(calls, start=1):
         assert line.startswith(f"call {n}: {rec['batch_size']} x 8 new tokens in ")
+
+
+@pytest.mark.slow
+def test_snippet_asked_for_weights_it_cannot_have_says_so_in_one_line(run_dir: Path):
+    proc = _snippet(run_dir / "recommended.py", "--pretrained")  # offline: kvopt/tiny-gpt2 is nowhere
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no traceback
+    assert proc.stderr.startswith(f"recommended.py: error: cannot load 'kvopt/{MODEL}' (")
+    assert "--random-weights" in proc.stderr
 
 
 @pytest.mark.slow
@@ -202,5 +217,5 @@ def test_a_paged_recommendation_carries_its_pool_and_runs(tmp_path: Path):
     # Sized from the workload (3 requests x ceil((32 + 8) / 16) pages), not from free memory.
     assert pool["num_blocks"] == 3 * 3 and pool["max_batch_tokens"] == 3 * 32
     assert "ContinuousBatchingConfig(" in paste_snippet(f"kvopt/{MODEL}", paged, 32, 8)
-    calls = [line for line in _run_snippet(tmp_path / "recommended.py") if line.startswith("call ")]
+    calls = [line for line in _run_snippet(tmp_path / "recommended.py", "--random-weights") if line.startswith("call ")]
     assert [c.split(" in ")[0] for c in calls] == ["call 1: 3 x 8 new tokens", "call 2: 3 x 8 new tokens"]

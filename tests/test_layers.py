@@ -45,7 +45,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # What is known or decided without running a model.
     (
         "knowledge",
-        ("kvopt.space", "kvopt.workload", "kvopt.select", "kvopt.predict", "kvopt.machine", "kvopt.surrogate"),
+        (
+            "kvopt.space",
+            "kvopt.workload",
+            "kvopt.select",
+            "kvopt.predict",
+            "kvopt.machine",
+            "kvopt.surrogate",
+            "kvopt.quality",
+        ),
     ),
     # Loading and running models, and measuring them (the probe runs candidates too).
     ("measurement", ("kvopt.engine", "kvopt.measure", "kvopt.probe", "kvopt.protocol", "kvopt.failures")),

@@ -163,25 +163,27 @@ def test_pretrained_weights_are_loaded_when_present_locally(tmp_path, tiny_gpt2)
 
     from transformers import AutoModelForCausalLM
 
-    from kvopt.engine.loading import build_config, resolve_weights
+    from kvopt.engine.loading import build_config
+    from kvopt.engine.source import resolve_model
 
     saved = tmp_path / "tiny-gpt2"
     AutoModelForCausalLM.from_config(build_config(tiny_gpt2)).save_pretrained(saved)
-    local = replace(tiny_gpt2, hub_id=str(saved), weights="auto")
-    source = resolve_weights(local)
-    assert source.kind == "pretrained"
-    loaded, _ = ModelLoader(local, source, CPU, seed=0).get("float32", "eager")
+    source = resolve_model(replace(tiny_gpt2, hub_id=str(saved), weights="auto"))
+    assert source.weights.kind == "pretrained"
+    loaded, _ = ModelLoader(source.model, source.weights, CPU, seed=0).get("float32", "eager")
     assert loaded.weights == "pretrained"
     assert loaded.model.config._attn_implementation == "eager"
 
 
-def test_random_weights_when_nothing_can_be_had(tiny_gpt2):
+def test_random_weights_when_a_shipped_model_cannot_be_had(tiny_gpt2):
     from dataclasses import replace
 
-    from kvopt.engine.loading import resolve_weights
+    from kvopt.engine.source import resolve_model
     from kvopt.errors import KvoptError
 
-    missing = replace(tiny_gpt2, hub_id="kvopt-test/not-a-real-model", weights="auto")
-    assert resolve_weights(missing).kind == "random"  # HF_HUB_OFFLINE=1 in tests
+    # The shipped YAML's own hub id: its architecture stands in, offline (HF_HUB_OFFLINE=1 in tests).
+    shipped = replace(tiny_gpt2, weights="auto")
+    source = resolve_model(shipped)
+    assert (source.weights.kind, source.model) == ("random", shipped)
     with pytest.raises(KvoptError, match=r"model.weights: got 'pretrained'"):
-        resolve_weights(replace(missing, weights="pretrained"))
+        resolve_model(replace(shipped, weights="pretrained"))

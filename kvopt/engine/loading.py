@@ -1,5 +1,7 @@
 """Loading a model: pretrained weights when they can be had, random weights otherwise.
 
+Which of the two, and from where, is decided once by :mod:`kvopt.engine.source`.
+
 Random weights are valid for timing because kvopt always generates a fixed number of
 tokens (``min_new_tokens == max_new_tokens``): the work done does not depend on values.
 """
@@ -8,26 +10,19 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import socket
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from kvopt.config import ModelConfig
-from kvopt.errors import KvoptError
 
 __all__ = [
     "WeightsSource",
     "LoadedModel",
     "ModelLoader",
-    "resolve_weights",
     "build_config",
     "free_device_memory",
 ]
@@ -63,59 +58,6 @@ def build_config(model_cfg: ModelConfig, **overrides: Any) -> PretrainedConfig:
     fields = {**model_cfg.architecture, **overrides}
     model_type = fields.pop("model_type")
     return AutoConfig.for_model(model_type, **fields)
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """One quick TCP connect to the hub, so an offline machine costs seconds, not retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    result: list[bool] = []
-
-    def connect() -> None:
-        try:
-            with socket.create_connection((host, 443), timeout=timeout_s):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    # Name resolution ignores socket timeouts; a daemon thread bounds it.
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout_s + 0.5)
-    return bool(result and result[0])
-
-
-def _cached_locally(model_cfg: ModelConfig) -> bool:
-    if (Path(model_cfg.hub_id) / "config.json").is_file():
-        return True
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(model_cfg.hub_id, "config.json", revision=model_cfg.revision)
-    return isinstance(found, str)
-
-
-def resolve_weights(model_cfg: ModelConfig) -> WeightsSource:
-    """Decide once, before the study, where the weights come from."""
-    if model_cfg.weights == "random":
-        return WeightsSource("random", "model.weights=random")
-    if _cached_locally(model_cfg):
-        return WeightsSource("pretrained", f"{model_cfg.hub_id} found locally")
-    if _hub_reachable():
-        return WeightsSource("pretrained", f"{model_cfg.hub_id} from the hub", local_only=False)
-    if model_cfg.weights == "pretrained":
-        raise KvoptError(
-            f"model.weights: got 'pretrained' but {model_cfg.hub_id!r} is not in the local cache "
-            "and the hub cannot be reached; allowed here: auto or random "
-            "(random weights give the same timings)"
-        )
-    return WeightsSource(
-        "random",
-        f"{model_cfg.hub_id} is not cached and the hub is unreachable: using random weights "
-        "(valid for timing: the generated length is fixed)",
-    )
 
 
 def free_device_memory(device: torch.device) -> None:

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-from kvopt.attrs import CONSTRAINTS_ATTR, NOISY_ATTR, REUSED_FROM_ATTR
+from kvopt.attrs import CONSTRAINTS_ATTR, NOISY_ATTR, QUALITY_ATTR, REUSED_FROM_ATTR
 from kvopt.metrics import METRIC_BY_NAME, METRICS, OBJECTIVES
+from kvopt.quality import quality_label
 from kvopt.report.shapes import confirmed_shape_rows, pct_cell
 from kvopt.select import Result
 
@@ -29,6 +30,7 @@ __all__ = [
     "confirmation_rows",
     "shape_rows",
     "front_rows",
+    "quality_note",
     "trial_rows",
     "noise_rows",
     "settings_snippet",
@@ -180,8 +182,14 @@ def front_rows(s: StoredStudy) -> list[tuple[str, ...]]:
             marks.append("recommended")
         if r.is_baseline:
             marks.append("baseline" if r in s.front else "baseline (dominated)")
-        rows.append((str(r.number), r.label, *_values(r), ", ".join(marks)))
+        rows.append((str(r.number), r.label, *_values(r), quality_label(r.user_attrs), ", ".join(marks)))
     return rows
+
+
+def quality_note(s: StoredStudy) -> str | None:
+    """The quality guard's line on the recommendation (exact, measured, or not measured), if any."""
+    decision = s.recommendation.result.user_attrs.get(QUALITY_ATTR) if s.recommendation else None
+    return f"Quality: {decision['note']}" if decision else None
 
 
 def _notes(t: dict[str, Any]) -> str:
@@ -193,6 +201,9 @@ def _notes(t: dict[str, Any]) -> str:
         notes.append(f"reused #{attrs[REUSED_FROM_ATTR]}")
     if attrs.get(NOISY_ATTR):
         notes.append("noisy")
+    quality = quality_label(attrs)
+    if quality not in ("", "exact"):
+        notes.append(f"quality: {quality}")
     broken = {k: v for k, v in (attrs.get(CONSTRAINTS_ATTR) or {}).items() if isinstance(v, (int, float)) and v > 0}
     if broken:
         notes.append("constraints violated: " + ", ".join(f"{k} {v:g}" for k, v in broken.items()))

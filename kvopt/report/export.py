@@ -20,6 +20,7 @@ from transformers import CompileConfig, ContinuousBatchingConfig
 from kvopt.config import ModelConfig
 from kvopt.metrics import METRICS
 from kvopt.paths import write_text_atomic
+from kvopt.quality import quality_summary
 from kvopt.select import Recommendation, Result, gains_pct
 from kvopt.space import Candidate, SearchSpace
 
@@ -96,6 +97,8 @@ def _settings(result: Result, baseline: Result | None, workload: Workload) -> di
         "model_kwargs": plain(candidate.model_kwargs()),
         "generate_kwargs": plain(candidate.generate_kwargs(workload.prompt_tokens, workload.new_tokens)),
         "values": {m: float(result.values[m]) for m in METRICS},
+        # Beside the speed, what it costs in fidelity (kvopt.quality; None: run without the guard).
+        "quality": plain(quality_summary(result.user_attrs)),
     }
     if baseline is not None:  # from the study's own measurements (unconfirmed)
         out["study_gains_pct"] = {m: round(g, 2) for m, g in gains_pct(result, baseline).items()}
@@ -129,6 +132,8 @@ class StudySettings:
     recommendation: Recommendation | None
     front: list[Result]
     baseline: Result | None
+    # What the study loaded: "pretrained" (from model.hub_id) or "random" (its architecture).
+    weights: str = "pretrained"
     # The confirmation's per-shape figures (kvopt.confirm), for a profile of several shapes.
     shapes: list[dict[str, Any]] = field(default_factory=list)
 
@@ -149,6 +154,7 @@ class StudySettings:
             recommendation=stored.recommendation,
             front=stored.front,
             baseline=stored.baseline,
+            weights=str(stored.attrs.get("weights", "pretrained")),
             shapes=list((stored.confirmation or {}).get("shapes") or []),
         )
 
@@ -171,7 +177,7 @@ def settings_document(src: StudySettings) -> dict[str, Any]:
     )
     return {
         "study": src.study,
-        "model": {"name": model.name, "hub_id": model.hub_id, "revision": model.revision},
+        "model": {"name": model.name, "hub_id": model.hub_id, "revision": model.revision, "weights": src.weights},
         "profile": src.profile,
         "slo": dict(src.slo),
         "device": src.device,
@@ -204,10 +210,12 @@ def _shapes(shapes: list[dict[str, Any]], rec: Recommendation) -> list[dict[str,
 
 _SCRIPT = '''"""kvopt's recommended settings for {hub_id} on {device} (profile {profile}, study {study}).
 
-Measured by kvopt: {label}: TTFT {ttft:.1f} ms, decode {tput:.1f} tok/s, peak memory {mem:.1f} MB.
-Needs only torch and transformers. Run it as is:
+Measured by kvopt: {label}: TTFT {ttft:.1f} ms, decode {tput:.1f} tok/s, peak memory {mem:.1f} MB,
+with {weights} weights. Needs only torch and transformers. Run it as is:
 
-    python recommended.py                      # the tuned model (or --model HUB_ID_OR_FOLDER)
+    python recommended.py                      # what the study measured ({weights} weights)
+    python recommended.py --pretrained         # the model's own weights (download if not cached)
+    python recommended.py --model HUB_ID_OR_FOLDER
     python recommended.py --random-weights     # its architecture with random weights, offline
 
 Each generate call builds a new cache from cache_implementation: no cache object is shared
@@ -218,13 +226,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompileConfig, ContinuousBatchingConfig
 
-MODEL_ID = {hub_id!r}
-REVISION = {revision!r}
+MODEL_ID = {hub_id!r}  # a hub id, or the folder the study loaded
+REVISION = {revision!r}  # the commit the study loaded, when one was known
+# What the study measured: "pretrained" weights of MODEL_ID, or "random" weights of ARCHITECTURE.
+WEIGHTS = {weights!r}
+TRUST_REMOTE_CODE = {trust_remote_code!r}
 DEVICE = {device!r}
 MODEL_KWARGS = {model_kwargs}
 GENERATE_KWARGS = {generate_kwargs}
@@ -235,6 +247,14 @@ NEW_TOKENS = {new_tokens!r}
 ARCHITECTURE = {architecture}
 
 
+def fail(what: str, exc: Exception) -> None:
+    """One clear line and exit status 2, never a traceback."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    print(f"recommended.py: error: cannot load {{what}} ({{reason}}); --random-weights times the "
+          "measured architecture with random weights, offline", file=sys.stderr)
+    sys.exit(2)
+
+
 def load_model(model: str, random_weights: bool, device: str) -> torch.nn.Module:
     if random_weights:
         fields = dict(ARCHITECTURE)
@@ -242,7 +262,12 @@ def load_model(model: str, random_weights: bool, device: str) -> torch.nn.Module
         model_obj = AutoModelForCausalLM.from_config(config, **MODEL_KWARGS)
     else:
         revision = REVISION if model == MODEL_ID else None
-        model_obj = AutoModelForCausalLM.from_pretrained(model, revision=revision, **MODEL_KWARGS)
+        try:
+            model_obj = AutoModelForCausalLM.from_pretrained(
+                model, revision=revision, trust_remote_code=TRUST_REMOTE_CODE, **MODEL_KWARGS
+            )
+        except (OSError, ValueError) as exc:  # not cached and offline, no such folder or model
+            fail(repr(model), exc)
     return model_obj.to(device).eval()
 
 
@@ -252,7 +277,11 @@ def make_inputs(model: torch.nn.Module, source: str, prompt: str | None, device:
         vocab = model.get_input_embeddings().num_embeddings
         ids = torch.randint(1, vocab, (BATCH_SIZE, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
     else:
-        ids = AutoTokenizer.from_pretrained(source)([prompt] * BATCH_SIZE, return_tensors="pt").input_ids
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=TRUST_REMOTE_CODE)
+        except (OSError, ValueError) as exc:
+            fail(f"the tokenizer of {{source!r}} for --prompt", exc)
+        ids = tokenizer([prompt] * BATCH_SIZE, return_tensors="pt").input_ids
     return {{"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}}
 
 
@@ -275,8 +304,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.environ.get("KVOPT_MODEL", MODEL_ID),
                         help="hub id or local folder (default: $KVOPT_MODEL, else %(default)s)")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build the architecture with random weights (no download; timing only)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--random-weights", action="store_true",
+                         help="build the architecture with random weights (no download; timing only)")
+    weights.add_argument("--pretrained", action="store_true",
+                         help="load the model's weights even when the study measured random ones")
     parser.add_argument("--device", default=DEVICE, help="default: %(default)s, where kvopt measured")
     parser.add_argument("--prompt", help="text to complete (default: random ids of the measured length)")
     parser.add_argument("--calls", type=int, default=2, help="generate calls, each with a new cache")
@@ -284,7 +316,9 @@ def main() -> None:
                         help="always generate NEW_TOKENS tokens, as kvopt measured")
     args = parser.parse_args()
 
-    model = load_model(args.model, args.random_weights, args.device)
+    # As the study ran: random weights of its architecture when it measured those.
+    random_weights = args.random_weights or (WEIGHTS == "random" and args.model == MODEL_ID and not args.pretrained)
+    model = load_model(args.model, random_weights, args.device)
     print(f"loaded {{args.model}}: dtype {{model.dtype}}, attention {{model.config._attn_implementation}}")
     inputs = make_inputs(model, args.model, args.prompt, args.device)
     # no_grad, not inference_mode: under inference_mode Transformers 5.17's paged generate fails
@@ -321,6 +355,8 @@ def settings_script(src: StudySettings, result: Result | None = None) -> str:
     return _SCRIPT.format(
         hub_id=model.hub_id,
         revision=model.revision,
+        weights=src.weights,
+        trust_remote_code=model.trust_remote_code,
         device=src.device,
         profile=src.profile,
         study=src.study,

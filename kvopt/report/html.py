@@ -65,6 +65,9 @@ def _recommendation(s: StoredStudy) -> list[str]:
         f"<p><strong>{escape(rec.result.label)}</strong> (trial #{rec.result.number})</p>",
         f"<p>{escape(content.gains_heading(s))}:</p>",
     ]
+    quality = content.quality_note(s)
+    if quality:
+        out.insert(1, f"<p>{escape(quality)}</p>")
     rows = content.gain_rows(s)
     if rows:
         out.append(html_table(("objective", "gain", "confidence interval"), rows))

@@ -27,7 +27,7 @@ PLOT_TITLES = {
 }
 
 _VALUE_HEADERS = tuple(m.header for m in OBJECTIVES)  # "TTFT ms", "decode tok/s", "memory MB"
-FRONT_HEADER = ("#", "candidate", *_VALUE_HEADERS, "")
+FRONT_HEADER = ("#", "candidate", *_VALUE_HEADERS, "quality", "")
 TRIAL_HEADER = ("#", "state", "candidate", *_VALUE_HEADERS, "runs", "seconds", "notes")
 CONFIRM_HEADER = ("#", "candidate", *(m.label for m in OBJECTIVES), "")
 
@@ -58,6 +58,9 @@ def _recommendation(s: StoredStudy) -> list[str]:
     if rec is None:
         return ["No candidate completed a measurement: nothing to recommend.", ""]
     out = [f"**{md_escape(rec.result.label)}** (trial #{rec.result.number})", ""]
+    quality = content.quality_note(s)
+    if quality:
+        out += [md_escape(quality), ""]
     out += [md_escape(content.gains_heading(s)) + ":", ""]
     rows = content.gain_rows(s)
     if rows:

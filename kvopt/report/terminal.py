@@ -17,7 +17,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from kvopt.attrs import QUALITY_ATTR
 from kvopt.metrics import OBJECTIVES
+from kvopt.quality import quality_label
 from kvopt.report.export import call_args
 from kvopt.report.shapes import SHAPE_HEADER, confirmed_shape_rows
 from kvopt.select import Recommendation, Result
@@ -201,10 +203,17 @@ def print_summary(
         style = "bold green" if r.number == rec_number else None
         table.add_row(str(r.number), r.label, *_values_row(r), mark, style=style)
     console.print(table)
+    # What each point costs in fidelity, below the table so a narrow terminal keeps the figures whole.
+    labels = [f"#{r.number} {label}" for r in shown if (label := quality_label(r.user_attrs))]
+    if labels:
+        console.print("quality vs baseline: " + "; ".join(labels), highlight=False)
     if recommendation is None:
         return
     rec = recommendation.result
     console.print(f"[bold green]recommended[/bold green]: {rec.label} (trial #{rec.number})", highlight=False)
+    decision = rec.user_attrs.get(QUALITY_ATTR)
+    if decision:
+        console.print(f"quality: {decision['note']}", highlight=False)
     if recommendation.gains_pct is not None:
         how = "from the study, unconfirmed"
         if recommendation.confirmed_rounds:

@@ -95,6 +95,7 @@ def record_grid(
     from kvopt.runner import prepare
 
     p = prepare(cfg)
+    cfg = p.cfg  # the resolved model
     space = p.space
     order = _measurement_order(space.candidates(), order_seed)
     loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
