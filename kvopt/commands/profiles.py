@@ -1,7 +1,7 @@
 """``python -m kvopt profiles``: every profile with its shapes, weights, SLOs and budget.
 
-With ``model=NAME`` each profile is also shown fit to that model (clamped shapes, the one
-trials measure); with ``profile=NAME`` only that profile (``profile=traffic
+With ``model=NAME`` (or ``model.hub_id=…``) each profile is also shown fit to that model's
+own positions (clamped shapes, the one trials measure); with ``profile=NAME`` only that profile (``profile=traffic
 profile.traffic_file=FILE`` shows the shapes kvopt derives from a traffic file).
 """
 
@@ -13,6 +13,7 @@ from rich.console import Console
 
 from kvopt.compose import compose_config, unknown_group_options
 from kvopt.config import ProfileConfig
+from kvopt.engine.source import resolve_config
 from kvopt.errors import ConfigError, KvoptError, print_error
 from kvopt.paths import conf_dir
 from kvopt.workload import make_mix
@@ -43,12 +44,14 @@ def profiles_command(args: list[str]) -> int:
     if problems:
         print_error(str(ConfigError(problems)))
         return 2
-    fit = any(a.startswith("model=") for a in args)
+    fit = any(a.startswith(("model=", "model.hub_id=")) for a in args)
     rest = [a for a in args if not a.startswith("profile=")]
     lines: list[str] = []
     for name in _names(args):
         try:
             cfg = compose_config([f"profile={name}", *rest])
+            if fit:  # the model's own positions (its config.json), as a run fits the mix
+                cfg = resolve_config(cfg)[0]
         except ConfigError as exc:
             if name == "traffic" and any("profile.traffic_file: got None" in p for p in exc.problems):
                 lines += [f"{name}: shapes from profile.traffic_file=FILE (quartiles of prompt length)", ""]
