@@ -49,6 +49,8 @@ class TrialJob:
     measure: MeasureConfig
     # The study's front when the trial started: lets the child stop a candidate that cannot win.
     front: tuple[Result, ...] = ()
+    # False for the baseline: it is measured however slow its first call (protocol.measure_candidate).
+    bounded: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def _child(job: TrialJob, conn: Connection) -> None:
                 seed=job.seed,
                 measure=job.measure,
                 can_win=can_win_check(list(job.front), job.measure.rel_precision) if job.front else None,
+                bounded=job.bounded,
             )
         measurement.extra.update(
             {

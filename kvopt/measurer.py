@@ -54,8 +54,11 @@ class Measurer(ABC):
     name: str = "inline"
 
     @abstractmethod
-    def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
+    def measure(self, candidate: Candidate, front: list[Result], *, bounded: bool = True) -> Measured:
         """Measure ``candidate``; ``front`` (possibly empty) lets it stop one that cannot win.
+
+        ``bounded``: a candidate whose first call is far past the trial budget is refused
+        (:func:`kvopt.protocol.measure_candidate`); the baseline is measured unbounded.
 
         Raises:
             Exception: any failure of the candidate; the trial records it and the study goes on.
@@ -104,7 +107,7 @@ class InlineMeasurer(Measurer):
             self._meter = FidelityMeter(s.loader, baseline, s.quality, s.workload.prompt_tokens, s.workload.new_tokens)
         return self._meter.measure(candidate)
 
-    def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
+    def measure(self, candidate: Candidate, front: list[Result], *, bounded: bool = True) -> Measured:
         s = self.settings
         loaded, reused = s.loader.get(candidate.dtype, candidate.attn_implementation)
         measurement = measure_candidate(
@@ -117,6 +120,7 @@ class InlineMeasurer(Measurer):
             seed=s.seed,
             measure=s.measure,
             can_win=can_win_check(front, s.measure.rel_precision) if front else None,
+            bounded=bounded,
         )
         return Measured(measurement, 0.0 if reused else loaded.load_s, reused)
 
@@ -130,7 +134,7 @@ class ProcessMeasurer(Measurer):
         self.settings = settings
         self.timeout_s = timeout_s
 
-    def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
+    def measure(self, candidate: Candidate, front: list[Result], *, bounded: bool = True) -> Measured:
         s = self.settings
         job = TrialJob(
             model=s.loader.model_cfg,
@@ -143,6 +147,7 @@ class ProcessMeasurer(Measurer):
             seed=s.seed,
             measure=s.measure,
             front=tuple(front),
+            bounded=bounded,
         )
         measurement, load_s = run_isolated(job, self.timeout_s)
         return Measured(measurement, load_s, False)

@@ -292,7 +292,7 @@ class Objective:
         start = time.perf_counter()
         front = self._front(trial) if self.dominance_pruning else []
         try:
-            measured = self.measurer.measure(candidate, front)
+            measured = self.measurer.measure(candidate, front, bounded=not trial.user_attrs.get(BASELINE_ATTR))
         except IsolatedFailure as failure:
             self._record_failure(trial, start, failure.reason, failure.kind)
         except Exception as exc:  # a failing candidate must never stop the study

@@ -100,9 +100,23 @@ def gpu_plan(budget_s: float) -> Plan:
         # rag: the longest context (992 + 32 tokens on gpt2), where docs/search.md states the
         # memory model's error; the out-of-memory step needs the longest context too.
         profiles={"study": "chat-agent", "study_full": "rag", "memory": "rag", "oom": "rag"},
-        # The default budget (12 trials) with kvopt's own stops inside the cap.
-        study=["study.timeout=80", "confirm.max_seconds=30"],
-        study_full=["study.n_trials=8", "study.timeout=60", "measure.max_seconds=6", "confirm.max_seconds=20"],
+        # The default budget (12 trials) with kvopt's own stops inside the cap. Profiles are
+        # mixes now (chat-agent: 9 shapes up to 8192+256; rag: 6 up to 32768+512): pinned to two
+        # short shapes and to one, so the per-shape confirmation runs and the caps still hold.
+        study=[
+            "study.timeout=80",
+            "confirm.max_seconds=30",
+            "profile.context_lengths=[512,1024]",
+            "profile.output_lengths=[32]",
+        ],
+        study_full=[
+            "study.n_trials=8",
+            "study.timeout=60",
+            "measure.max_seconds=6",
+            "confirm.max_seconds=20",
+            "profile.context_lengths=[8192]",
+            "profile.output_lengths=[64]",
+        ],
         memory_batches=(1, 8),
         noise=[
             "--models",

@@ -18,7 +18,7 @@ from kvopt.config import MeasureConfig
 from kvopt.confirm import choose_finalists
 from kvopt.failures import CallTooSlow, failure_reason
 from kvopt.probe import dtype_slowdown
-from kvopt.protocol import _refuse_if_too_slow
+from kvopt.protocol import _refuse_if_too_slow, measure_candidate
 from kvopt.sampler import (
     ProfileSampler,
     check_converged,
@@ -243,6 +243,22 @@ def test_a_call_predicted_far_past_the_budget_is_skipped_with_its_reason() -> No
     assert state == TrialState.PRUNED and text.startswith("too slow: its first generate call took 75.0 s")
     assert kind == "too_slow"
     _refuse_if_too_slow(59.0, MeasureConfig(max_seconds=20.0))  # within 3x: measured as usual
+
+
+def test_the_baseline_is_measured_however_slow_its_first_call() -> None:
+    # A budget no call can meet: any candidate is refused after its first call, but the
+    # baseline (bounded=False) is measured, or the study would have no gain to report.
+    from kvopt.engine.loading import ModelLoader, WeightsSource
+    from kvopt.engine.workload import Workload
+
+    loader = ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), torch.device("cpu"), 0)
+    loaded, _ = loader.get("float32", "sdpa")
+    budget = MeasureConfig(max_seconds=1e-9, max_repetitions=3)
+    args = (loaded, BASE, Workload(16, 4), torch.device("cpu"))
+    with pytest.raises(CallTooSlow):
+        measure_candidate(*args, warmup=1, repetitions=3, seed=0, measure=budget)
+    measured = measure_candidate(*args, warmup=1, repetitions=3, seed=0, measure=budget, bounded=False)
+    assert len(measured.ttft_ms) >= 1 and measured.values[1] > 0
 
 
 @pytest.mark.slow

@@ -116,7 +116,7 @@ class ReplayMeasurer(Measurer):
         self.measure_cfg = measure
         self.repetitions = repetitions
 
-    def measure(self, candidate: Candidate, front: list[Result]) -> Measured:
+    def measure(self, candidate: Candidate, front: list[Result], *, bounded: bool = True) -> Measured:
         row = self.table.rows[candidate_key(candidate.params())]
         if row.get("status", "ok") != "ok":
             raise ReplayedFailure(row["reason"])
