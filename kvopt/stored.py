@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 from kvopt.attrs import BASELINE_ATTR, REASON_ATTR
 from kvopt.config import StorageConfig, validate_profile
 from kvopt.confirm import confirmed_recommendation
-from kvopt.errors import ConfigError, StorageError
+from kvopt.errors import ConfigError, KvoptError, StorageError
 from kvopt.paths import conf_dir, sqlite_path
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
 from kvopt.storage import describe_storage, mask_url, mask_urls, open_storage
@@ -24,6 +24,7 @@ from kvopt.storage import describe_storage, mask_url, mask_urls, open_storage
 __all__ = [
     "StoredStudy",
     "load_study",
+    "parse_source",
     "stored_study",
     "open_existing_storage",
     "storage_config",
@@ -115,6 +116,18 @@ def open_existing_storage(storage_url: str) -> tuple[BaseStorage, str]:
 
 def _reason(exc: Exception) -> str:
     return mask_urls(f"{type(exc).__name__}: {exc}".splitlines()[0])[:200]
+
+
+def parse_source(arg: str, default_storage: str, field: str = "study") -> tuple[str, str]:
+    """``STUDY`` or ``STUDY@STORAGE_URL`` -> (study, storage URL); ``default_storage`` without ``@``.
+
+    Raises:
+        KvoptError: one line naming ``field`` when ``arg`` is neither form.
+    """
+    study, sep, storage = arg.partition("@")
+    if not study or (sep and not storage):
+        raise KvoptError(f"{field}: got {arg!r}; allowed: STUDY or STUDY@STORAGE_URL")
+    return study, storage if sep else default_storage
 
 
 def load_study(study_name: str, storage_url: str) -> StoredStudy:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 import kvopt
-from kvopt.commands.compare import compare_command, parse_source
+from kvopt.commands.compare import compare_command
 from kvopt.config import METRICS
 from kvopt.errors import KvoptError
 from kvopt.report.compare import compare_studies
+from kvopt.stored import parse_source
 from tiny_studies import make_two_studies
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "80"}

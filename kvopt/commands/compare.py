@@ -12,23 +12,15 @@ from rich.console import Console
 from kvopt.env import quiet_libraries
 from kvopt.errors import KvoptError, print_error
 from kvopt.report.compare import compare_studies, print_comparison
-from kvopt.stored import default_storage_url, load_study
+from kvopt.stored import default_storage_url, load_study, parse_source
 
-__all__ = ["compare_command", "parse_source", "USAGE"]
+__all__ = ["compare_command", "USAGE"]
 
 USAGE = (
     "usage: python -m kvopt compare A B [storage.url=URL]\n"
     "  A, B: STUDY (a study in storage.url, default sqlite:///kvopt.db) or STUDY@STORAGE_URL\n"
     "  e.g.: python -m kvopt compare gpt2-rag-cuda@sqlite:///h100.db gpt2-rag-cuda@sqlite:///a100.db"
 )
-
-
-def parse_source(arg: str, default_storage: str) -> tuple[str, str]:
-    """``STUDY`` or ``STUDY@STORAGE_URL`` -> (study, storage URL)."""
-    study, sep, storage = arg.partition("@")
-    if not study or (sep and not storage):
-        raise KvoptError(f"compare: got {arg!r}; allowed: STUDY or STUDY@STORAGE_URL\n{USAGE}")
-    return study, storage if sep else default_storage
 
 
 def compare_command(args: list[str]) -> int:
@@ -54,7 +46,12 @@ def compare_command(args: list[str]) -> int:
         return 2
     quiet_libraries()
     try:
-        a, b = (load_study(*parse_source(arg, storage or default_storage_url())) for arg in positional)
+        sources = [parse_source(arg, storage or default_storage_url(), "compare") for arg in positional]
+    except KvoptError as exc:
+        print_error(f"{exc}\n{USAGE}")
+        return 2
+    try:
+        a, b = (load_study(*source) for source in sources)
     except KvoptError as exc:
         print_error(str(exc))
         return 2

@@ -19,9 +19,10 @@ from kvopt.metrics import METRICS, OBJECTIVES
 from kvopt.report.terminal import format_gains
 from kvopt.select import Recommendation, Result
 from kvopt.space import candidate_key
-from kvopt.stored import StoredStudy
+from kvopt.stored import StoredStudy, parse_source
 
-__all__ = ["Comparison", "compare_studies", "print_comparison"]
+# parse_source is the run record's (kvopt.stored); named here too, where notebooks import it.
+__all__ = ["Comparison", "compare_studies", "print_comparison", "parse_source"]
 
 _HEADERS = {m.name: m.column for m in OBJECTIVES}
 
