@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -78,51 +79,56 @@ class IsolatedFailure(Exception):
         self.kind = kind
 
 
-def _child(job: TrialJob, conn: Connection) -> None:
+def _reply(conn: Connection, work: Callable[[], tuple[Any, float]]) -> None:
+    """Run ``work`` in the child and send its result, or its failure, to the parent."""
     try:
         quiet_libraries()
-        device = torch.device(job.device)
-        loader = ModelLoader(job.model, job.weights, device, job.seed)
-        loaded, _ = loader.get(job.candidate.dtype, job.candidate.attn_implementation)
-        with PeakRSS() as peak:
-            measurement = measure_candidate(
-                loaded,
-                job.candidate,
-                job.workload,
-                device,
-                warmup=job.warmup,
-                repetitions=job.repetitions,
-                seed=job.seed,
-                measure=job.measure,
-                can_win=can_win_check(list(job.front), job.measure.rel_precision) if job.front else None,
-                bounded=job.bounded,
-            )
-        measurement.extra.update(
-            {
-                "peak_rss_mb": peak.bytes / MB,
-                "rss_after_load_mb": peak.start_bytes / MB,
-                "peak_rss_method": peak.method,
-            }
-        )
-        conn.send(("ok", measurement, loaded.load_s))
+        conn.send(("ok", *work()))
     except BaseException as exc:  # report everything; the parent decides
         failed = failure_reason(exc)
         conn.send(("error", failed.state.name, failed.reason, failed.kind))
     finally:
         conn.close()
+
+
+def _measure(job: TrialJob) -> tuple[Measurement, float]:
+    device = torch.device(job.device)
+    loader = ModelLoader(job.model, job.weights, device, job.seed)
+    loaded, _ = loader.get(job.candidate.dtype, job.candidate.attn_implementation)
+    with PeakRSS() as peak:
+        measurement = measure_candidate(
+            loaded,
+            job.candidate,
+            job.workload,
+            device,
+            warmup=job.warmup,
+            repetitions=job.repetitions,
+            seed=job.seed,
+            measure=job.measure,
+            can_win=can_win_check(list(job.front), job.measure.rel_precision) if job.front else None,
+            bounded=job.bounded,
+        )
+    measurement.extra.update(
+        {
+            "peak_rss_mb": peak.bytes / MB,
+            "rss_after_load_mb": peak.start_bytes / MB,
+            "peak_rss_method": peak.method,
+        }
+    )
+    return measurement, loaded.load_s
+
+
+def _child(job: TrialJob, conn: Connection) -> None:
+    _reply(conn, lambda: _measure(job))
 
 
 def _fidelity_child(job: FidelityJob, conn: Connection) -> None:
-    try:
-        quiet_libraries()
+    def work() -> tuple[Fidelity, float]:
         loader = ModelLoader(job.model, job.weights, torch.device(job.device), job.seed)
         meter = FidelityMeter(loader, job.baseline, job.quality, job.prompt_tokens, job.new_tokens)
-        conn.send(("ok", meter.measure(job.candidate), 0.0))
-    except BaseException as exc:  # report everything; the parent decides
-        failed = failure_reason(exc)
-        conn.send(("error", failed.state.name, failed.reason, failed.kind))
-    finally:
-        conn.close()
+        return meter.measure(job.candidate), 0.0
+
+    _reply(conn, work)
 
 
 def _death_reason(exitcode: int | None) -> str:

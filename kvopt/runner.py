@@ -397,6 +397,8 @@ class _AfterTrial:
         self.requeue = requeue
         self.outcomes: list[TrialOutcome] = []
         self.stopped: list[str] = []  # why the study stopped, once it did
+        # The memory model's prior for the convergence check: fixed for the run, computed once.
+        self.memory_prior = memory_prior(p.cfg.model, p.workload)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         p, cfg, progress = self.p, self.p.cfg, self.progress
@@ -424,9 +426,8 @@ class _AfterTrial:
             return f"every candidate of the search space ({p.space.size}) has been measured"
         if not cfg.study.converge:
             return None
-        prior = memory_prior(cfg.model, p.workload)
         converged = check_converged(
-            study, p.space, cfg.profile, memory_prior_mb=prior, warm_start=p.warm_start.observations
+            study, p.space, cfg.profile, memory_prior_mb=self.memory_prior, warm_start=p.warm_start.observations
         )
         return None if converged is None else str(converged)
 
