@@ -13,7 +13,7 @@ A profile with several request shapes (:class:`kvopt.workload.WorkloadMix`) is c
 every shape: each round runs every shape, and a finalist's score in a round is the
 share-weighted sum of its paired per-shape scores (shares = each shape's fraction of the
 requests). Memory on a shape other than the trials' is the finalist's peak on its first
-call of that shape. Each shape's own preference is reported, and a note says when shapes
+call of that shape (which is also its first warm-up call). Each shape's own preference is reported, and a note says when shapes
 prefer different finalists.
 """
 
@@ -33,7 +33,7 @@ from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
 from kvopt.measure.memory import MB, measure_peak, storage_bytes, weights_bytes
-from kvopt.protocol import with_unseen_memory
+from kvopt.protocol import SETTLE_BELOW_S, with_unseen_memory
 from kvopt.select import Recommendation, Result, profile_score, slo_violations
 from kvopt.space import SearchSpace
 from kvopt.surrogate import log_ci_half_width
@@ -205,14 +205,16 @@ def _shape_runner(
     return once
 
 
-def _peak_mb(model: Any, cand: Any, shape: Workload, device: torch.device, seed: int) -> float:
-    """Peak memory of one call of ``cand`` on ``shape`` (doubles as a warm-up call)."""
+def _peak_mb(model: Any, cand: Any, shape: Workload, device: torch.device, seed: int) -> tuple[float, float]:
+    """Peak memory of one call of ``cand`` on ``shape`` and the call's seconds (it is also a warm-up call)."""
     inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
     resident = weights_bytes(model) + storage_bytes(inputs.values())
+    start = time.monotonic()
     result, reading = measure_peak(
         lambda: timed_generate(model, inputs, cand, shape.new_tokens, device), device, resident
     )
-    return with_unseen_memory(reading, result, model, cand, shape, device).peak_bytes / MB
+    seconds = time.monotonic() - start
+    return with_unseen_memory(reading, result, model, cand, shape, device).peak_bytes / MB, seconds
 
 
 def confirm(
@@ -247,6 +249,9 @@ def confirm(
     clock = [0.0]  # wall time inside the rounds' generate calls
     # Peak memory per shape and finalist: the trials' for their shape, a first call for the others.
     memory: list[dict[int, float]] = [{} for _ in mix]
+    # Untimed calls still owed before the first round, per (finalist, shape): the profile's
+    # warm-up, where a memory-reading first call counts as the first of them (as in a trial).
+    warm_calls: dict[tuple[int, int], int] = {}
     for number, cand in candidates.items():
         key = (cand.dtype, cand.attn_implementation)
         if key not in loaders:
@@ -257,10 +262,12 @@ def confirm(
             runners[(number, i)] = _shape_runner(model, cand, shape, device, seed, clock)
             if i == trial_shape:
                 memory[i][number] = result.values["peak_mem_mb"]
+                warm_calls[(number, i)] = profile.warmup
             else:
-                memory[i][number] = _peak_mb(model, cand, shape, device, seed)
-    for warm in runners.values():  # warm every finalist on every shape before the first timed round
-        for _ in range(profile.warmup):
+                memory[i][number], first_s = _peak_mb(model, cand, shape, device, seed)
+                warm_calls[(number, i)] = max(profile.warmup - 1, int(first_s < SETTLE_BELOW_S))
+    for key, warm in runners.items():  # every finalist warm on every shape before the first timed round
+        for _ in range(warm_calls[key]):
             warm()
     clock[0] = 0.0  # the warm-up calls are setup, not measurement
     setup_s = time.monotonic() - setup_start

@@ -42,7 +42,16 @@ from kvopt.measure.stats import summarize
 from kvopt.predict import activation_bytes, shape_of_config
 from kvopt.space import Candidate
 
-__all__ = ["Measurement", "measure_candidate", "stop_rule", "describe_stats", "with_unseen_memory", "SETTLE_BELOW_S"]
+__all__ = [
+    "Measurement",
+    "measure_candidate",
+    "stop_rule",
+    "describe_stats",
+    "with_unseen_memory",
+    "slow_call_limit",
+    "SETTLE_BELOW_S",
+    "SLOW_CALL_FACTOR",
+]
 
 # After a CPU-profiled first call shorter than this, one untimed call lets the profiler's
 # after-effect (~1 ms) pass; for longer calls it is under 0.1% of a run and is skipped.
@@ -144,10 +153,27 @@ def stop_rule(measure: MeasureConfig, min_repetitions: int) -> StopRule:
 SLOW_CALL_FACTOR = 3.0
 
 
-def _refuse_if_too_slow(call_s: float, measure: MeasureConfig | None) -> None:
+def slow_call_limit(measure: MeasureConfig | None) -> float | None:
+    """Seconds one call may take before the candidate is refused as too slow (None: no limit)."""
     if measure is None or not measure.adaptive:
+        return None
+    return SLOW_CALL_FACTOR * measure.max_seconds
+
+
+def _refuse_if_too_slow(call_s: float, measure: MeasureConfig | None, cut_after: tuple[int, int] | None = None) -> None:
+    """Raise :class:`CallTooSlow` for a first call past :func:`slow_call_limit`.
+
+    ``cut_after``: (tokens made, tokens asked) when the deadline ended the call early.
+    """
+    limit = slow_call_limit(measure)
+    if limit is None:
         return
-    limit = SLOW_CALL_FACTOR * measure.max_seconds
+    if cut_after is not None:
+        made, asked = cut_after
+        raise CallTooSlow(
+            f"too slow: its first generate call passed {limit:g} s ({SLOW_CALL_FACTOR:g} x "
+            f"measure.max_seconds) after {made} of {asked} new tokens; stopped there, not measured further"
+        )
     if call_s > limit:
         raise CallTooSlow(
             f"too slow: its first generate call took {call_s:.1f} s > {SLOW_CALL_FACTOR:g} x "
@@ -180,8 +206,12 @@ def measure_candidate(
     weights = weights_bytes(model)
     resident = weights + storage_bytes(inputs.values())
 
-    def run() -> Any:
-        return timed_generate(model, inputs, candidate, workload.new_tokens, device)
+    def run(deadline_s: float | None = None) -> Any:
+        return timed_generate(model, inputs, candidate, workload.new_tokens, device, deadline_s=deadline_s)
+
+    # A bounded first call is cut at the slow-call limit: past it the candidate is refused
+    # anyway, and running it to the end would only spend the wall time.
+    deadline = slow_call_limit(measure) if bounded else None
 
     def read_memory(result: Any, reading: MemoryReading) -> tuple[MemoryReading, int]:
         return with_unseen_memory(reading, result, model, candidate, workload, device), result.kv_bytes
@@ -192,14 +222,15 @@ def measure_candidate(
     kv_bytes = 0
     start = time.perf_counter()
     if probe_in_timed_run:
-        run()
+        first = run(deadline)
     else:
-        first, reading = measure_peak(run, device, resident)
+        first, reading = measure_peak(lambda: run(deadline), device, resident)
         memory, kv_bytes = read_memory(first, reading)
-        del first  # free the cache before the timed runs
     first_call_s = time.perf_counter() - start
+    cut_after = (first.new_tokens, workload.new_tokens) if first.cut_by_deadline else None
+    del first  # free the cache before the timed runs
     if bounded:  # the baseline is always measured: without it there is no gain to report
-        _refuse_if_too_slow(first_call_s, measure)
+        _refuse_if_too_slow(first_call_s, measure, cut_after)
 
     start = time.perf_counter()
     settle = not probe_in_timed_run and first_call_s < SETTLE_BELOW_S

@@ -111,8 +111,22 @@ def test_the_profiles_command_lists_shapes_weights_and_slos(capsys):
 
 
 @pytest.mark.slow
-def test_finalists_are_confirmed_on_every_shape(tmp_path):
+def test_finalists_are_confirmed_on_every_shape(tmp_path, monkeypatch):
+    # Count the confirmation's generate calls per (candidate, shape): a memory-reading first
+    # call on a new shape is its first warm-up call, as in a trial, not one more beside them.
+    import kvopt.confirm
+
+    calls: dict[tuple[str, int], int] = {}
+    real = kvopt.confirm.timed_generate
+
+    def counting(model, inputs, cand, new_tokens, device, **kwargs):
+        key = (cand.label, inputs["input_ids"].shape[1])
+        calls[key] = calls.get(key, 0) + 1
+        return real(model, inputs, cand, new_tokens, device, **kwargs)
+
+    monkeypatch.setattr(kvopt.confirm, "timed_generate", counting)
     cfg = _cfg(
+        "profile.warmup=2",
         "model=tiny-llama",
         "profile=ci-micro",
         "profile.context_lengths=[8,40]",
@@ -155,6 +169,9 @@ def test_finalists_are_confirmed_on_every_shape(tmp_path):
     assert "Per request shape" in (out / "report.md").read_text()
     workload = json.loads((out / "results.json").read_text())["workload"]
     assert workload["trial_shape"] == 1 and len(workload["shapes"]) == 2
+    # Trial shape: 2 warm-up calls + 3 rounds. Other shape: the memory call, 1 more warm-up
+    # (warmup - 1; the settle call after a sub-second profiled call is the same one), 3 rounds.
+    assert calls == {(r.label, n): 5 for r in confirmation.finalists for n in (8, 40)}
 
 
 def test_replays_keep_the_profile_their_grid_was_recorded_with():

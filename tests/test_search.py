@@ -255,10 +255,26 @@ def test_the_baseline_is_measured_however_slow_its_first_call() -> None:
     loaded, _ = loader.get("float32", "sdpa")
     budget = MeasureConfig(max_seconds=1e-9, max_repetitions=3)
     args = (loaded, BASE, Workload(16, 4), torch.device("cpu"))
-    with pytest.raises(CallTooSlow):
+    with pytest.raises(CallTooSlow) as info:
         measure_candidate(*args, warmup=1, repetitions=3, seed=0, measure=budget)
+    # The refused candidate's first call was cut at the limit, right after its first token.
+    assert "after 1 of 4 new tokens; stopped there" in str(info.value)
     measured = measure_candidate(*args, warmup=1, repetitions=3, seed=0, measure=budget, bounded=False)
     assert len(measured.ttft_ms) >= 1 and measured.values[1] > 0
+
+
+def test_a_deadline_ends_a_generate_call_early_and_says_so() -> None:
+    from kvopt.engine.generation import timed_generate
+    from kvopt.engine.loading import ModelLoader, WeightsSource
+    from kvopt.engine.workload import Workload, make_inputs
+
+    loader = ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), torch.device("cpu"), 0)
+    model = loader.get("float32", "sdpa")[0].model
+    inputs = make_inputs(Workload(16, 6), 1, model.config.vocab_size, 0, torch.device("cpu"))
+    cut = timed_generate(model, inputs, BASE, 6, torch.device("cpu"), deadline_s=0.0)
+    assert cut.cut_by_deadline and cut.new_tokens == 1
+    whole = timed_generate(model, inputs, BASE, 6, torch.device("cpu"), deadline_s=600.0)
+    assert not whole.cut_by_deadline and whole.new_tokens == 6
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from kvopt.engine.paged import paged_generate
 from kvopt.interrupt import raise_if_interrupted
@@ -35,6 +35,22 @@ class _FirstTokenClock(LogitsProcessor):
         return scores
 
 
+class _Deadline(StoppingCriteria):
+    """Ends ``generate`` at the first step after ``seconds`` have passed (checked once per token).
+
+    A first call that would run far past the trial budget is cut there instead of run to its
+    end: its time so far already proves it too slow, and the rest would be wasted wall time.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.perf_counter() + seconds
+        self.passed = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        self.passed = self.passed or time.perf_counter() > self.at
+        return torch.full((input_ids.shape[0],), self.passed, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
 @dataclass
 class GenerateRun:
     """One timed ``generate`` call: time to the first token, decode time, tokens, and the cache it used."""
@@ -46,6 +62,8 @@ class GenerateRun:
     # Set when the cache lives outside ``generate`` (the paged pool): its bytes, read from
     # its tensor before it was freed.
     pool_bytes: int | None = None
+    # True when a deadline ended the call before ``new_tokens`` (then fewer were made).
+    cut_by_deadline: bool = False
 
     @property
     def kv_bytes(self) -> int:
@@ -83,10 +101,14 @@ def timed_generate(
     candidate: Candidate,
     new_tokens: int,
     device: torch.device,
+    *,
+    deadline_s: float | None = None,
 ) -> GenerateRun:
     """One greedy ``generate`` of exactly ``new_tokens`` tokens, timed to the first token and to the last.
 
-    Raises KeyboardInterrupt first if a Ctrl-C came during the previous call (see :mod:`kvopt.interrupt`).
+    ``deadline_s``: end the call at the first token after this many seconds (then the run
+    has ``cut_by_deadline`` set and fewer tokens; the paged path ignores it). Raises
+    KeyboardInterrupt first if a Ctrl-C came during the previous call (see :mod:`kvopt.interrupt`).
     """
     raise_if_interrupted()  # a Ctrl-C swallowed during the last run stops here, cleanly
     if candidate.cache_implementation == "paged":
@@ -94,6 +116,9 @@ def timed_generate(
         return GenerateRun(run.ttft_s, run.decode_s, run.new_tokens, cache=None, pool_bytes=run.cache_bytes)
     clock = _FirstTokenClock(device)
     kwargs = generate_kwargs(candidate, new_tokens, pad_token_id=0)
+    deadline = _Deadline(deadline_s) if deadline_s is not None else None
+    if deadline is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([deadline])
     synchronize(device)
     start = time.perf_counter()
     # generate comes from GenerationMixin, which PreTrainedModel's type does not list.
@@ -101,9 +126,11 @@ def timed_generate(
     synchronize(device)
     end = time.perf_counter()
     produced = out.sequences.shape[1] - inputs["input_ids"].shape[1]
-    if produced != new_tokens or clock.first_token_at is None:
+    cut = deadline is not None and deadline.passed and produced < new_tokens
+    if (produced != new_tokens and not cut) or clock.first_token_at is None:
         raise RuntimeError(f"generate produced {produced} tokens, expected {new_tokens}")
     return GenerateRun(
+        cut_by_deadline=cut,
         ttft_s=clock.first_token_at - start,
         decode_s=end - clock.first_token_at,
         new_tokens=produced,
