@@ -132,6 +132,8 @@ class SearchSpaceConfig:
     quantized_backends_auto: bool = True
     quantized_nbits: tuple[int, ...] = (4,)
     static_compile: tuple[bool, ...] = (False,)
+    # Dynamic cache: reuse the profile's shared prefix off/on (kvopt.engine.prefix).
+    prefix_reuse: tuple[bool, ...] = (False,)
     max_dtype_slowdown: float | None = None
 
 
@@ -505,6 +507,15 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
             compile_in,
             "[false] unless cache_implementation lists static or offloaded_static (compile applies to static caches)",
         )
+    reuse_in = (s.get("dynamic") or {}).get("prefix_reuse", [False])
+    reuse_choices = [reuse_in] if isinstance(reuse_in, bool) else reuse_in
+    if (
+        not isinstance(reuse_choices, (list, tuple))
+        or not reuse_choices
+        or any(not isinstance(r, bool) for r in reuse_choices)
+    ):
+        problems.add("search_space.dynamic.prefix_reuse", reuse_in, "a list of true/false")
+        reuse_choices = [False]
     slowdown = s.get("max_dtype_slowdown")
     if slowdown is not None and (not _is_number(slowdown) or slowdown <= 1):
         problems.add("search_space.max_dtype_slowdown", slowdown, "null or a number > 1")
@@ -519,6 +530,7 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
         quantized_backends_auto=auto,
         quantized_nbits=tuple(dict.fromkeys(nbits)),
         static_compile=tuple(dict.fromkeys(compile_choices)),
+        prefix_reuse=tuple(dict.fromkeys(reuse_choices)),
         max_dtype_slowdown=None if slowdown is None else float(slowdown),
     )
 

@@ -13,8 +13,8 @@ A profile with several request shapes (:class:`kvopt.workload.WorkloadMix`) is c
 every shape: each round runs every shape, and a finalist's score in a round is the
 share-weighted sum of its paired per-shape scores (shares = each shape's fraction of the
 requests). Memory on a shape other than the trials' is the finalist's peak on its first
-call of that shape (which is also its first warm-up call). Each shape's own preference is reported, and a note says when shapes
-prefer different finalists.
+call of that shape (which is also its first warm-up call). Each shape's own preference is
+reported, and a note says when shapes prefer different finalists.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 from kvopt.config import ConfirmConfig, ModelConfig, ProfileConfig
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import ModelLoader, WeightsSource
+from kvopt.engine.prefix import prepare_prefix
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
 from kvopt.measure.memory import MB, measure_peak, storage_bytes, weights_bytes
@@ -190,31 +191,36 @@ def confirmed_gains(
     }
 
 
-def _shape_runner(
-    model: Any, cand: Any, shape: Workload, device: torch.device, seed: int, clock: list[float]
-) -> Callable[[], dict[str, float]]:
-    """One timed call of ``cand`` on ``shape``; adds its wall time to ``clock[0]``."""
-    inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
+class _ShapeCalls:
+    """One finalist's calls on one shape: the same prompts (and filled prefix, if it reuses one) every time."""
 
-    def once() -> dict[str, float]:
+    def __init__(self, model: Any, cand: Any, shape: Workload, device: torch.device, seed: int, clock: list[float]):
+        self.model, self.cand, self.shape, self.device, self.clock = model, cand, shape, device, clock
+        self.inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
+        self.prefix = prepare_prefix(model, cand, shape, self.inputs, device)
+
+    def _generate(self) -> Any:
+        return timed_generate(
+            self.model, self.inputs, self.cand, self.shape.new_tokens, self.device, prefix=self.prefix
+        )
+
+    def timed(self) -> dict[str, float]:
+        """One timed call; adds its wall time to ``clock[0]``."""
         begin = time.monotonic()
-        run = timed_generate(model, inputs, cand, shape.new_tokens, device)
-        clock[0] += time.monotonic() - begin
-        return run.metrics(cand.batch_size)
+        run = self._generate()
+        self.clock[0] += time.monotonic() - begin
+        return run.metrics(self.cand.batch_size)
 
-    return once
-
-
-def _peak_mb(model: Any, cand: Any, shape: Workload, device: torch.device, seed: int) -> tuple[float, float]:
-    """Peak memory of one call of ``cand`` on ``shape`` and the call's seconds (it is also a warm-up call)."""
-    inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
-    resident = weights_bytes(model) + storage_bytes(inputs.values())
-    start = time.monotonic()
-    result, reading = measure_peak(
-        lambda: timed_generate(model, inputs, cand, shape.new_tokens, device), device, resident
-    )
-    seconds = time.monotonic() - start
-    return with_unseen_memory(reading, result, model, cand, shape, device).peak_bytes / MB, seconds
+    def peak_mb(self) -> tuple[float, float]:
+        """Peak memory of one call and the call's seconds (it is also a warm-up call)."""
+        resident = (
+            weights_bytes(self.model) + storage_bytes(self.inputs.values()) + (self.prefix.nbytes if self.prefix else 0)
+        )
+        start = time.monotonic()
+        result, reading = measure_peak(self._generate, self.device, resident)
+        seconds = time.monotonic() - start
+        reading = with_unseen_memory(reading, result, self.model, self.cand, self.shape, self.device)
+        return reading.peak_bytes / MB, seconds
 
 
 def confirm(
@@ -259,15 +265,16 @@ def confirm(
         model = loaders[key].get(*key)[0].model
         result = next(r for r in finalists if r.number == number)
         for i, shape in enumerate(mix):
-            runners[(number, i)] = _shape_runner(model, cand, shape, device, seed, clock)
+            calls = _ShapeCalls(model, cand, shape, device, seed, clock)
+            runners[(number, i)] = calls.timed
             if i == trial_shape:
                 memory[i][number] = result.values["peak_mem_mb"]
                 warm_calls[(number, i)] = profile.warmup
             else:
-                memory[i][number], first_s = _peak_mb(model, cand, shape, device, seed)
+                memory[i][number], first_s = calls.peak_mb()
                 warm_calls[(number, i)] = max(profile.warmup - 1, int(first_s < SETTLE_BELOW_S))
-    for key, warm in runners.items():  # every finalist warm on every shape before the first timed round
-        for _ in range(warm_calls[key]):
+    for pair, warm in runners.items():  # every finalist warm on every shape before the first timed round
+        for _ in range(warm_calls[pair]):
             warm()
     clock[0] = 0.0  # the warm-up calls are setup, not measurement
     setup_s = time.monotonic() - setup_start

@@ -153,20 +153,30 @@ def predict_memory(model_cfg: ModelConfig, candidate: Candidate, workload: Workl
     else:
         layers_on_device = min(2, shape.layers) if cache.startswith("offloaded") else shape.layers
         kv = layers_on_device * per_token_layer * tokens * size
+    prefilled = prompt
+    if candidate.prefix_reuse:
+        # The kept prefix cache (one row) stays resident; each call prefills only the rest.
+        kv += shape.layers * 2 * shape.kv_heads * shape.head_dim * workload.shared_prefix_tokens * size
+        prefilled = prompt - workload.shared_prefix_tokens
     return MemoryPrediction(
         weights_bytes=shape.parameters * size,
         kv_bytes=int(kv),
-        activation_bytes=activation_bytes(shape, candidate, prompt),
+        activation_bytes=activation_bytes(shape, candidate, prefilled, key_tokens=prompt),
     )
 
 
-def activation_bytes(shape: ModelShape, candidate: Candidate, prompt_tokens: int) -> int:
-    """The prefill's transient tensors: the largest memory above weights and cache."""
+def activation_bytes(shape: ModelShape, candidate: Candidate, prompt_tokens: int, key_tokens: int | None = None) -> int:
+    """The prefill's transient tensors: the largest memory above weights and cache.
+
+    ``prompt_tokens``: the tokens the prefill computes; ``key_tokens``: those it attends to
+    (more when a reused prefix is already cached; default: the same).
+    """
     size = _BYTES[candidate.dtype]
     batch = candidate.batch_size
+    keys = prompt_tokens if key_tokens is None else key_tokens
     activations = batch * prompt_tokens * (8 * shape.hidden + 2 * shape.intermediate) * size
     if candidate.attn_implementation == "eager":
-        activations += 2 * batch * shape.heads * prompt_tokens * prompt_tokens * size
+        activations += 2 * batch * shape.heads * prompt_tokens * keys * size
     activations += 2 * batch * shape.vocab * 4  # last-position logits, upcast to float32
     return int(activations)
 

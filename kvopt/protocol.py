@@ -34,6 +34,7 @@ import torch
 from kvopt.config import MeasureConfig
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import LoadedModel
+from kvopt.engine.prefix import prepare_prefix
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.failures import CallTooSlow
 from kvopt.measure.adaptive import StopRule, median_ci, repeat_fixed, repeat_until_precise
@@ -204,10 +205,14 @@ def measure_candidate(
     model = loaded.model
     inputs = make_inputs(workload, candidate.batch_size, model.config.vocab_size, seed, device)
     weights = weights_bytes(model)
-    resident = weights + storage_bytes(inputs.values())
+    # Setup, as a server does once per system prompt: the shared prefix's cache (kvopt.engine.prefix).
+    prefix = prepare_prefix(model, candidate, workload, inputs, device)
+    resident = weights + storage_bytes(inputs.values()) + (prefix.nbytes if prefix else 0)
 
     def run(deadline_s: float | None = None) -> Any:
-        return timed_generate(model, inputs, candidate, workload.new_tokens, device, deadline_s=deadline_s)
+        return timed_generate(
+            model, inputs, candidate, workload.new_tokens, device, deadline_s=deadline_s, prefix=prefix
+        )
 
     # A bounded first call is cut at the slow-call limit: past it the candidate is refused
     # anyway, and running it to the end would only spend the wall time.
@@ -280,5 +285,6 @@ def measure_candidate(
             "memory_probe": "first timed run" if probe_in_timed_run else "first call",
             "warmup_s": warmup_s,
             "timed_runs_s": timed_runs_s,
+            **(prefix.as_attrs() if prefix else {}),
         },
     )

@@ -137,7 +137,10 @@ def classify(candidate: Candidate, model_dtype: str) -> tuple[str, str]:
         return CHECKED, "torch.compile of the decode step"
     if candidate.dtype != model_dtype:
         return CHECKED, f"{candidate.dtype} instead of the model's {model_dtype}"
-    return EXACT, "exact by construction: unquantized cache, the model's dtype, exact attention, not compiled"
+    exact = "exact by construction: unquantized cache, the model's dtype, exact attention, not compiled"
+    if candidate.prefix_reuse:  # the prefix's keys and values are those a whole-prompt prefill computes
+        exact += ", the shared prefix's cache reused as computed"
+    return EXACT, exact
 
 
 def plan_quality(candidate: Candidate, model_dtype: str, weights: str, cfg: QualityConfig) -> QualityPlan:

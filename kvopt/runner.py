@@ -222,14 +222,15 @@ def prepare(cfg: KvoptConfig) -> Prepared:
             cfg.search_space.quantized_backends,
             cfg.search_space.max_dtype_slowdown,
         )
-    space = SearchSpace.from_config(cfg.search_space, baseline, probed.unavailable)
+    mix = make_mix(cfg.profile, cfg.model)
+    space = SearchSpace.from_config(cfg.search_space, baseline, probed.unavailable, mix.shared_prefix_tokens)
     existing = check_compatible(storage, name, space)
     warm = _read_warm_start(cfg, storage, name, space)
     return Prepared(
         cfg=cfg,
         device=device,
         weights=weights,
-        mix=make_mix(cfg.profile, cfg.model),
+        mix=mix,
         space=space,
         storage=storage,
         storage_label=describe_storage(cfg.storage),
@@ -317,22 +318,25 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
                 else f"{cfg.profile.repetitions} timed runs"
             ),
         ),
-        *_mix_lines(p.mix),
+        *_mix_lines(p.mix, p.space),
         ("search space", f"{choices} ({p.space.size} candidates)"),
         ("baseline", p.space.baseline.label),
         *_warm_line(p),
     ]
 
 
-def _mix_lines(mix: WorkloadMix) -> list[tuple[str, str]]:
-    """The mix's shapes (finalists are confirmed on each) and its shared prefix, when there is more than one shape."""
+def _mix_lines(mix: WorkloadMix, space: SearchSpace) -> list[tuple[str, str]]:
+    """The mix's shapes (finalists are confirmed on each) and its shared prefix, and whether the search reuses it."""
     lines = []
     if len(mix.shapes) > 1:
         lines.append(("shapes", f"{mix.describe()}; finalists are confirmed on every shape"))
     if mix.shared_prefix_tokens:
-        lines.append(
-            ("shared prefix", f"{mix.shared_prefix_tokens} tokens in every request (not reused: docs/profiles.md)")
+        reuse = (
+            "dynamic+prefix candidates fill its cache once and copy it into each call (docs/profiles.md)"
+            if space.offers_prefix_reuse
+            else "not reused: search_space.dynamic.prefix_reuse does not offer it"
         )
+        lines.append(("shared prefix", f"{mix.shared_prefix_tokens} tokens in every request; {reuse}"))
     return lines
 
 

@@ -183,7 +183,7 @@ def read_study(study: optuna.Study, space: SearchSpace, *, skip_trial: int | Non
 
 def _one_change(a: Candidate, b: Candidate) -> bool:
     """``b`` differs from ``a`` in exactly one setting (batch size, cache with its options, attention, dtype)."""
-    cache = lambda c: (c.cache_implementation, c.quantized_backend, c.quantized_nbits, c.compile)  # noqa: E731
+    cache = lambda c: (c.cache_implementation, c.quantized_backend, c.quantized_nbits, c.compile, c.prefix_reuse)  # noqa: E731
     diffs = (
         a.batch_size != b.batch_size,
         cache(a) != cache(b),

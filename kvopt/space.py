@@ -102,6 +102,9 @@ class Candidate:
     quantized_backend: str | None = None
     quantized_nbits: int | None = None
     compile: bool | None = None  # static caches: torch.compile of the decode step
+    # Dynamic cache: start each call from a copy of the shared prefix's filled cache
+    # (kvopt.engine.prefix). None where the space does not offer it (no shared prefix).
+    prefix_reuse: bool | None = None
 
     @property
     def label(self) -> str:
@@ -112,6 +115,8 @@ class Candidate:
             cache = f"quantized-{self.quantized_backend}{bits}"
         elif self.compile:
             cache = f"{cache}+compile"
+        elif self.prefix_reuse:
+            cache = f"{cache}+prefix"
         return f"{cache}/{self.attn_implementation}/{self.dtype}/b{self.batch_size}"
 
     def params(self) -> dict[str, Any]:
@@ -123,6 +128,8 @@ class Candidate:
                 params[f"quantized_nbits_{self.quantized_backend}"] = self.quantized_nbits
         if self.cache_implementation in STATIC_CACHES and self.compile is not None:
             params["static_compile"] = self.compile
+        if self.cache_implementation == "dynamic" and self.prefix_reuse is not None:
+            params["prefix_reuse"] = self.prefix_reuse
         return params
 
     def as_dict(self) -> dict[str, Any]:
@@ -138,7 +145,11 @@ class Candidate:
 
         ``paged`` with the workload's lengths also gets the page pool kvopt measured
         (sized from the workload); without them Transformers sizes the pool from free memory.
+        A ``prefix_reuse`` candidate gets none: its cache is the prefix's filled dynamic cache,
+        passed in its place (Transformers refuses both at once).
         """
+        if self.prefix_reuse:
+            return {}
         kwargs: dict[str, Any] = {"cache_implementation": self.cache_implementation}
         if self.cache_implementation == "paged" and prompt_tokens is not None and new_tokens is not None:
             kwargs["continuous_batching_config"] = paged_pool(self.batch_size, prompt_tokens, new_tokens).config()
@@ -169,12 +180,27 @@ class SearchSpace:
     quantized_backends: list[str] = field(default_factory=lambda: ["fp8"])
     quantized_nbits: list[int] = field(default_factory=lambda: [4])
     static_compile: list[bool] = field(default_factory=lambda: [False])
+    # Dynamic cache: reuse the shared prefix off/on; [False] alone: the option is not offered.
+    prefix_reuse: list[bool] = field(default_factory=lambda: [False])
     # "param=value" -> one-line reason it cannot run here.
     dropped: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: SearchSpaceConfig, baseline: Candidate, dropped: dict[str, str]) -> SearchSpace:
-        """Keep the configured choices that run here; always keep the baseline's values."""
+    def from_config(
+        cls, cfg: SearchSpaceConfig, baseline: Candidate, dropped: dict[str, str], shared_prefix_tokens: int = 0
+    ) -> SearchSpace:
+        """Keep the configured choices that run here; always keep the baseline's values.
+
+        Prefix reuse is offered only when the workload has a shared prefix (``shared_prefix_tokens``);
+        otherwise ``prefix_reuse=True`` is dropped with its reason.
+        """
+        dropped = dict(dropped)
+        if True in cfg.prefix_reuse and shared_prefix_tokens <= 0:
+            dropped["prefix_reuse=True"] = "the profile's requests share no prefix (profile.shared_prefix_tokens: 0)"
+        reuse = [r for r in cfg.prefix_reuse if f"prefix_reuse={r}" not in dropped] or [False]
+        if True in reuse and baseline.cache_implementation == "dynamic":
+            # The baseline prefills every prompt whole: prefix_reuse=False, said in its params.
+            baseline = dataclasses.replace(baseline, prefix_reuse=False)
 
         def keep(param: str, values: tuple[Any, ...]) -> list[Any]:
             kept = [v for v in values if f"{param}={v}" not in dropped]
@@ -196,7 +222,8 @@ class SearchSpace:
             quantized_backends=backends,
             quantized_nbits=list(cfg.quantized_nbits),
             static_compile=list(cfg.static_compile),
-            dropped=dict(dropped),
+            prefix_reuse=reuse,
+            dropped=dropped,
         )
 
     def choices(self) -> dict[str, list[Any]]:
@@ -217,7 +244,14 @@ class SearchSpace:
                     out[f"quantized_nbits_{backend}"] = self.nbits_for(backend)
         if any(c in STATIC_CACHES for c in self.cache_implementation):
             out["static_compile"] = list(self.static_compile)
+        if self.offers_prefix_reuse:
+            out["prefix_reuse"] = list(self.prefix_reuse)
         return out
+
+    @property
+    def offers_prefix_reuse(self) -> bool:
+        """Whether dynamic-cache candidates choose prefix reuse (the space lists it and the dynamic cache)."""
+        return True in self.prefix_reuse and "dynamic" in self.cache_implementation
 
     def _cache_variants(self, cache: str) -> list[dict[str, Any]]:
         """The conditional options one cache takes, one dict per distinct variant."""
@@ -229,6 +263,8 @@ class SearchSpace:
             return variants
         if cache in STATIC_CACHES:
             return [{"compile": compile_} for compile_ in self.static_compile]
+        if cache == "dynamic" and self.offers_prefix_reuse:
+            return [{"prefix_reuse": reuse} for reuse in self.prefix_reuse]
         return [{}]
 
     def candidates(self) -> list[Candidate]:
@@ -264,6 +300,7 @@ class SearchSpace:
             quantized_backend=backend,
             quantized_nbits=params.get(f"quantized_nbits_{backend}") if backend else None,
             compile=params.get("static_compile") if cache in STATIC_CACHES else None,
+            prefix_reuse=params.get("prefix_reuse") if cache == "dynamic" else None,
         )
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
@@ -278,4 +315,6 @@ class SearchSpace:
                 params[key] = trial.suggest_categorical(key, self.nbits_for(backend))
         if cache in STATIC_CACHES:
             params["static_compile"] = trial.suggest_categorical("static_compile", self.static_compile)
+        if cache == "dynamic" and self.offers_prefix_reuse:
+            params["prefix_reuse"] = trial.suggest_categorical("prefix_reuse", self.prefix_reuse)
         return self.make_candidate(params)

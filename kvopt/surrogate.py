@@ -96,6 +96,8 @@ def _cache_variant(candidate: Candidate) -> str:
         return f"quantized-{candidate.quantized_backend}"
     if candidate.compile:
         return f"{candidate.cache_implementation}+compile"
+    if candidate.prefix_reuse:
+        return f"{candidate.cache_implementation}+prefix"
     return candidate.cache_implementation
 
 

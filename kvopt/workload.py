@@ -14,6 +14,7 @@ into the synthetic prompts a model runs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from kvopt.config import ModelConfig, ProfileConfig
@@ -34,6 +35,9 @@ class Workload:
     clamped_from: int | None = None
     # The fraction of the profile's requests this shape stands for (1.0: a one-shape profile).
     share: float = 1.0
+    # Leading prompt tokens every request shares (a system prompt); 0: none. Always shorter
+    # than the prompt, so a call that reuses the prefix's cache still prefills a token.
+    shared_prefix_tokens: int = 0
 
     @property
     def label(self) -> str:
@@ -88,7 +92,7 @@ class WorkloadMix:
     shapes: tuple[Workload, ...]
     trial_index: int
     notes: tuple[str, ...] = ()
-    # Tokens every request shares (a system prompt), clamped to the shortest prompt; 0: none.
+    # Tokens every request shares (a system prompt), clamped below the shortest prompt; 0: none.
     shared_prefix_tokens: int = 0
 
     @property
@@ -137,7 +141,9 @@ def make_mix(profile: ProfileConfig, model_cfg: ModelConfig) -> WorkloadMix:
             merged[key] = Workload(key[0], key[1], old.clamped_from or w.clamped_from, old.share + w.share)
         else:
             merged[key] = w
-    shapes = tuple(merged.values())
+    # One prefix for every request, ending at least one token before the shortest prompt.
+    prefix = min([profile.shared_prefix_tokens, *(w.prompt_tokens - 1 for w in merged.values())])
+    shapes = tuple(dataclasses.replace(w, shared_prefix_tokens=prefix) for w in merged.values())
     notes = []
     if clamped:
         notes.append(
@@ -146,10 +152,10 @@ def make_mix(profile: ProfileConfig, model_cfg: ModelConfig) -> WorkloadMix:
         )
     if len(shapes) < len(profile.shapes):
         notes.append(f"{len(profile.shapes)} shapes became {len(shapes)} after clamping: identical ones merged")
-    prefix = min([profile.shared_prefix_tokens, *(w.prompt_tokens for w in shapes)])
     if prefix < profile.shared_prefix_tokens:
         notes.append(
-            f"shared prefix clamped from {profile.shared_prefix_tokens} to {prefix} tokens (the shortest prompt)"
+            f"shared prefix clamped from {profile.shared_prefix_tokens} to {prefix} tokens "
+            "(one less than the shortest prompt)"
         )
     return WorkloadMix(
         shapes=shapes, trial_index=representative(shapes), notes=tuple(notes), shared_prefix_tokens=prefix

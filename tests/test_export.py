@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -64,7 +65,11 @@ def test_yaml_holds_the_recommendation_as_measured(run_dir: Path):
     results = _results(run_dir)
     rec = results["recommendation"]
     assert doc["model"]["hub_id"] == f"kvopt/{MODEL}" and doc["profile"] == "ci-micro"
-    assert doc["device"] == "cpu" and doc["workload"] == {"prompt_tokens": 32, "new_tokens": 8}
+    assert doc["device"] == "cpu" and doc["workload"] == {
+        "prompt_tokens": 32,
+        "new_tokens": 8,
+        "shared_prefix_tokens": 0,
+    }
     got = doc["recommended"]
     assert got["trial"] == rec["number"] and got["params"] == rec["params"]
     assert got["values"] == pytest.approx(rec["values"])
@@ -219,3 +224,23 @@ def test_a_paged_recommendation_carries_its_pool_and_runs(tmp_path: Path):
     assert "ContinuousBatchingConfig(" in paste_snippet(f"kvopt/{MODEL}", paged, 32, 8)
     calls = [line for line in _run_snippet(tmp_path / "recommended.py", "--random-weights") if line.startswith("call ")]
     assert [c.split(" in ")[0] for c in calls] == ["call 1: 3 x 8 new tokens", "call 2: 3 x 8 new tokens"]
+
+
+@pytest.mark.slow
+def test_a_prefix_reuse_recommendation_fills_the_prefix_once_and_runs(tmp_path: Path):
+    reuse = Candidate("dynamic", "sdpa", "float32", 2, prefix_reuse=True)
+    assert reuse.generate_kwargs() == {}  # its cache is the prefix's copy, not a cache_implementation
+    rec = _result(reuse, 1, 3.0, 100.0, 1.0)
+    base = _result(Candidate("dynamic", "sdpa", "float32", 1, prefix_reuse=False), 0, 6.0, 100.0, 0.9)
+    src = _settings(Recommendation(rec, 0.1, None, True), front=[base, rec], baseline=base)
+    src = dataclasses.replace(src, workload=Workload(32, 8, shared_prefix_tokens=24))
+    write_settings(tmp_path, src)
+    text = (tmp_path / "recommended.py").read_text()
+    assert "SHARED_PREFIX_TOKENS = 24" in text
+    assert "system_ids.expand(2, -1)" in paste_snippet(f"kvopt/{MODEL}", reuse, 32, 8)
+    doc = yaml.safe_load((tmp_path / "recommended.yaml").read_text())
+    assert doc["workload"]["shared_prefix_tokens"] == 24 and doc["recommended"]["params"]["prefix_reuse"] is True
+    calls = [line for line in _run_snippet(tmp_path / "recommended.py", "--random-weights") if line.startswith("call ")]
+    assert [c.split(" in ")[0] for c in calls] == ["call 1: 2 x 8 new tokens", "call 2: 2 x 8 new tokens"]
+    # The baseline's script prefills every prompt whole.
+    assert "SHARED_PREFIX_TOKENS = 0" in settings_script(src, base)

@@ -10,6 +10,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
 from kvopt.engine.paged import paged_generate
+from kvopt.engine.prefix import PrefixCache, cache_argument
 from kvopt.interrupt import raise_if_interrupted
 from kvopt.measure.memory import cache_bytes
 from kvopt.measure.timing import synchronize
@@ -103,11 +104,14 @@ def timed_generate(
     device: torch.device,
     *,
     deadline_s: float | None = None,
+    prefix: PrefixCache | None = None,
 ) -> GenerateRun:
     """One greedy ``generate`` of exactly ``new_tokens`` tokens, timed to the first token and to the last.
 
     ``deadline_s``: end the call at the first token after this many seconds (then the run
-    has ``cut_by_deadline`` set and fewer tokens; the paged path ignores it). Raises
+    has ``cut_by_deadline`` set and fewer tokens; the paged path ignores it). ``prefix``:
+    the shared prefix's filled cache, required by a ``prefix_reuse`` candidate; its copy for
+    this call is made inside the timed span (:mod:`kvopt.engine.prefix`). Raises
     KeyboardInterrupt first if a Ctrl-C came during the previous call (see :mod:`kvopt.interrupt`).
     """
     raise_if_interrupted()  # a Ctrl-C swallowed during the last run stops here, cleanly
@@ -119,8 +123,13 @@ def timed_generate(
     deadline = _Deadline(deadline_s) if deadline_s is not None else None
     if deadline is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([deadline])
+    if candidate.prefix_reuse and prefix is None:
+        raise ValueError(f"{candidate.label} reuses the shared prefix: pass its filled cache (prefill_prefix)")
     synchronize(device)
     start = time.perf_counter()
+    if candidate.prefix_reuse:
+        assert prefix is not None  # checked above
+        kwargs[cache_argument(model)] = prefix.for_batch(inputs["input_ids"].shape[0])
     # generate comes from GenerationMixin, which PreTrainedModel's type does not list.
     out = model.generate(**inputs, logits_processor=LogitsProcessorList([clock]), **kwargs)  # type: ignore[operator]
     synchronize(device)

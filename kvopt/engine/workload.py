@@ -14,10 +14,16 @@ __all__ = ["Workload", "WorkloadMix", "make_mix", "make_workload", "max_position
 def make_inputs(
     workload: Workload, batch_size: int, vocab_size: int, seed: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Random token ids (fixed seed) of exactly the workload's length, no padding."""
+    """Random token ids (fixed seed) of exactly the workload's length, no padding.
+
+    The first ``workload.shared_prefix_tokens`` ids are the same in every row: the prefix
+    every request shares (a system prompt).
+    """
     generator = torch.Generator().manual_seed(seed)
     # Ids from 1 up: 0 is often a special token; the values do not change the work done.
     ids = torch.randint(1, max(2, vocab_size), (batch_size, workload.prompt_tokens), generator=generator)
+    if workload.shared_prefix_tokens:
+        ids[:, : workload.shared_prefix_tokens] = ids[0, : workload.shared_prefix_tokens]
     return {
         "input_ids": ids.to(device),
         "attention_mask": torch.ones_like(ids).to(device),

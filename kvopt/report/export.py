@@ -150,7 +150,11 @@ class StudySettings:
             profile=stored.profile,
             slo=dict(config["profile"].get("slo") or {}),
             device=str(stored.attrs["machine"].get("device", "?")),
-            workload=Workload(int(workload["prompt_tokens"]), int(workload["new_tokens"])),
+            workload=Workload(
+                int(workload["prompt_tokens"]),
+                int(workload["new_tokens"]),
+                shared_prefix_tokens=int(workload.get("shared_prefix_tokens") or 0),
+            ),
             recommendation=stored.recommendation,
             front=stored.front,
             baseline=stored.baseline,
@@ -181,7 +185,11 @@ def settings_document(src: StudySettings) -> dict[str, Any]:
         "profile": src.profile,
         "slo": dict(src.slo),
         "device": src.device,
-        "workload": {"prompt_tokens": workload.prompt_tokens, "new_tokens": workload.new_tokens},
+        "workload": {
+            "prompt_tokens": workload.prompt_tokens,
+            "new_tokens": workload.new_tokens,
+            "shared_prefix_tokens": workload.shared_prefix_tokens,
+        },
         "recommended": recommended,
         "baseline": None
         if baseline is None
@@ -218,19 +226,29 @@ with {weights} weights. Needs only torch and transformers. Run it as is:
     python recommended.py --model HUB_ID_OR_FOLDER
     python recommended.py --random-weights     # its architecture with random weights, offline
 
-Each generate call builds a new cache from cache_implementation: no cache object is shared
-between calls, so no call sees another's stale keys and values.
+Each generate call gets a cache of its own (a new one from cache_implementation, or, where
+SHARED_PREFIX_TOKENS is set, a copy of the shared prefix's cache filled once), so no call sees
+another's stale keys and values.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import os
 import sys
 import time
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CompileConfig, ContinuousBatchingConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CompileConfig,
+    ContinuousBatchingConfig,
+    DynamicCache,
+)
 
 MODEL_ID = {hub_id!r}  # a hub id, or the folder the study loaded
 REVISION = {revision!r}  # the commit the study loaded, when one was known
@@ -243,6 +261,9 @@ GENERATE_KWARGS = {generate_kwargs}
 BATCH_SIZE = {batch_size!r}
 PROMPT_TOKENS = {prompt_tokens!r}
 NEW_TOKENS = {new_tokens!r}
+# Leading prompt tokens every request shares (a system prompt): filled into a cache once, and
+# each call starts from a copy of it (0: every call prefills its whole prompt).
+SHARED_PREFIX_TOKENS = {shared_prefix_tokens!r}
 # The model's config.json fields: --random-weights builds it without a download.
 ARCHITECTURE = {architecture}
 
@@ -276,6 +297,7 @@ def make_inputs(model: torch.nn.Module, source: str, prompt: str | None, device:
         # The workload kvopt measured: BATCH_SIZE rows of PROMPT_TOKENS token ids, no padding.
         vocab = model.get_input_embeddings().num_embeddings
         ids = torch.randint(1, vocab, (BATCH_SIZE, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+        ids[:, :SHARED_PREFIX_TOKENS] = ids[0, :SHARED_PREFIX_TOKENS]  # the prefix every request shares
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=TRUST_REMOTE_CODE)
@@ -298,6 +320,21 @@ def generate_kwargs(exact_length: bool) -> dict:
     if exact_length:
         kwargs["min_new_tokens"] = NEW_TOKENS  # EOS cannot end a call early: kvopt's fixed work
     return kwargs
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    # Transformers renamed generate's past_key_values to cache; older versions know only the first.
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def fill_prefix(model: torch.nn.Module, input_ids: torch.Tensor) -> DynamicCache | None:
+    """The shared prefix's cache, filled once (None when the settings do not reuse a prefix)."""
+    tokens = min(SHARED_PREFIX_TOKENS, input_ids.shape[1] - 1)  # generate must prefill a token
+    if tokens <= 0:
+        return None
+    prefix = DynamicCache(config=model.config)
+    model(input_ids=input_ids[:1, :tokens], use_cache=True, **{{cache_argument(model): prefix}})
+    return prefix
 
 
 def main() -> None:
@@ -324,9 +361,15 @@ def main() -> None:
     # no_grad, not inference_mode: under inference_mode Transformers 5.17's paged generate fails
     # every request (its worker thread updates tensors made here) and returns no new tokens.
     with torch.no_grad():
+        prefix = fill_prefix(model, inputs["input_ids"])
         for call in range(1, args.calls + 1):
             start = time.perf_counter()
-            out = model.generate(**inputs, **generate_kwargs(args.exact_length))
+            kwargs = generate_kwargs(args.exact_length)
+            if prefix is not None:  # generate appends to the cache it is given: a copy per call
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(inputs["input_ids"].shape[0])
+                kwargs[cache_argument(model)] = cache
+            out = model.generate(**inputs, **kwargs)
             elapsed_ms = (time.perf_counter() - start) * 1000
             if out.dim() == 3:  # paged: generate returns [1, batch, length]
                 out = out[0]
@@ -369,6 +412,7 @@ def settings_script(src: StudySettings, result: Result | None = None) -> str:
         batch_size=candidate.batch_size,
         prompt_tokens=workload.prompt_tokens,
         new_tokens=workload.new_tokens,
+        shared_prefix_tokens=workload.shared_prefix_tokens if candidate.prefix_reuse else 0,
         architecture=_literal(plain(model.architecture)),
     )
 

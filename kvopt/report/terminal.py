@@ -162,11 +162,19 @@ def _values_row(r: Result) -> list[str]:
 def paste_snippet(
     model_id: str, candidate: Candidate, prompt_tokens: int | None = None, new_tokens: int | None = None
 ) -> str:
-    """Two lines to paste: the same kwargs recommended.py and recommended.yaml carry."""
+    """Lines to paste: the same kwargs recommended.py and recommended.yaml carry."""
     generate = candidate.generate_kwargs(prompt_tokens, new_tokens)
+    load = f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, {call_args(candidate.model_kwargs())})\n"
+    if candidate.prefix_reuse:  # recommended.py has the whole recipe (kvopt.engine.prefix)
+        rows = "system_ids" if candidate.batch_size == 1 else f"system_ids.expand({candidate.batch_size}, -1)"
+        return (
+            load + "prefix = DynamicCache(config=model.config)\n"
+            f"model(input_ids={rows}, past_key_values=prefix)  # once: the prompt prefix every request shares\n"
+            "out = model.generate(**inputs, past_key_values=copy.deepcopy(prefix))"
+            f"  # inputs: {candidate.batch_size} prompt(s) per batch, each starting with system_ids"
+        )
     return (
-        f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, {call_args(candidate.model_kwargs())})\n"
-        f"out = model.generate(**inputs, {call_args(generate)})"
+        load + f"out = model.generate(**inputs, {call_args(generate)})"
         f"  # inputs: {candidate.batch_size} prompt(s) per batch"
     )
 
