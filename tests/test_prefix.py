@@ -37,6 +37,8 @@ def test_generation_from_the_reused_prefix_equals_a_whole_prefill(model):
     inputs = make_inputs(SHAPE, 2, model.config.vocab_size, 0, CPU)
     ids = inputs["input_ids"]
     assert torch.equal(ids[0, :16], ids[1, :16]) and not torch.equal(ids[0, 16:], ids[1, 16:])
+    one = make_inputs(SHAPE, 1, model.config.vocab_size, 0, CPU)["input_ids"]  # a row shares with itself
+    assert torch.equal(one[0], ids[0])
     prefix = prefill_prefix(model, ids, 16, CPU)
     greedy = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
     with torch.inference_mode():

@@ -23,7 +23,7 @@ def make_inputs(
     # Ids from 1 up: 0 is often a special token; the values do not change the work done.
     ids = torch.randint(1, max(2, vocab_size), (batch_size, workload.prompt_tokens), generator=generator)
     if workload.shared_prefix_tokens:
-        ids[:, : workload.shared_prefix_tokens] = ids[0, : workload.shared_prefix_tokens]
+        ids[:, : workload.shared_prefix_tokens] = ids[0, : workload.shared_prefix_tokens].clone()
     return {
         "input_ids": ids.to(device),
         "attention_mask": torch.ones_like(ids).to(device),

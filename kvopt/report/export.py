@@ -297,7 +297,7 @@ def make_inputs(model: torch.nn.Module, source: str, prompt: str | None, device:
         # The workload kvopt measured: BATCH_SIZE rows of PROMPT_TOKENS token ids, no padding.
         vocab = model.get_input_embeddings().num_embeddings
         ids = torch.randint(1, vocab, (BATCH_SIZE, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
-        ids[:, :SHARED_PREFIX_TOKENS] = ids[0, :SHARED_PREFIX_TOKENS]  # the prefix every request shares
+        ids[:, :SHARED_PREFIX_TOKENS] = ids[0, :SHARED_PREFIX_TOKENS].clone()  # the prefix every request shares
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=TRUST_REMOTE_CODE)
