@@ -223,7 +223,9 @@ def prepare(cfg: KvoptConfig) -> Prepared:
             cfg.search_space.max_dtype_slowdown,
         )
     mix = make_mix(cfg.profile, cfg.model)
-    space = SearchSpace.from_config(cfg.search_space, baseline, probed.unavailable, mix.shared_prefix_tokens)
+    space = SearchSpace.from_config(
+        cfg.search_space, baseline, probed.unavailable, mix.shared_prefix_tokens / mix.trial.prompt_tokens
+    )
     existing = check_compatible(storage, name, space)
     warm = _read_warm_start(cfg, storage, name, space)
     return Prepared(

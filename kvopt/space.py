@@ -182,20 +182,23 @@ class SearchSpace:
     static_compile: list[bool] = field(default_factory=lambda: [False])
     # Dynamic cache: reuse the shared prefix off/on; [False] alone: the option is not offered.
     prefix_reuse: list[bool] = field(default_factory=lambda: [False])
+    # The share of the trials' prompt that is the shared prefix (what reuse need not prefill).
+    prefix_share: float = 0.0
     # "param=value" -> one-line reason it cannot run here.
     dropped: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(
-        cls, cfg: SearchSpaceConfig, baseline: Candidate, dropped: dict[str, str], shared_prefix_tokens: int = 0
+        cls, cfg: SearchSpaceConfig, baseline: Candidate, dropped: dict[str, str], prefix_share: float = 0.0
     ) -> SearchSpace:
         """Keep the configured choices that run here; always keep the baseline's values.
 
-        Prefix reuse is offered only when the workload has a shared prefix (``shared_prefix_tokens``);
-        otherwise ``prefix_reuse=True`` is dropped with its reason.
+        ``prefix_share``: the fraction of the trials' prompt that every request shares (0: no
+        shared prefix). Prefix reuse is offered only when it is above 0; otherwise
+        ``prefix_reuse=True`` is dropped with its reason.
         """
         dropped = dict(dropped)
-        if True in cfg.prefix_reuse and shared_prefix_tokens <= 0:
+        if True in cfg.prefix_reuse and prefix_share <= 0:
             dropped["prefix_reuse=True"] = "the profile's requests share no prefix (profile.shared_prefix_tokens: 0)"
         reuse = [r for r in cfg.prefix_reuse if f"prefix_reuse={r}" not in dropped] or [False]
         if True in reuse and baseline.cache_implementation == "dynamic":
@@ -223,6 +226,7 @@ class SearchSpace:
             quantized_nbits=list(cfg.quantized_nbits),
             static_compile=list(cfg.static_compile),
             prefix_reuse=reuse,
+            prefix_share=prefix_share if True in reuse else 0.0,
             dropped=dropped,
         )
 

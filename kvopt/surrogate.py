@@ -135,6 +135,7 @@ class CandidateEncoder:
             "attn": [a for a in space.attn_implementation if a != base.attn_implementation],
             "dtype": [d for d in space.dtype if d != base.dtype],
         }
+        self._prefix_share = space.prefix_share
         self._base_log2_batch = math.log2(base.batch_size)
         self._log2_batch_span = max(math.log2(max(space.batch_size) / min(space.batch_size)), 1.0)
         names: list[str] = ["intercept"]
@@ -164,9 +165,13 @@ class CandidateEncoder:
         self.scaled = np.array([b not in ("intercept", "source") for b in blocks])
 
     def prior_mean(self, metric: str) -> np.ndarray:
-        """The prior mean of the weights of one objective's model (zero but the batch slope)."""
+        """The prior mean of the weights of one objective's model (zero but the batch slope and prefix reuse)."""
         mean = np.zeros(len(self.names))
         mean[self.names.index("log2_batch")] = BATCH_PRIOR_PER_DOUBLING.get(metric, 0.0) * self._log2_batch_span
+        prefix = "cache=dynamic+prefix"
+        if metric == "ttft_ms" and prefix in self.names and 0 < self._prefix_share < 1:
+            # Reusing the prefix leaves only the rest of the prompt to prefill: TTFT in proportion.
+            mean[self.names.index(prefix)] = math.log(1.0 - self._prefix_share)
         return mean
 
     def levels(self, candidate: Candidate) -> dict[str, str]:

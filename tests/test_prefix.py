@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 import torch
@@ -85,12 +87,12 @@ def test_the_space_offers_prefix_reuse_only_where_requests_share_a_prefix():
         batch_size=(1, 2),
         prefix_reuse=(False, True),
     )
-    without = SearchSpace.from_config(cfg, BASE, {}, shared_prefix_tokens=0)
+    without = SearchSpace.from_config(cfg, BASE, {}, prefix_share=0.0)
     assert not without.offers_prefix_reuse and "prefix_reuse" not in without.all_choices()
     assert "share no prefix" in without.dropped["prefix_reuse=True"]
     assert without.size == 4 and without.baseline.params() == BASE.params()  # as before the option existed
 
-    space = SearchSpace.from_config(cfg, BASE, {}, shared_prefix_tokens=500)
+    space = SearchSpace.from_config(cfg, BASE, {}, prefix_share=500 / 768)
     assert space.offers_prefix_reuse and space.size == 6  # dynamic x {reuse, not} + static, x 2 batches
     assert space.baseline.prefix_reuse is False and space.baseline.params()["prefix_reuse"] is False
     labels = {c.label for c in space.candidates()}
@@ -129,3 +131,38 @@ def test_a_prefix_reuse_setting_that_is_not_true_or_false_is_refused():
         with pytest.raises(ConfigError) as info:
             validate(compose(config_name="config", overrides=["search_space.dynamic.prefix_reuse=[sometimes]"]))
     assert "search_space.dynamic.prefix_reuse: got ['sometimes']; allowed: a list of true/false" in str(info.value)
+
+
+def test_the_search_tries_prefix_reuse_early_where_the_prefix_is_most_of_the_prompt():
+    # The performance model's prior: reuse leaves (1 - share) of the prompt to prefill, so
+    # TTFT is expected to fall in proportion; the data overrule it once it is measured.
+    from optuna.trial import create_trial
+
+    from kvopt.sampler import ProfileSampler
+    from kvopt.surrogate import CandidateEncoder
+
+    base = Candidate("dynamic", "sdpa", "float32", 1, prefix_reuse=False)
+    space = SearchSpace(
+        cache_implementation=["dynamic", "static"],
+        attn_implementation=["sdpa", "eager"],
+        dtype=["float32"],
+        batch_size=[1, 2, 4],
+        baseline=base,
+        prefix_reuse=[False, True],
+        prefix_share=500 / 768,
+    )
+    encoder = CandidateEncoder(space)
+    mean = encoder.prior_mean("ttft_ms")
+    assert mean[encoder.names.index("cache=dynamic+prefix")] == pytest.approx(math.log(268 / 768))
+    assert encoder.prior_mean("decode_tok_s")[encoder.names.index("cache=dynamic+prefix")] == 0.0
+    study = optuna.create_study(directions=["minimize", "maximize", "minimize"])
+    study.add_trial(
+        create_trial(
+            params=base.params(),
+            distributions={k: v for k, v in space.distributions().items() if k in base.params()},
+            values=[1000.0, 15.0, 580.0],
+            user_attrs={"baseline": True},
+        )
+    )
+    choice = ProfileSampler(space, profile_config("rag"), seed=0).choose(study, 1)
+    assert choice is not None and choice[0].prefix_reuse is True, choice
