@@ -43,6 +43,8 @@ __all__ = [
     "Gain",
     "Confirmation",
     "choose_finalists",
+    "round_seconds",
+    "within_budget",
     "score_interval",
     "paired_scores",
     "confirm",
@@ -165,6 +167,47 @@ def choose_finalists(results: list[Result], recommended: Result, profile: Profil
     if baseline.number not in {r.number for r in chosen}:
         chosen.append(baseline)
     return chosen
+
+
+def round_seconds(result: Result, trial_shape: Workload, shapes: Sequence[Workload]) -> float:
+    """Estimated seconds of one confirmation round of a finalist: one call per shape, from its trial medians.
+
+    Prefill is taken as proportional to the prompt, decode to the new tokens (the trials'
+    per-token rate); a rough figure, enough to say what a budget affords.
+    """
+    ttft_s = result.values["ttft_ms"] / 1000.0
+    per_token_s = float(result.params.get("batch_size", 1)) / max(result.values["decode_tok_s"], 1e-9)
+    return sum(
+        ttft_s * w.prompt_tokens / trial_shape.prompt_tokens + (w.new_tokens - 1) * per_token_s
+        for w in (shapes or [trial_shape])
+    )
+
+
+def within_budget(
+    finalists: list[Result], cost: Callable[[Result], float], per_round_s: float
+) -> tuple[list[Result], list[str]]:
+    """The finalists whose one round together fits ``per_round_s``, and a note per one left out.
+
+    The recommendation and the baseline are always kept (without them nothing is
+    confirmed); the others are added in rank order while a round of all kept ones fits,
+    so the confirmation's budget (``confirm.max_seconds`` over ``confirm.rounds``) goes to
+    rounds enough to tell the best apart rather than to one round of many.
+    """
+    kept = {r.number for r in finalists if r is finalists[0] or r.is_baseline}
+    total = sum(cost(r) for r in finalists if r.number in kept)
+    notes: list[str] = []
+    for r in finalists:
+        if r.number in kept:
+            continue
+        if not notes and total + cost(r) <= per_round_s:
+            kept.add(r.number)
+            total += cost(r)
+        else:
+            notes.append(
+                f"#{r.number} {r.label} not confirmed: a round with it (~{total + cost(r):.0f} s, estimated from "
+                f"the trials) exceeds confirm.max_seconds / confirm.rounds ({per_round_s:.0f} s)"
+            )
+    return [r for r in finalists if r.number in kept], notes
 
 
 def _gain_from_ratios(ratios: list[float], higher_is_better: bool) -> Gain:

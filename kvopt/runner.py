@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
-from kvopt.confirm import Confirmation, choose_finalists, confirm
+from kvopt.confirm import Confirmation, choose_finalists, confirm, round_seconds, within_budget
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.source import resolve_config
 from kvopt.engine.workload import Workload, WorkloadMix, make_mix
@@ -585,11 +585,18 @@ def _confirm_recommendation(p: Prepared, study: optuna.Study, console: Console) 
     finalists = choose_finalists(results, rec.result, cfg.profile, cfg.confirm.top_k)
     if len(finalists) < 2:
         return None
+    finalists, left_out = within_budget(
+        finalists,
+        lambda r: round_seconds(r, p.workload, p.mix.shapes),
+        cfg.confirm.max_seconds / cfg.confirm.rounds,
+    )
     console.print(
         f"confirming {len(finalists)} finalists in {cfg.confirm.rounds} interleaved rounds: "
         + ", ".join(f"#{r.number}" for r in finalists),
         highlight=False,
     )
+    for note in left_out:
+        console.print(f"  {note}", highlight=False)
     try:
         with p.device_turn():  # interleaved rounds time the finalists: the device is ours meanwhile
             confirmation = confirm(
@@ -608,6 +615,7 @@ def _confirm_recommendation(p: Prepared, study: optuna.Study, console: Console) 
     except Exception as exc:  # the study's own result stands if confirmation cannot run
         console.print(f"[yellow]confirmation failed[/yellow]: {type(exc).__name__}: {exc}", highlight=False)
         return None
+    confirmation.notes[:0] = left_out
     study.set_user_attr("confirmation", confirmation.to_dict())
     print_confirmation(console, confirmation)
     return confirmation
