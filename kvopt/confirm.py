@@ -338,8 +338,13 @@ def confirm(
         rounds += 1
         if on_round is not None:
             on_round(rounds, time.monotonic() - start)
-        if time.monotonic() - start >= cfg.max_seconds and rounds < cfg.rounds:
-            notes.append(f"stopped after {rounds} of {cfg.rounds} rounds: confirm.max_seconds reached")
+        elapsed = time.monotonic() - start
+        # A round is started only if, at the rounds' mean length, it ends within the budget.
+        if rounds < cfg.rounds and elapsed + elapsed / rounds > cfg.max_seconds:
+            notes.append(
+                f"stopped after {rounds} of {cfg.rounds} rounds: one more (~{elapsed / rounds:.0f} s) "
+                f"would pass confirm.max_seconds ({cfg.max_seconds:g} s)"
+            )
             break
     for loader in loaders.values():
         loader.release()

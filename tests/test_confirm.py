@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from kvopt.config import validate
 from kvopt.confirm import confirmed_gains, round_seconds, within_budget
 from kvopt.engine.workload import Workload
-from kvopt.select import Result
 from kvopt.paths import conf_dir
 from kvopt.runner import tune
+from kvopt.select import Result
 
 
 def test_paired_gains_have_a_confidence_interval():
