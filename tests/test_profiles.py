@@ -181,3 +181,4 @@ def test_replays_keep_the_profile_their_grid_was_recorded_with():
     assert cfg.profile.weights == grid["profile_config"]["weights"]  # rag's former 0.6 / 0.2 / 0.2
     workload = make_workload(cfg.profile, cfg.model)
     assert (workload.prompt_tokens, workload.new_tokens) == (992, 32)
+    assert workload.shared_prefix_tokens == 0  # recorded before prefix reuse: no shared prompt ids

@@ -125,6 +125,7 @@ def record_grid(
         "workload": {
             "prompt_tokens": p.workload.prompt_tokens,
             "new_tokens": p.workload.new_tokens,
+            "shared_prefix_tokens": p.workload.shared_prefix_tokens,
             "note": p.workload.note,
         },
         "profile_config": cfg.raw["profile"],
@@ -138,6 +139,8 @@ def record_grid(
             "quantized_backends": space.quantized_backends,
             "quantized_nbits": space.quantized_nbits,
             "static_compile": space.static_compile,
+            "prefix_reuse": space.prefix_reuse,
+            "prefix_share": space.prefix_share,
             "baseline": space.baseline.as_dict(),
             "dropped": space.dropped,
             "size": space.size,
@@ -164,6 +167,9 @@ def space_from_grid(grid: dict[str, Any]) -> SearchSpace:
         quantized_backends=list(s["quantized_backends"]),
         quantized_nbits=list(s["quantized_nbits"]),
         static_compile=list(s["static_compile"]),
+        # Grids recorded before prefix reuse existed: not offered.
+        prefix_reuse=list(s.get("prefix_reuse", [False])),
+        prefix_share=float(s.get("prefix_share", 0.0)),
         dropped=dict(s["dropped"]),
     )
 

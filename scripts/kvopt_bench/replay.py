@@ -221,13 +221,16 @@ def recorded_profile(grid: dict[str, Any]) -> list[str]:
 
     A replay scores and samples with the config's profile; the shipped profiles change
     (issue 14 made them mixes with new weights), the recorded grids do not, so a replay
-    pins the recorded weights and the one shape the grid measured (already fit to the model).
+    pins the recorded weights, the one shape the grid measured (already fit to the model) and its
+    shared prefix.
     """
     workload = grid["workload"]
     return [
         *(f"profile.weights.{m}={w}" for m, w in grid["profile_config"]["weights"].items()),
         f"profile.context_lengths=[{workload['prompt_tokens']}]",
         f"profile.output_lengths=[{workload['new_tokens']}]",
+        # Grids recorded before prefix reuse have none: their prompts were not built around one.
+        f"profile.shared_prefix_tokens={workload.get('shared_prefix_tokens', 0)}",
     ]
 
 
