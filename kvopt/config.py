@@ -287,6 +287,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _bool_choices(problems: _Problems, key: str, given: Any) -> list[bool]:
+    """An on/off option's choices: true, false or a non-empty list of them ([False] after a problem)."""
+    choices = [given] if isinstance(given, bool) else given
+    if not isinstance(choices, (list, tuple)) or not choices or any(not isinstance(c, bool) for c in choices):
+        problems.add(key, given, "a list of true/false")
+        return [False]
+    return list(choices)
+
+
 def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))
 
@@ -493,29 +502,16 @@ def _search_space(problems: _Problems, s: Mapping[str, Any]) -> SearchSpaceConfi
         problems.add("search_space.quantized.nbits", nbits_in, "a list of 1, 2, 3, 4, 8 (quanto takes 2 and 4)")
         nbits = [4]
     compile_in = (s.get("static") or {}).get("compile", [False])
-    compile_choices = [compile_in] if isinstance(compile_in, bool) else compile_in
-    if (
-        not isinstance(compile_choices, (list, tuple))
-        or not compile_choices
-        or any(not isinstance(c, bool) for c in compile_choices)
-    ):
-        problems.add("search_space.static.compile", compile_in, "a list of true/false")
-        compile_choices = [False]
+    compile_choices = _bool_choices(problems, "search_space.static.compile", compile_in)
     if any(compile_choices) and not any(c in caches for c in ("static", "offloaded_static")):
         problems.add(
             "search_space.static.compile",
             compile_in,
             "[false] unless cache_implementation lists static or offloaded_static (compile applies to static caches)",
         )
-    reuse_in = (s.get("dynamic") or {}).get("prefix_reuse", [False])
-    reuse_choices = [reuse_in] if isinstance(reuse_in, bool) else reuse_in
-    if (
-        not isinstance(reuse_choices, (list, tuple))
-        or not reuse_choices
-        or any(not isinstance(r, bool) for r in reuse_choices)
-    ):
-        problems.add("search_space.dynamic.prefix_reuse", reuse_in, "a list of true/false")
-        reuse_choices = [False]
+    reuse_choices = _bool_choices(
+        problems, "search_space.dynamic.prefix_reuse", (s.get("dynamic") or {}).get("prefix_reuse", [False])
+    )
     slowdown = s.get("max_dtype_slowdown")
     if slowdown is not None and (not _is_number(slowdown) or slowdown <= 1):
         problems.add("search_space.max_dtype_slowdown", slowdown, "null or a number > 1")

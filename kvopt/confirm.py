@@ -33,8 +33,8 @@ from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.prefix import prepare_prefix
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
-from kvopt.measure.memory import MB, measure_peak, storage_bytes, weights_bytes
-from kvopt.protocol import SETTLE_BELOW_S, with_unseen_memory
+from kvopt.measure.memory import MB, measure_peak, weights_bytes
+from kvopt.protocol import SETTLE_BELOW_S, resident_bytes, with_unseen_memory
 from kvopt.select import Recommendation, Result, profile_score, slo_violations
 from kvopt.space import SearchSpace
 from kvopt.surrogate import log_ci_half_width
@@ -256,9 +256,7 @@ class _ShapeCalls:
 
     def peak_mb(self) -> tuple[float, float]:
         """Peak memory of one call and the call's seconds (it is also a warm-up call)."""
-        resident = (
-            weights_bytes(self.model) + storage_bytes(self.inputs.values()) + (self.prefix.nbytes if self.prefix else 0)
-        )
+        resident = resident_bytes(weights_bytes(self.model), self.inputs, self.prefix)
         start = time.monotonic()
         result, reading = measure_peak(self._generate, self.device, resident)
         seconds = time.monotonic() - start

@@ -34,7 +34,7 @@ import torch
 from kvopt.config import MeasureConfig
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import LoadedModel
-from kvopt.engine.prefix import prepare_prefix
+from kvopt.engine.prefix import PrefixCache, prepare_prefix
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.failures import CallTooSlow
 from kvopt.measure.adaptive import StopRule, median_ci, repeat_fixed, repeat_until_precise
@@ -49,6 +49,7 @@ __all__ = [
     "stop_rule",
     "describe_stats",
     "with_unseen_memory",
+    "resident_bytes",
     "slow_call_limit",
     "SETTLE_BELOW_S",
     "SLOW_CALL_FACTOR",
@@ -134,6 +135,11 @@ def with_unseen_memory(
     return reading
 
 
+def resident_bytes(weights: int, inputs: dict[str, torch.Tensor], prefix: PrefixCache | None) -> int:
+    """What a call's peak sits on before it starts: weights, prompts and a kept prefix cache."""
+    return weights + storage_bytes(inputs.values()) + (prefix.nbytes if prefix else 0)
+
+
 def describe_stats(values: list[float]) -> dict[str, float]:
     """n, median, p90, mean, cv, and the median's distribution-free 95% CI."""
     ci = median_ci(values)
@@ -207,7 +213,7 @@ def measure_candidate(
     weights = weights_bytes(model)
     # Setup, as a server does once per system prompt: the shared prefix's cache (kvopt.engine.prefix).
     prefix = prepare_prefix(model, candidate, workload, inputs, device)
-    resident = weights + storage_bytes(inputs.values()) + (prefix.nbytes if prefix else 0)
+    resident = resident_bytes(weights, inputs, prefix)
 
     def run(deadline_s: float | None = None) -> Any:
         return timed_generate(
