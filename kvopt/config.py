@@ -175,9 +175,11 @@ class MeasureConfig:
     """Adaptive repetitions: stop when the 95% CI of each median is within rel_precision."""
 
     adaptive: bool = True
-    rel_precision: float = 0.05
-    max_repetitions: int = 20
+    rel_precision: float = 0.03
+    max_repetitions: int = 40
     max_seconds: float = 20.0
+    # Decode steps of the split protocol's decode window (kvopt.engine.window); 0: whole calls.
+    decode_window: int = 16
 
 
 @dataclass(frozen=True)
@@ -615,11 +617,16 @@ def _measure(problems: _Problems, m: Mapping[str, Any]) -> MeasureConfig:
         rel = default.rel_precision
     repetitions = m.get("max_repetitions", default.max_repetitions)
     max_seconds = m.get("max_seconds", default.max_seconds)
+    window = m.get("decode_window", default.decode_window)
+    if not _is_int(window) or window < 0:
+        problems.add("measure.decode_window", window, "an integer >= 0 (decode steps per window; 0: whole calls)")
+        window = default.decode_window
     return MeasureConfig(
         adaptive=adaptive,
         rel_precision=float(rel),
         max_repetitions=_positive_int(problems, "measure.max_repetitions", repetitions),
         max_seconds=_positive_number(problems, "measure.max_seconds", max_seconds, default.max_seconds),
+        decode_window=int(window),
     )
 
 

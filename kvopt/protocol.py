@@ -35,6 +35,7 @@ from kvopt.config import MeasureConfig
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import LoadedModel
 from kvopt.engine.prefix import PrefixCache, prepare_prefix
+from kvopt.engine.window import DecodeWindow, WindowPlacement, fill_window_context, placement
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.failures import CallTooSlow
 from kvopt.measure.adaptive import StopRule, median_ci, repeat_fixed, repeat_until_precise
@@ -46,6 +47,9 @@ from kvopt.space import Candidate
 __all__ = [
     "Measurement",
     "measure_candidate",
+    "full_length_reason",
+    "context_ids",
+    "protocol_attrs",
     "stop_rule",
     "describe_stats",
     "with_unseen_memory",
@@ -188,6 +192,30 @@ def _refuse_if_too_slow(call_s: float, measure: MeasureConfig | None, cut_after:
         )
 
 
+def full_length_reason(candidate: Candidate, workload: Workload, measure: MeasureConfig | None) -> str | None:
+    """Why this candidate's decode is timed on whole calls (the full-length protocol); None: split protocol.
+
+    The split protocol (prefill-only calls for TTFT, a decode window for throughput) needs a
+    decode that is the same fixed per-step loop wherever it is observed, and is only worth it
+    where a full call decodes at least twice the window's steps (shorter calls are cheaper
+    timed whole: each also gives a TTFT).
+    """
+    window = measure.decode_window if measure is not None else 0
+    if window == 0:
+        return "measure.decode_window=0"
+    if workload.new_tokens - 1 < 2 * window:
+        return f"{workload.new_tokens} new tokens: a whole call costs about what a TTFT call and a {window}-step window do"
+    if candidate.cache_implementation == "paged":
+        return "paged: continuous batching schedules its own steps"
+    if candidate.compile:
+        return "static+compile: compiling is part of the set-up and the compiled loop is timed whole"
+    if candidate.cache_implementation == "quantized":
+        return "quantized: the cache is re-quantized every residual_length tokens, so steps are not alike"
+    if candidate.cache_implementation.startswith("offloaded"):
+        return "offloaded: layers are prefetched across steps; a copied offloaded cache is not checked to decode alike"
+    return None
+
+
 def measure_candidate(
     loaded: LoadedModel,
     candidate: Candidate,
@@ -203,6 +231,8 @@ def measure_candidate(
 ) -> Measurement:
     """Measure one candidate; ``measure=None`` or not adaptive: exactly ``repetitions`` runs.
 
+    Where :func:`full_length_reason` is None, a timed run is one prefill-only call (TTFT) and
+    one decode window (decode tok/s, :mod:`kvopt.engine.window`); otherwise one whole call.
     ``can_win(samples, peak_mem_mb)`` is asked after every timed run; a reason it returns
     ends the repetitions (the measurement then carries ``pruned_reason``). ``bounded``: refuse
     a candidate whose first call took over ``SLOW_CALL_FACTOR`` x ``measure.max_seconds``
@@ -214,11 +244,10 @@ def measure_candidate(
     # Setup, as a server does once per system prompt: the shared prefix's cache (kvopt.engine.prefix).
     prefix = prepare_prefix(model, candidate, workload, inputs, device)
     resident = resident_bytes(weights, inputs, prefix)
+    full_reason = full_length_reason(candidate, workload, measure)
 
-    def run(deadline_s: float | None = None) -> Any:
-        return timed_generate(
-            model, inputs, candidate, workload.new_tokens, device, deadline_s=deadline_s, prefix=prefix
-        )
+    def run(deadline_s: float | None = None, new_tokens: int = workload.new_tokens) -> Any:
+        return timed_generate(model, inputs, candidate, new_tokens, device, deadline_s=deadline_s, prefix=prefix)
 
     # A bounded first call is cut at the slow-call limit: past it the candidate is refused
     # anyway, and running it to the end would only spend the wall time.
@@ -227,8 +256,9 @@ def measure_candidate(
     def read_memory(result: Any, reading: MemoryReading) -> tuple[MemoryReading, int]:
         return with_unseen_memory(reading, result, model, candidate, workload, device), result.kv_bytes
 
-    # Where the peak is read: see the module docstring.
-    probe_in_timed_run = device.type == "cuda"
+    # Where the peak is read: see the module docstring. The split protocol's timed calls never
+    # reach the longest context, so its first (full-length, untimed) call reads it everywhere.
+    probe_in_timed_run = device.type == "cuda" and full_reason is not None
     memory: MemoryReading | None = None
     kv_bytes = 0
     start = time.perf_counter()
@@ -243,13 +273,32 @@ def measure_candidate(
     if bounded:  # the baseline is always measured: without it there is no gain to report
         _refuse_if_too_slow(first_call_s, measure, cut_after)
 
+    window: DecodeWindow | None = None
+    if full_reason is None:
+        assert measure is not None  # full_length_reason is None only with a decode window
+        where = placement(workload.prompt_tokens, workload.new_tokens, measure.decode_window)
+        window = fill_window_context(
+            model,
+            candidate,
+            context_ids(workload, where, candidate.batch_size, model.config.vocab_size, seed, device),
+            where,
+            workload.prompt_tokens + workload.new_tokens,
+            device,
+        )
+    # Wall time inside the timed calls, so a study's overhead can be measured.
+    timed_runs_s = 0.0
+
+    def timed_once() -> dict[str, float]:
+        if window is None:
+            return run().metrics(candidate.batch_size)
+        ttft = run(new_tokens=1).metrics(candidate.batch_size)["ttft_ms"]
+        return {"ttft_ms": ttft, **window.metrics(window.timed())}
+
     start = time.perf_counter()
     settle = not probe_in_timed_run and first_call_s < SETTLE_BELOW_S
-    for _ in range(max(warmup - 1, int(settle))):
-        run()
+    for _ in range(max(warmup - 1, int(settle or window is not None))):  # the window's own first call too
+        timed_once()
     warmup_s = time.perf_counter() - start
-    # Wall time inside the timed generate calls, so a study's overhead can be measured.
-    timed_runs_s = 0.0
 
     def once() -> dict[str, float]:
         nonlocal timed_runs_s, memory, kv_bytes
@@ -257,10 +306,11 @@ def measure_candidate(
         if memory is None:  # the first timed run carries the probe (its timing is the call's own)
             result, reading = measure_peak(run, device, resident)
             memory, kv_bytes = read_memory(result, reading)
+            metrics = result.metrics(candidate.batch_size)
         else:
-            result = run()
+            metrics = timed_once()
         timed_runs_s += time.perf_counter() - begin
-        return result.metrics(candidate.batch_size)
+        return metrics
 
     check = None
     if can_win is not None:
@@ -291,6 +341,28 @@ def measure_candidate(
             "memory_probe": "first timed run" if probe_in_timed_run else "first call",
             "warmup_s": warmup_s,
             "timed_runs_s": timed_runs_s,
+            **protocol_attrs(full_reason, window),
             **(prefix.as_attrs() if prefix else {}),
         },
     )
+
+
+def context_ids(
+    workload: Workload, where: WindowPlacement, batch_size: int, vocab_size: int, seed: int, device: torch.device
+) -> torch.Tensor:
+    """Token ids for a decode window: the cache's ``context_tokens`` and the one token after them."""
+    length = max(workload.prompt_tokens, where.context_tokens + 1)
+    longer = Workload(prompt_tokens=length, new_tokens=workload.new_tokens)
+    return make_inputs(longer, batch_size, vocab_size, seed, device)["input_ids"]
+
+
+def protocol_attrs(full_reason: str | None, window: DecodeWindow | None) -> dict[str, Any]:
+    """How a trial's timed runs were made, for its attrs: split (with the window) or full-length (and why)."""
+    if window is None:
+        return {"protocol": "full-length", "protocol_reason": full_reason}
+    return {
+        "protocol": "split",
+        "decode_window_context": window.where.context_tokens,
+        "decode_window_steps": window.where.steps,
+        "window_fill_s": window.fill_s,
+    }

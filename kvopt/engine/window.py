@@ -1,0 +1,177 @@
+"""A decode window: per-step decode latencies at a chosen context, without the decode before it.
+
+A full-length call spends most of its time decoding (gpt2 at 768+256 on a 2-core CPU: ~1 s of
+prefill, ~14 s of decode), so timing whole calls buys two samples in a 20-s trial. The
+decode rate of a fixed per-step loop depends on the context the step attends over, not on
+how the cache got there. So, as llama-bench times tg apart from pp:
+
+- **setup (untimed, once per candidate and shape):** one ``generate`` of one new token on
+  ``context_tokens`` prompt tokens, with the candidate's cache settings; the cache it filled
+  (``context_tokens`` entries) is kept. Static caches are sized to the full call's length
+  (``max_cache_len``), since their per-step cost grows with the buffer, not the entries.
+- **each sample (timed):** a copy of that cache (made before the clock starts), then a
+  ``generate`` of ``window + 1`` tokens from it: the one token after the cache is prefilled
+  (the clock's zero), then ``window`` decode steps, each stamped when its logits exist.
+
+The window's placement (:func:`placement`) puts its mean attended context at the full
+call's mean, ``prompt + new_tokens / 2``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
+
+from kvopt.engine.prefix import cache_argument
+from kvopt.interrupt import raise_if_interrupted
+from kvopt.measure.timing import synchronize
+from kvopt.space import STATIC_CACHES, Candidate
+
+__all__ = ["WindowPlacement", "placement", "DecodeWindow", "fill_window_context"]
+
+
+@dataclass(frozen=True)
+class WindowPlacement:
+    """Where the window sits: the cache holds ``context_tokens`` entries, then ``steps`` decode steps."""
+
+    context_tokens: int
+    steps: int
+
+    def mean_context(self) -> float:
+        """The mean number of positions a window step attends over.
+
+        The cache holds ``context_tokens``; the first generated token is prefilled at position
+        ``context_tokens`` and step ``j`` (1-based) attends over ``context_tokens + 1 + j`` positions.
+        """
+        return self.context_tokens + 1 + (self.steps + 1) / 2
+
+
+def placement(prompt_tokens: int, new_tokens: int, window: int) -> WindowPlacement:
+    """A window of at most ``window`` steps whose mean attended context is the full call's.
+
+    The full call's decode step ``j`` (1 … new_tokens − 1) attends over ``prompt + j``
+    positions: mean ``prompt + new_tokens / 2``. The window is shortened to the full call's
+    decode steps when those are fewer, and kept inside the full call's length (so a static
+    cache sized for the full call holds it).
+    """
+    if new_tokens < 2 or window < 1:
+        raise ValueError(f"a decode window needs new_tokens >= 2 and window >= 1 (got {new_tokens}, {window})")
+    steps = min(window, new_tokens - 1)
+    target = prompt_tokens + new_tokens / 2
+    context = round(target - 1 - (steps + 1) / 2)
+    # The window's last step writes position context + steps; the full call's last is prompt + new − 2.
+    context = max(1, min(context, prompt_tokens + new_tokens - 2 - steps))
+    return WindowPlacement(context_tokens=context, steps=steps)
+
+
+class _StepClock(LogitsProcessor):
+    """Stamps the clock each time logits exist (after the prefill, then after every decode step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        synchronize(self.device)  # generate syncs every step anyway (its stopping check reads a flag)
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def _window_kwargs(candidate: Candidate, steps: int) -> dict[str, Any]:
+    """Greedy, fixed-length generation; the cache comes from the filled context, not cache_implementation."""
+    kwargs = {k: v for k, v in candidate.generate_kwargs().items() if k != "cache_implementation"}
+    return {
+        "max_new_tokens": steps + 1,
+        "min_new_tokens": steps + 1,
+        "do_sample": False,
+        "pad_token_id": 0,
+        "return_dict_in_generate": True,
+        **kwargs,
+    }
+
+
+@dataclass
+class DecodeWindow:
+    """A filled cache at the window's start; :meth:`timed` decodes ``steps`` steps from a copy of it."""
+
+    model: PreTrainedModel
+    candidate: Candidate
+    input_ids: torch.Tensor  # context_tokens + 1 ids per row: the cache's entries and the token after
+    cache: Any
+    where: WindowPlacement
+    device: torch.device
+    fill_s: float
+
+    @torch.inference_mode()
+    def timed(self) -> list[float]:
+        """The window's per-step decode latencies in seconds (``steps`` of them)."""
+        raise_if_interrupted()
+        fresh = copy.deepcopy(self.cache)  # generate appends to the cache it is given
+        clock = _StepClock(self.device)
+        kwargs = _window_kwargs(self.candidate, self.where.steps)
+        kwargs[cache_argument(self.model)] = fresh
+        synchronize(self.device)
+        out = self.model.generate(  # type: ignore[operator]  # GenerationMixin, not listed on PreTrainedModel
+            input_ids=self.input_ids,
+            attention_mask=torch.ones_like(self.input_ids),
+            logits_processor=LogitsProcessorList([clock]),
+            **kwargs,
+        )
+        produced = out.sequences.shape[1] - self.input_ids.shape[1]
+        if produced != self.where.steps + 1 or len(clock.stamps) != self.where.steps + 1:
+            raise RuntimeError(f"decode window produced {produced} tokens, expected {self.where.steps + 1}")
+        return [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+
+    def metrics(self, steps_s: list[float]) -> dict[str, float]:
+        """Decode throughput of one window: ``batch × steps`` tokens over the steps' seconds."""
+        return {"decode_tok_s": self.candidate.batch_size * len(steps_s) / sum(steps_s)}
+
+
+@torch.inference_mode()
+def fill_window_context(
+    model: PreTrainedModel,
+    candidate: Candidate,
+    input_ids: torch.Tensor,
+    where: WindowPlacement,
+    full_length: int,
+    device: torch.device,
+) -> DecodeWindow:
+    """Fill the candidate's cache with ``where.context_tokens`` tokens of ``input_ids`` (untimed setup).
+
+    ``input_ids`` has at least ``context_tokens + 1`` ids per row. ``full_length``: prompt +
+    new tokens of the full call, the length a static cache is allocated for. A candidate
+    reusing a shared prefix fills a plain dynamic cache: its decode steps are the dynamic
+    cache's (the prefix changes only what is prefilled).
+    """
+    context = input_ids[:, : where.context_tokens]
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": 1,
+        "min_new_tokens": 1,
+        "do_sample": False,
+        "pad_token_id": 0,
+        "return_dict_in_generate": True,
+        **candidate.generate_kwargs(),
+    }
+    if candidate.cache_implementation in STATIC_CACHES:
+        kwargs["max_cache_len"] = full_length
+    synchronize(device)
+    start = time.perf_counter()
+    out = model.generate(input_ids=context, attention_mask=torch.ones_like(context), **kwargs)  # type: ignore[operator]
+    synchronize(device)
+    cache = out.cache if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+    if cache is None:
+        raise RuntimeError(f"{candidate.label}: generate returned no cache to decode the window from")
+    return DecodeWindow(
+        model=model,
+        candidate=candidate,
+        input_ids=input_ids[:, : where.context_tokens + 1],
+        cache=cache,
+        where=where,
+        device=device,
+        fill_s=time.perf_counter() - start,
+    )
