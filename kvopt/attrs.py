@@ -54,6 +54,7 @@ class Failure:
     INTERRUPTED = "interrupted"  # Ctrl-C, or its worker died: says nothing about the candidate
     TOO_SLOW = "too_slow"  # one generate call predicted or seen at several trial budgets: not measured
     QUALITY = "quality"  # over the quality bounds, or lossy and unverifiable (random weights): not timed
+    DROPPED = "dropped"  # dropped from the space before the study (cannot fit, or cannot be recommended)
 
     ALL = (
         OUT_OF_MEMORY,
@@ -67,6 +68,7 @@ class Failure:
         INTERRUPTED,
         TOO_SLOW,
         QUALITY,
+        DROPPED,
     )
 
 

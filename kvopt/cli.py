@@ -12,7 +12,6 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from rich.console import Console
 
 from kvopt.compose import unknown_group_options
 from kvopt.config import validate
@@ -42,10 +41,11 @@ def _remove_half_written_run_dir() -> None:
 
 @hydra.main(config_path=conf_dir(), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
+    from kvopt.report.terminal import command_console
     from kvopt.runner import prepare, tune
 
     quiet_libraries()
-    console = Console(soft_wrap=True)  # long lines wrap in the terminal, not mid-path
+    console = command_console()  # a terminal's width; a piped log's tables are not cut at 80 columns
     try:
         settings = validate(cfg)
         prepared = prepare(settings)

@@ -38,6 +38,7 @@ __all__ = [
     "StorageConfig",
     "StudyConfig",
     "MeasureConfig",
+    "parse_duration",
     "TrialConfig",
     "ConfirmConfig",
     "PruningConfig",
@@ -168,6 +169,8 @@ class StudyConfig:
     # A study to start from (STUDY or STUDY@STORAGE_URL): its profile-best first, its
     # measurements as the performance model's prior.
     warm_start: str | None = None
+    # Seconds for the whole command, search and confirmation together (None: no budget).
+    budget: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,8 +206,12 @@ class ConfirmConfig:
     """Re-measure the recommendation, the next top_k and the baseline, interleaved."""
 
     top_k: int = 3
-    rounds: int = 6
-    max_seconds: float = 90.0
+    # At most this many rounds per run; they stop earlier once the decision is clear (>= 5).
+    rounds: int = 20
+    max_seconds: float = 120.0
+    # Profile-score difference below which two finalists are a practical tie (0.02: about 2%
+    # of the weighted objectives, under the ~3-6% between-process spread of a reported median).
+    equivalence: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -585,13 +592,37 @@ def _study(problems: _Problems, s: Mapping[str, Any]) -> StudyConfig:
     if warm is not None and (not isinstance(warm, str) or not warm.strip() or warm.startswith("@")):
         problems.add("study.warm_start", warm, "null, STUDY or STUDY@STORAGE_URL")
         warm = None
+    budget = parse_duration(s.get("budget"))
+    if budget is not None and budget <= 0:
+        problems.add("study.budget", s.get("budget"), "null or a duration such as 300, 300s, 5m or 1h (> 0)")
+        budget = None
     return StudyConfig(
         name=name,
         n_trials=n_trials,
         timeout=None if timeout is None else float(timeout),
         converge=converge,
         warm_start=warm,
+        budget=budget,
     )
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``300``, ``"300s"``, ``"5m"`` or ``"1h"``; None for null; -1.0 for anything else (invalid)."""
+    if value is None:
+        return None
+    if _is_number(value):
+        return float(value)
+    text = str(value).strip().lower()
+    number, unit = text[:-1], text[-1:]
+    if unit in _DURATION_UNITS:
+        try:
+            return float(number) * _DURATION_UNITS[unit]
+        except ValueError:
+            return -1.0
+    return -1.0
 
 
 def _positive_number(problems: _Problems, key: str, value: Any, default: float) -> float:
@@ -664,10 +695,15 @@ def _confirm(problems: _Problems, c: Mapping[str, Any]) -> ConfirmConfig:
         problems.add("confirm.rounds", rounds, "an integer >= 0 (0 turns confirmation off)")
         rounds = default.rounds
     max_seconds = c.get("max_seconds", default.max_seconds)
+    equivalence = c.get("equivalence", default.equivalence)
+    if not _is_number(equivalence) or not 0 <= equivalence < 1:
+        problems.add("confirm.equivalence", equivalence, "a profile-score difference >= 0 and < 1 (0.02 = about 2%)")
+        equivalence = default.equivalence
     return ConfirmConfig(
         top_k=int(top_k),
         rounds=int(rounds),
         max_seconds=_positive_number(problems, "confirm.max_seconds", max_seconds, default.max_seconds),
+        equivalence=float(equivalence),
     )
 
 

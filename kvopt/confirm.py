@@ -27,14 +27,21 @@ from typing import Any
 
 import torch
 
-from kvopt.config import ConfirmConfig, ModelConfig, ProfileConfig
+from kvopt.config import ConfirmConfig, MeasureConfig, ModelConfig, ProfileConfig
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.prefix import prepare_prefix
+from kvopt.engine.window import DecodeWindow, fill_window_context, placement
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
 from kvopt.measure.memory import MB, measure_peak, weights_bytes
-from kvopt.protocol import SETTLE_BELOW_S, resident_bytes, with_unseen_memory
+from kvopt.protocol import (
+    SETTLE_BELOW_S,
+    context_ids,
+    full_length_reason,
+    resident_bytes,
+    with_unseen_memory,
+)
 from kvopt.select import Recommendation, Result, profile_score, slo_violations
 from kvopt.space import SearchSpace
 from kvopt.surrogate import log_ci_half_width
@@ -44,13 +51,26 @@ __all__ = [
     "Confirmation",
     "choose_finalists",
     "round_seconds",
-    "within_budget",
     "score_interval",
     "paired_scores",
     "confirm",
     "confirmed_gains",
     "confirmed_recommendation",
+    "separation",
+    "decision_is_clear",
+    "decide",
+    "Decision",
+    "MIN_ROUNDS",
+    "FULL_LENGTH_TOLERANCE",
 ]
+
+# No finalist is called confirmed (nor the baseline kept as proven) from fewer paired rounds:
+# with 5 rounds the median's distribution-free interval is [min, max] at 93.8% coverage.
+MIN_ROUNDS = 5
+# A decode window's estimate may differ this much from a full-length call before the
+# full-length figure counts (the window sits at the mean context; beyond this, it does not
+# stand for the whole call).
+FULL_LENGTH_TOLERANCE = 0.10
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,14 @@ class Confirmation:
     setup_s: float = 0.0
     # Per request shape of the profile's mix (one entry per shape; see :func:`confirm`).
     shapes: list[dict[str, Any]] = field(default_factory=list)
+    # Whether the decision is confirmed (at least MIN_ROUNDS rounds and clear; see decide()).
+    confirmed: bool = False
+    # The finalists the rounds could not tell from the chosen one (trial numbers).
+    tie_set: list[int] = field(default_factory=list)
+    stopped_because: str = ""
+    # Per (finalist, shape) with a decode window: its estimate against a full-length call.
+    window_checks: list[dict[str, Any]] = field(default_factory=list)
+    equivalence: float = 0.0
 
     @property
     def reversed(self) -> bool:
@@ -101,6 +129,11 @@ class Confirmation:
             "reversed": self.reversed,
             "notes": self.notes,
             "shapes": self.shapes,
+            "confirmed": self.confirmed,
+            "tie_set": self.tie_set,
+            "stopped_because": self.stopped_because,
+            "window_checks": self.window_checks,
+            "equivalence": self.equivalence,
         }
 
 
@@ -116,6 +149,8 @@ def confirmed_recommendation(rec: Recommendation, results: list[Result], stored:
         return rec
     gains = stored["gains"][str(chosen.number)]
     notes = [n for n in (rec.note, *stored["notes"]) if n]
+    # Stored before sequential confirmation: every stored confirmation counted as confirmed.
+    confirmed = bool(stored.get("confirmed", True))
     return Recommendation(
         result=chosen,
         score=rec.score if chosen.number == rec.result.number else float("nan"),
@@ -123,7 +158,7 @@ def confirmed_recommendation(rec: Recommendation, results: list[Result], stored:
         meets_slo=rec.meets_slo,
         note="; ".join(notes) or None,
         gains_ci={m: dict(g) for m, g in gains.items()},
-        confirmed_rounds=stored["rounds"],
+        confirmed_rounds=stored["rounds"] if confirmed else 0,
     )
 
 
@@ -183,33 +218,6 @@ def round_seconds(result: Result, trial_shape: Workload, shapes: Sequence[Worklo
     )
 
 
-def within_budget(
-    finalists: list[Result], cost: Callable[[Result], float], per_round_s: float
-) -> tuple[list[Result], list[str]]:
-    """The finalists whose one round together fits ``per_round_s``, and a note per one left out.
-
-    The recommendation and the baseline are always kept (without them nothing is
-    confirmed); the others are added in rank order while a round of all kept ones fits,
-    so the confirmation's budget (``confirm.max_seconds`` over ``confirm.rounds``) goes to
-    rounds enough to tell the best apart rather than to one round of many.
-    """
-    kept = {r.number for r in finalists if r is finalists[0] or r.is_baseline}
-    total = sum(cost(r) for r in finalists if r.number in kept)
-    notes: list[str] = []
-    for r in finalists:
-        if r.number in kept:
-            continue
-        if not notes and total + cost(r) <= per_round_s:
-            kept.add(r.number)
-            total += cost(r)
-        else:
-            notes.append(
-                f"#{r.number} {r.label} not confirmed: a round with it (~{total + cost(r):.0f} s, estimated from "
-                f"the trials) exceeds confirm.max_seconds / confirm.rounds ({per_round_s:.0f} s)"
-            )
-    return [r for r in finalists if r.number in kept], notes
-
-
 def _gain_from_ratios(ratios: list[float], higher_is_better: bool) -> Gain:
     """Per-round ratios (candidate over baseline) to a gain in percent with a CI."""
     ci = median_ci(ratios)
@@ -235,24 +243,58 @@ def confirmed_gains(
 
 
 class _ShapeCalls:
-    """One finalist's calls on one shape: the same prompts (and filled prefix, if it reuses one) every time."""
+    """One finalist's calls on one shape: the same prompts (and filled prefix, if it reuses one) every time.
 
-    def __init__(self, model: Any, cand: Any, shape: Workload, device: torch.device, seed: int, clock: list[float]):
+    A timed call follows the trial's protocol (:func:`kvopt.protocol.full_length_reason`): a
+    prefill-only call and a decode window (split), or one whole call (full-length).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        cand: Any,
+        shape: Workload,
+        device: torch.device,
+        seed: int,
+        clock: list[float],
+        measure: MeasureConfig | None,
+    ):
         self.model, self.cand, self.shape, self.device, self.clock = model, cand, shape, device, clock
         self.inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
         self.prefix = prepare_prefix(model, cand, shape, self.inputs, device)
+        self.full_reason = full_length_reason(cand, shape, measure)
+        self.window: DecodeWindow | None = None
+        if self.full_reason is None:
+            assert measure is not None  # a split protocol needs a window length
+            where = placement(shape.prompt_tokens, shape.new_tokens, measure.decode_window)
+            ids = context_ids(shape, where, cand.batch_size, model.config.vocab_size, seed, device)
+            self.window = fill_window_context(model, cand, ids, where, shape.prompt_tokens + shape.new_tokens, device)
 
-    def _generate(self) -> Any:
+    def _generate(self, new_tokens: int | None = None) -> Any:
         return timed_generate(
-            self.model, self.inputs, self.cand, self.shape.new_tokens, self.device, prefix=self.prefix
+            self.model, self.inputs, self.cand, new_tokens or self.shape.new_tokens, self.device, prefix=self.prefix
         )
 
+    def _once(self) -> dict[str, float]:
+        if self.window is None:
+            return dict(self._generate().metrics(self.cand.batch_size))
+        ttft = self._generate(new_tokens=1).metrics(self.cand.batch_size)["ttft_ms"]
+        return {"ttft_ms": ttft, **self.window.metrics(self.window.timed())}
+
     def timed(self) -> dict[str, float]:
-        """One timed call; adds its wall time to ``clock[0]``."""
+        """One timed run of the trial's protocol; adds its wall time to ``clock[0]``."""
         begin = time.monotonic()
-        run = self._generate()
+        metrics = self._once()
         self.clock[0] += time.monotonic() - begin
-        return run.metrics(self.cand.batch_size)
+        return metrics
+
+    def warm(self) -> None:
+        """One untimed run (warm-up)."""
+        self._once()
+
+    def full_length(self) -> float:
+        """Decode tok/s of one whole, unprofiled call: the check of the window's estimate."""
+        return float(self._generate().metrics(self.cand.batch_size)["decode_tok_s"])
 
     def peak_mb(self) -> tuple[float, float]:
         """Peak memory of one call and the call's seconds (it is also a warm-up call)."""
@@ -262,6 +304,73 @@ class _ShapeCalls:
         seconds = time.monotonic() - start
         reading = with_unseen_memory(reading, result, self.model, self.cand, self.shape, self.device)
         return reading.peak_bytes / MB, seconds
+
+
+@dataclass
+class _Rounds:
+    """The per-shape samples of the rounds so far: shape index -> trial number -> metric -> values."""
+
+    per_shape: list[dict[int, dict[str, list[float]]]]
+    count: int = 0
+
+
+def _previous_rounds(
+    previous: Mapping[str, Any] | None, finalists: list[Result], mix: Sequence[Workload], trial_shape: int
+) -> _Rounds | None:
+    """A stored confirmation's rounds, if it measured the same finalists on the same shapes (a re-run adds to them)."""
+    if not previous or sorted(previous.get("finalists", [])) != sorted(r.number for r in finalists):
+        return None
+    shapes = previous.get("shapes") or []
+    if len(mix) > 1:
+        if [(d["prompt_tokens"], d["new_tokens"]) for d in shapes] != [(w.prompt_tokens, w.new_tokens) for w in mix]:
+            return None
+        raw = [d["samples"] for d in shapes]
+    else:
+        raw = [previous.get("samples", {})]
+    try:
+        per_shape = [{r.number: {m: list(v) for m, v in s[str(r.number)].items()} for r in finalists} for s in raw]
+    except KeyError:  # stored by an older kvopt, or of other finalists
+        return None
+    return _Rounds(per_shape, int(previous.get("rounds", 0)))
+
+
+def _check_windows(
+    checks: dict[tuple[int, int], float],
+    rounds: _Rounds,
+    mix: Sequence[Workload],
+    labels: dict[int, str],
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    """Each (finalist, shape)'s window estimate against its full-length call; beyond the tolerance the latter counts.
+
+    Where the two differ by more than :data:`FULL_LENGTH_TOLERANCE`, the finalist's decode
+    samples on that shape are rescaled so their median is the full-length figure (the
+    rounds keep their round-to-round spread), and a note says so.
+    """
+    report = []
+    for (number, i), full in sorted(checks.items()):
+        samples = rounds.per_shape[i][number]["decode_tok_s"]
+        window = median_ci(samples).median
+        deviation = window / full - 1.0
+        counts = abs(deviation) > FULL_LENGTH_TOLERANCE
+        report.append(
+            {
+                "trial": number,
+                "shape": mix[i].label,
+                "window_tok_s": window,
+                "full_length_tok_s": full,
+                "deviation_pct": deviation * 100.0,
+                "full_length_counts": counts,
+            }
+        )
+        if counts:
+            rounds.per_shape[i][number]["decode_tok_s"] = [v * full / window for v in samples]
+            notes.append(
+                f"#{number} {labels[number]} at {mix[i].label}: the decode window's estimate "
+                f"({window:.1f} tok/s) is {deviation:+.0%} from a full-length call ({full:.1f} tok/s), beyond "
+                f"±{FULL_LENGTH_TOLERANCE:.0%}: the full-length figure counts"
+            )
+    return report
 
 
 def confirm(
@@ -277,11 +386,18 @@ def confirm(
     seed: int,
     on_round: Callable[[int, float], None] | None = None,
     shapes: Sequence[Workload] = (),
+    measure: MeasureConfig | None = None,
+    deadline: float | None = None,
+    previous: Mapping[str, Any] | None = None,
 ) -> Confirmation:
-    """Measure the finalists in rotating interleaved rounds and decide on confirmed numbers.
+    """Measure the finalists in rotating interleaved rounds until the decision is clear, then decide.
 
     ``workload`` is the shape the trials measured; ``shapes`` the profile's whole mix (it
-    includes ``workload``; empty: that shape alone).
+    includes ``workload``; empty: that shape alone). ``measure``: the trials' protocol
+    settings (the decode window). Rounds go on until :func:`decision_is_clear` (at least
+    :data:`MIN_ROUNDS`), ``cfg.rounds``, ``cfg.max_seconds`` of rounds, or ``deadline`` (a
+    ``time.monotonic()`` value for the whole confirmation). ``previous``: a stored
+    confirmation of the same finalists, whose rounds this one continues.
     """
     setup_start = time.monotonic()
     baseline = next(r for r in finalists if r.is_baseline)
@@ -289,16 +405,15 @@ def confirm(
     trial_shape = next(
         i for i, w in enumerate(mix) if (w.prompt_tokens, w.new_tokens) == (workload.prompt_tokens, workload.new_tokens)
     )
+    labels = {r.number: r.label for r in finalists}
     candidates = {r.number: space.make_candidate(r.params) for r in finalists}
     # One loader per (dtype, attention): every finalist's model stays loaded for the rounds.
     loaders: dict[tuple[str, str], ModelLoader] = {}
-    runners: dict[tuple[int, int], Callable[[], dict[str, float]]] = {}
-    clock = [0.0]  # wall time inside the rounds' generate calls
+    calls: dict[tuple[int, int], _ShapeCalls] = {}
+    clock = [0.0]  # wall time inside the rounds' timed calls
     # Peak memory per shape and finalist: the trials' for their shape, a first call for the others.
     memory: list[dict[int, float]] = [{} for _ in mix]
-    # Untimed calls still owed before the first round, per (finalist, shape): the profile's
-    # warm-up, where a memory-reading first call counts as the first of them (as in a trial).
-    warm_calls: dict[tuple[int, int], int] = {}
+    checks: dict[tuple[int, int], float] = {}  # (finalist, shape) -> full-length decode tok/s
     for number, cand in candidates.items():
         key = (cand.dtype, cand.attn_implementation)
         if key not in loaders:
@@ -306,48 +421,61 @@ def confirm(
         model = loaders[key].get(*key)[0].model
         result = next(r for r in finalists if r.number == number)
         for i, shape in enumerate(mix):
-            calls = _ShapeCalls(model, cand, shape, device, seed, clock)
-            runners[(number, i)] = calls.timed
+            shape_calls = _ShapeCalls(model, cand, shape, device, seed, clock, measure)
+            calls[(number, i)] = shape_calls
+            # The profile's warm-up; a memory-reading first call counts as the first (as in a trial).
             if i == trial_shape:
                 memory[i][number] = result.values["peak_mem_mb"]
-                warm_calls[(number, i)] = profile.warmup
+                warm = profile.warmup
             else:
-                memory[i][number], first_s = calls.peak_mb()
-                warm_calls[(number, i)] = max(profile.warmup - 1, int(first_s < SETTLE_BELOW_S))
-    for pair, warm in runners.items():  # every finalist warm on every shape before the first timed round
-        for _ in range(warm_calls[pair]):
-            warm()
+                memory[i][number], first_s = shape_calls.peak_mb()
+                warm = max(profile.warmup - 1, int(first_s < SETTLE_BELOW_S))
+            for _ in range(max(warm, int(shape_calls.window is not None))):
+                shape_calls.warm()
+            if shape_calls.window is not None:  # the window's estimate is checked against a whole call
+                checks[(number, i)] = shape_calls.full_length()
     clock[0] = 0.0  # the warm-up calls are setup, not measurement
     setup_s = time.monotonic() - setup_start
 
     order = [r.number for r in finalists]
-    per_shape: list[dict[int, dict[str, list[float]]]] = [
-        {n: {"ttft_ms": [], "decode_tok_s": []} for n in order} for _ in mix
-    ]
-    start = time.monotonic()
-    rounds = 0
+    rounds = _previous_rounds(previous, finalists, mix, trial_shape) or _Rounds(
+        [{n: {"ttft_ms": [], "decode_tok_s": []} for n in order} for _ in mix]
+    )
+    continued = rounds.count
     notes: list[str] = []
-    while rounds < cfg.rounds:
-        shift = rounds % len(order)
+    if continued:
+        notes.append(f"continues the {continued} rounds stored by an earlier run of this study")
+    start = time.monotonic()
+    stopped = f"confirm.rounds ({cfg.rounds}) reached"
+    while rounds.count - continued < cfg.rounds:
+        now = time.monotonic()
+        done_here = rounds.count - continued
+        mean_round = (now - start) / done_here if done_here else 0.0
+        # A round is started only if, at the rounds' mean length, it ends within the budget.
+        if done_here and now - start + mean_round > cfg.max_seconds:
+            stopped = f"confirm.max_seconds ({cfg.max_seconds:g} s) reached"
+            break
+        if deadline is not None and now + mean_round > deadline:
+            stopped = "study.budget reached"
+            break
+        shift = rounds.count % len(order)
         for i in range(len(mix)):
             for number in order[shift:] + order[:shift]:
-                for metric, value in runners[(number, i)]().items():
-                    per_shape[i][number][metric].append(value)
-        rounds += 1
+                for metric, value in calls[(number, i)].timed().items():
+                    rounds.per_shape[i][number][metric].append(value)
+        rounds.count += 1
         if on_round is not None:
-            on_round(rounds, time.monotonic() - start)
-        elapsed = time.monotonic() - start
-        # A round is started only if, at the rounds' mean length, it ends within the budget.
-        if rounds < cfg.rounds and elapsed + elapsed / rounds > cfg.max_seconds:
-            notes.append(
-                f"stopped after {rounds} of {cfg.rounds} rounds: one more (~{elapsed / rounds:.0f} s) "
-                f"would pass confirm.max_seconds ({cfg.max_seconds:g} s)"
-            )
+            on_round(rounds.count, time.monotonic() - start)
+        scores = _mix_scores(_shape_scores(finalists, baseline, rounds, memory, mix, profile), mix)
+        if rounds.count >= MIN_ROUNDS and decision_is_clear(scores, baseline.number, cfg.equivalence):
+            stopped = "the decision is clear"
             break
     for loader in loaders.values():
         loader.release()
+    notes.append(f"rounds stopped after {rounds.count}: {stopped}")
 
-    samples = per_shape[trial_shape]
+    window_checks = _check_windows(checks, rounds, mix, labels, notes) if rounds.count else []
+    samples = rounds.per_shape[trial_shape]
     gains = {
         r.number: confirmed_gains(
             samples[r.number],
@@ -356,25 +484,11 @@ def confirm(
         )
         for r in finalists
     }
-    shares = [w.share for w in mix] if len(mix) > 1 else [1.0]
-    by_shape = [
-        {
-            r.number: paired_scores(
-                per_shape[i][r.number],
-                per_shape[i][baseline.number],
-                memory[i][r.number] / memory[i][baseline.number],
-                profile.weights,
-            )
-            for r in finalists
-        }
-        for i in range(len(mix))
-    ]
-    # A round's mix score: the share-weighted sum of its per-shape paired scores.
-    scores = {
-        r.number: [sum(shares[i] * by_shape[i][r.number][k] for i in range(len(mix))) for k in range(rounds)]
-        for r in finalists
-    }
-    recommended = _decide(finalists, scores, baseline, profile, notes)
+    by_shape = _shape_scores(finalists, baseline, rounds, memory, mix, profile)
+    scores = _mix_scores(by_shape, mix)
+    decision = decide(finalists, scores, baseline, profile, cfg.equivalence, rounds.count)
+    notes.extend(decision.notes)
+    recommended = decision.chosen
     if recommended.number != finalists[0].number:
         notes.append(
             f"confirmation reversed the study's ranking: #{finalists[0].number} {finalists[0].label} "
@@ -383,12 +497,21 @@ def confirm(
     shape_docs = []
     if len(mix) > 1:
         shape_docs = [
-            _shape_doc(mix[i], i == trial_shape, finalists, baseline, per_shape[i], memory[i], by_shape[i], profile.slo)
+            _shape_doc(
+                mix[i],
+                i == trial_shape,
+                finalists,
+                baseline,
+                rounds.per_shape[i],
+                memory[i],
+                by_shape[i],
+                profile.slo,
+            )
             for i in range(len(mix))
         ]
         _note_disagreement(shape_docs, finalists, notes)
     return Confirmation(
-        rounds=rounds,
+        rounds=rounds.count,
         finalists=finalists,
         samples=samples,
         gains=gains,
@@ -399,7 +522,44 @@ def confirm(
         timed_s=clock[0],
         setup_s=setup_s,
         shapes=shape_docs,
+        confirmed=decision.confirmed,
+        tie_set=[r.number for r in decision.tie_set],
+        stopped_because=stopped,
+        window_checks=window_checks,
+        equivalence=cfg.equivalence,
     )
+
+
+def _shape_scores(
+    finalists: list[Result],
+    baseline: Result,
+    rounds: _Rounds,
+    memory: list[dict[int, float]],
+    mix: Sequence[Workload],
+    profile: ProfileConfig,
+) -> list[dict[int, list[float]]]:
+    """Per shape, each finalist's per-round paired profile score against the baseline."""
+    return [
+        {
+            r.number: paired_scores(
+                rounds.per_shape[i][r.number],
+                rounds.per_shape[i][baseline.number],
+                memory[i][r.number] / memory[i][baseline.number],
+                profile.weights,
+            )
+            for r in finalists
+        }
+        for i in range(len(mix))
+    ]
+
+
+def _mix_scores(by_shape: list[dict[int, list[float]]], mix: Sequence[Workload]) -> dict[int, list[float]]:
+    """A round's mix score per finalist: the share-weighted sum of its per-shape paired scores."""
+    shares = [w.share for w in mix] if len(mix) > 1 else [1.0]
+    return {
+        number: [sum(share * shape[number][k] for share, shape in zip(shares, by_shape)) for k in range(len(scores))]
+        for number, scores in by_shape[0].items()
+    }
 
 
 def _preferred(
@@ -480,70 +640,134 @@ def _changes(result: Result, baseline: Result) -> int:
     return sum(result.params.get(k) != baseline.params.get(k) for k in keys)
 
 
-def _settle_ties(
-    proven: list[Result],
-    scores: dict[int, list[float]],
-    baseline: Result,
-    notes: list[str],
-) -> Result:
-    """Among finalists with a proven gain, the one the rounds can tell is best — else the simplest.
+def separation(differences: Sequence[float], equivalence: float) -> str:
+    """What paired per-round differences (a − b) show: ``better``, ``worse``, ``equivalent`` or ``unclear``.
 
-    Finalists whose per-round score difference to the best median's (paired, same rounds)
-    has a CI that includes zero are tied with it; of tied ones the fewest settings changed
-    from the baseline wins (then the smaller batch, then the label), so a second run of
-    the same command, whose noise orders the tied ones differently, keeps the same one.
+    Their median's distribution-free CI lies inside ±``equivalence``: equivalent (a
+    practical tie, even where it also excludes zero); else wholly above zero: better; wholly
+    below: worse; otherwise the rounds cannot tell.
     """
-    leader = max(proven, key=lambda r: median_ci(scores[r.number]).median)
-    tied = [
-        r
-        for r in proven
-        if r.number == leader.number
-        or median_ci([a - b for a, b in zip(scores[leader.number], scores[r.number])]).low <= 0
-    ]
-    chosen = min(tied, key=lambda r: (_changes(r, baseline), r.params.get("batch_size", 0), r.label))
-    if len(tied) > 1:
-        notes.append(
-            "finalists within each other's noise (paired score differences' CI includes zero): "
-            + ", ".join(f"#{r.number} {r.label}" for r in tied)
-            + f"; keeping the simplest change from the baseline, #{chosen.number} {chosen.label}"
-        )
-    return chosen
+    if not differences:
+        return "unclear"
+    ci = median_ci(differences)
+    if -equivalence <= ci.low and ci.high <= equivalence:
+        return "equivalent"
+    if ci.low > 0:
+        return "better"
+    if ci.high < 0:
+        return "worse"
+    return "unclear"
 
 
-def _decide(
+def _gaps(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Per-round differences a − b of two finalists' paired scores (same rounds)."""
+    return [x - y for x, y in zip(a, b)]
+
+
+def _leader(scores: Mapping[int, Sequence[float]]) -> int:
+    """The finalist with the highest median paired score (the baseline's is 0 in every round)."""
+    return max(scores, key=lambda n: (median_ci(scores[n]).median if scores[n] else 0.0, -n))
+
+
+def decision_is_clear(scores: Mapping[int, Sequence[float]], baseline: int, equivalence: float) -> bool:
+    """Whether every finalist is told apart from the baseline and from the leader (or is within the margin).
+
+    ``scores``: each finalist's per-round profile score against the baseline of the same
+    round (the baseline's own are all 0).
+    """
+    leader = _leader(scores)
+    for number, values in scores.items():
+        if number == baseline:
+            continue
+        if separation(values, equivalence) == "unclear":
+            return False
+        if number != leader:
+            if separation(_gaps(scores[leader], values), equivalence) == "unclear":
+                return False
+    return True
+
+
+@dataclass
+class Decision:
+    """What the confirmed rounds support: the chosen finalist, the tie set it came from, whether it is confirmed."""
+
+    chosen: Result
+    tie_set: list[Result]
+    confirmed: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def decide(
     finalists: list[Result],
-    scores: dict[int, list[float]],
+    scores: Mapping[int, Sequence[float]],
     baseline: Result,
     profile: ProfileConfig,
-    notes: list[str],
-) -> Result:
-    """The finalist the confirmed rounds support; the baseline unless a gain is shown.
+    equivalence: float,
+    rounds: int,
+) -> Decision:
+    """The finalist the rounds support: the baseline unless a gain is shown, ties to the simplest change.
 
-    ``scores`` holds each finalist's per-round profile score against the baseline of the
-    same round (the mix score: share-weighted over the shapes). A finalist can replace the
-    baseline only if the distribution-free CI of its median score lies wholly above zero (a
-    gain the noise cannot explain); of those, the highest median wins unless the rounds
-    cannot tell it from another (then the simplest change wins, :func:`_settle_ties`). With
-    none, the baseline is kept and a note says which finalists were within the noise — so
-    two runs of one command agree, or both say why.
+    - Fewer than :data:`MIN_ROUNDS` rounds: nothing is confirmed; the baseline is kept.
+    - The tie set: the leader (highest median paired score; the baseline scores 0) and every
+      SLO-meeting finalist the rounds cannot show worse than it by more than ``equivalence``
+      (their paired differences are ``equivalent`` or ``unclear``). It goes to the fewest
+      settings changed from the baseline (then the smaller batch, then the label), so the
+      baseline wins any tie it is in and two runs whose noise orders the tied differently agree.
+    - Confirmed: the chosen one is the baseline or is ``better`` than it; and every member of
+      the tie set is told apart from the baseline (no member ``unclear`` against it).
     """
-    feasible_baseline = not slo_violations(baseline.values, profile.slo)
-    scored: list[tuple[float, float, Result]] = []
-    for r in finalists:
-        if r.number == baseline.number or slo_violations(r.values, profile.slo):
-            continue
-        ci = median_ci(scores[r.number])
-        scored.append((ci.median, ci.low, r))
-    proven = [(median, r) for median, low, r in scored if low > 0]
-    if proven:
-        return _settle_ties([r for _, r in proven], scores, baseline, notes)
-    if not feasible_baseline and scored:
-        notes.append("the baseline breaks an SLO: the best confirmed finalist is kept although its gain is not proven")
-        return max(scored, key=lambda item: item[0])[2]
-    if scored:
-        within = ", ".join(f"#{r.number} {median:+.3f} [{low:+.3f}, …]" for median, low, r in scored)
+    labels = {r.number: f"#{r.number} {r.label}" for r in finalists}
+    notes: list[str] = []
+    eligible = [r for r in finalists if r.is_baseline or not slo_violations(r.values, profile.slo)]
+    if not slo_violations(baseline.values, profile.slo) or len(eligible) == 1:
+        pool = eligible
+    else:  # the baseline breaks an SLO: it cannot be kept, the best of the others is
+        pool = [r for r in eligible if not r.is_baseline]
+        notes.append("the baseline breaks an SLO: it cannot be kept; the best confirmed finalist is chosen")
+    if rounds < MIN_ROUNDS:
+        others = ", ".join(labels[r.number] for r in finalists if not r.is_baseline) or "none"
         notes.append(
-            "no finalist's profile-score gain over the baseline excludes zero in the paired rounds "
-            f"(median paired score [CI low]: {within}): keeping the baseline"
+            f"not confirmed: within the budget the rounds ({rounds} of the {MIN_ROUNDS} a decision needs) could not "
+            f"separate {others} from the baseline #{baseline.number} {baseline.label}: keeping the baseline"
         )
-    return baseline
+        kept = baseline if baseline in pool else max(pool, key=lambda r: median_ci(scores[r.number] or [0.0]).median)
+        return Decision(chosen=kept, tie_set=[kept], confirmed=False, notes=notes)
+    pooled = {r.number: list(scores[r.number]) for r in pool}
+    leader = _leader(pooled)
+    tie_set = [
+        r
+        for r in pool
+        if r.number == leader
+        or separation(_gaps(pooled[leader], pooled[r.number]), equivalence) in ("equivalent", "unclear")
+    ]
+    chosen = min(tie_set, key=lambda r: (_changes(r, baseline), r.params.get("batch_size", 0), r.label))
+    unclear = [r for r in tie_set if not r.is_baseline and separation(pooled[r.number], equivalence) == "unclear"]
+    confirmed = (chosen.is_baseline or separation(pooled[chosen.number], equivalence) == "better") and not unclear
+    if len(tie_set) > 1:
+        notes.append(
+            f"tie set (within confirm.equivalence={equivalence:g} of the leader, or not separable from it in "
+            f"{rounds} rounds): "
+            + ", ".join(labels[r.number] for r in tie_set)
+            + f"; keeping the simplest change from the baseline, {labels[chosen.number]}"
+        )
+    if not confirmed:
+        notes.append(
+            f"not confirmed: within the budget the rounds ({rounds}) could not separate "
+            + ", ".join(labels[r.number] for r in (unclear or [chosen]))
+            + f" from the baseline #{baseline.number} {baseline.label}"
+            + ("" if chosen.is_baseline else "; keeping the baseline")
+        )
+        if not chosen.is_baseline and baseline in pool:
+            chosen = baseline
+    elif chosen.is_baseline and len(pool) > 1:
+        within = ", ".join(
+            f"{labels[r.number]} {median_ci(pooled[r.number]).median:+.3f} "
+            f"[{median_ci(pooled[r.number]).low:+.3f}, {median_ci(pooled[r.number]).high:+.3f}]"
+            for r in pool
+            if not r.is_baseline
+        )
+        notes.append(
+            "no finalist's profile-score gain over the baseline is shown beyond the equivalence margin "
+            f"(median paired score [CI]: {within}): keeping the baseline"
+        )
+    return Decision(chosen=chosen, tie_set=tie_set, confirmed=confirmed, notes=notes)

@@ -1,25 +1,35 @@
 """The measurement protocol of one trial: setup, memory, warm-up, repetitions, statistics.
 
-Every run is one greedy ``generate`` of exactly ``new_tokens`` tokens on the same
-synthetic prompts. TTFT is the time from the call to the first logits (prefill);
-decode throughput is ``batch × (new_tokens − 1)`` over the time after the first token.
+A timed run gives one TTFT and one decode throughput, by one of two protocols
+(:func:`full_length_reason` says which, and why):
+
+- **split** (prefill and decode apart): one prefill-only ``generate`` (one new token) gives
+  the TTFT; one decode window (:mod:`kvopt.engine.window`: ``measure.decode_window`` steps
+  from a cache filled to the full call's mean context) gives the decode tok/s;
+- **full-length**: one greedy ``generate`` of exactly ``new_tokens`` tokens gives both: TTFT
+  from the call to the first logits, decode throughput ``batch × (new_tokens − 1)`` over the
+  time after the first token.
 
 Order of one trial:
-1. first call, timed as setup cost (kernel selection, lazy init, compile) — never
+1. first call, full-length, timed as setup cost (kernel selection, lazy init, compile) — never
    mixed into TTFT or throughput. It is the first of the profile's ``warmup`` untimed runs;
-2. the remaining ``warmup − 1`` untimed runs (at least one after a short profiled first call);
-3. timed runs: a fixed count, or adaptive (until each median's 95% CI is within
+2. (split) the window's cache is filled, untimed;
+3. the remaining ``warmup − 1`` untimed runs (at least one after a short profiled first call,
+   and at least one of the split protocol's calls);
+4. timed runs: a fixed count, or adaptive (until each median's 95% CI is within
    ``rel_precision``, or a cap — then the trial is flagged noisy).
 
-The peak memory is read in a call that is run anyway, never in an extra one: on CUDA the
-allocator's counters cost nothing, so the first timed run carries them; on CPU the
-profiler that reads the peak slows the call it watches, so the first call (untimed) carries
-it, and ``first_call_s`` there includes the profiler's cost. On CPU the first call's peak
-equals later calls' (checked for every cache on tiny-llama and tiny-gpt2: Transformers
-builds a fresh cache per ``generate``), so nothing is lost by reading it there. The
-profiler does slow the call right after it, by about a millisecond (tiny-llama: TTFT +28%
-on the next call, none after a plain first call; gpt2 at 32 tokens: none visible), so a
-first call shorter than ``SETTLE_BELOW_S`` is followed by one more untimed call.
+The peak memory is read in a call that is run anyway, never in an extra one, and always in
+a full-length call (the longest context any call reaches): on CPU the profiler that reads the
+peak slows the call it watches, so the first call (untimed) carries it, and
+``first_call_s`` there includes the profiler's cost; the split protocol reads it there on
+CUDA too (its timed runs never reach the longest context); a full-length trial on CUDA
+reads the allocator's counters, which cost nothing, in its first timed run. On CPU the first
+call's peak equals later calls' (checked for every cache on tiny-llama and tiny-gpt2:
+Transformers builds a fresh cache per ``generate``). The profiler does slow the call right
+after it, by about a millisecond (tiny-llama: TTFT +28% on the next call, none after a plain
+first call; gpt2 at 32 tokens: none visible), so a first call shorter than
+``SETTLE_BELOW_S`` is followed by one more untimed call.
 """
 
 from __future__ import annotations
@@ -204,7 +214,9 @@ def full_length_reason(candidate: Candidate, workload: Workload, measure: Measur
     if window == 0:
         return "measure.decode_window=0"
     if workload.new_tokens - 1 < 2 * window:
-        return f"{workload.new_tokens} new tokens: a whole call costs about what a TTFT call and a {window}-step window do"
+        return (
+            f"{workload.new_tokens} new tokens: a whole call costs about what a TTFT call and a {window}-step window do"
+        )
     if candidate.cache_implementation == "paged":
         return "paged: continuous batching schedules its own steps"
     if candidate.compile:

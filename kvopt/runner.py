@@ -22,29 +22,33 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
-from kvopt.confirm import Confirmation, choose_finalists, confirm, round_seconds, within_budget
+from kvopt.confirm import MIN_ROUNDS, Confirmation, choose_finalists, confirm
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.source import resolve_config
+from kvopt.engine.window import placement
 from kvopt.engine.workload import Workload, WorkloadMix, make_mix
 from kvopt.errors import ConfigError
-from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
+from kvopt.explore import queue_unmeasured_after_repeat, remaining_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
 from kvopt.metrics import METRICS
 from kvopt.paths import write_json_atomic
 from kvopt.predict import memory_prior
 from kvopt.probe import backend_missing, default_attn_implementation, probe
+from kvopt.protocol import full_length_reason
 from kvopt.quality import quality_summary
 from kvopt.report.dashboard import publish_study
 from kvopt.report.export import StudySettings, write_settings
 from kvopt.report.terminal import (
     StudyProgress,
+    command_console,
     paste_snippet,
     print_confirmation,
     print_plan,
     print_summary,
 )
 from kvopt.sampler import WarmStart, check_converged, warm_start_from
+from kvopt.screen import screen
 from kvopt.select import Recommendation, Result, collect_results, recommend
 from kvopt.space import Candidate, SearchSpace
 from kvopt.storage import describe_storage, open_storage, study_lock
@@ -54,6 +58,7 @@ from kvopt.study import (
     enqueue_baseline,
     make_sampler,
     open_study,
+    resume_space,
     study_device_label,
     study_name,
 )
@@ -93,6 +98,8 @@ class Prepared:
     started: float | None = None
     # study.warm_start read: the other study's measurements and profile-best.
     warm_start: WarmStart = field(default_factory=WarmStart)
+    # study.budget, started when prepare() began (None: no budget).
+    budget: Budget | None = None
 
     @property
     def workload(self) -> Workload:
@@ -175,6 +182,44 @@ class StudyResult:
         }
 
 
+# The share of study.budget the search may use; confirmation gets the rest. Confirmation's
+# set-up (a full-length check per finalist and shape) is a large, fixed cost on a slow
+# machine, and fewer than 5 rounds confirm nothing, so it gets close to half.
+SEARCH_SHARE = 0.55
+# Seconds kept at the end of the budget for reading the study back and writing the outputs.
+OUTPUT_RESERVE_S = 5.0
+
+
+@dataclass
+class Budget:
+    """``study.budget`` split between search and confirmation, on the monotonic clock."""
+
+    seconds: float
+    started: float  # time.monotonic() when the command began
+
+    @property
+    def search_end(self) -> float:
+        """When the last trial should have ended."""
+        return self.started + SEARCH_SHARE * self.seconds
+
+    @property
+    def end(self) -> float:
+        """When the confirmation's rounds must have ended (outputs follow)."""
+        return self.started + self.seconds - OUTPUT_RESERVE_S
+
+    def describe(self) -> str:
+        """The plan's line: how the budget will be split."""
+        return (
+            f"{_duration(self.seconds)} for search and confirmation: trials until "
+            f"{_duration(SEARCH_SHARE * self.seconds)} (none starts that would not end by then), "
+            f"confirmation rounds until {_duration(self.seconds - OUTPUT_RESERVE_S)}; n_trials and timeout stay caps"
+        )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
 def _result_dict(r: Result) -> dict[str, Any]:
     return {
         "number": r.number,
@@ -188,6 +233,7 @@ def _result_dict(r: Result) -> dict[str, Any]:
 def prepare(cfg: KvoptConfig) -> Prepared:
     """Resolve model, device, weights, storage and search space; raise KvoptError on bad input."""
     started = time.perf_counter()
+    time_budget = Budget(cfg.study.budget, time.monotonic()) if cfg.study.budget else None
     # The model the user named (its own config.json, pinned revision): p.cfg carries it from here on.
     cfg, weights = resolve_config(cfg)
     device = resolve_device(cfg.device)
@@ -226,6 +272,10 @@ def prepare(cfg: KvoptConfig) -> Prepared:
     space = SearchSpace.from_config(
         cfg.search_space, baseline, probed.unavailable, mix.shared_prefix_tokens / mix.trial.prompt_tokens
     )
+    budget = memory_budget_bytes(cfg.pruning.memory_budget_mb, device)
+    # No trial on what cannot fit or cannot be recommended (after what cannot run: the probe's).
+    space = screen(space, cfg.model, mix.trial, weights=weights.kind, quality=cfg.quality, memory_budget_bytes=budget)
+    space = resume_space(storage, name, space)  # a stored study keeps its distributions
     existing = check_compatible(storage, name, space)
     warm = _read_warm_start(cfg, storage, name, space)
     return Prepared(
@@ -238,11 +288,12 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         storage_label=describe_storage(cfg.storage),
         name=name,
         existing_trials=existing,
-        memory_budget_bytes=memory_budget_bytes(cfg.pruning.memory_budget_mb, device),
+        memory_budget_bytes=budget,
         identity=identity,
         device_lock=device_lock,
         started=started,
         warm_start=warm,
+        budget=time_budget,
     )
 
 
@@ -300,6 +351,8 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
     cfg, w = p.cfg, p.workload
     choices = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in p.space.all_choices().items())
     resume = f" (continuing: {p.existing_trials} trials stored)" if p.existing_trials else ""
+    # Combinations of these choices dropped one by one (their lines follow the plan).
+    excluded = f"; {len(p.space.excluded)} more dropped" if p.space.excluded else ""
     return [
         ("study", f"{p.name}{resume}"),
         ("storage", p.storage_label),
@@ -320,11 +373,28 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
                 else f"{cfg.profile.repetitions} timed runs"
             ),
         ),
+        ("protocol", _protocol_line(p)),
         *_mix_lines(p.mix, p.space),
-        ("search space", f"{choices} ({p.space.size} candidates)"),
+        ("search space", f"{choices} ({p.space.size} candidates{excluded})"),
         ("baseline", p.space.baseline.label),
+        *([("budget", p.budget.describe())] if p.budget else []),
         *_warm_line(p),
     ]
+
+
+def _protocol_line(p: Prepared) -> str:
+    """How a timed run is made on the trials' shape: split (prefill-only call + decode window) or whole calls."""
+    w, measure = p.workload, p.cfg.measure
+    reason = full_length_reason(p.space.baseline, w, measure)
+    if reason is not None:
+        return f"whole calls (TTFT and decode from each generate): {reason}"
+    where = placement(w.prompt_tokens, w.new_tokens, measure.decode_window)
+    return (
+        f"split: TTFT from prefill-only calls (1 new token), decode tok/s from a {where.steps}-step window "
+        f"after {where.context_tokens} cached tokens (mean context {w.prompt_tokens + w.new_tokens / 2:g}, "
+        "as in the full call); "
+        "peak memory from one full-length call; whole calls for paged, compiled static, quantized and offloaded caches"
+    )
 
 
 def _mix_lines(mix: WorkloadMix, space: SearchSpace) -> list[tuple[str, str]]:
@@ -338,7 +408,7 @@ def _mix_lines(mix: WorkloadMix, space: SearchSpace) -> list[tuple[str, str]]:
             if space.offers_prefix_reuse
             else "not reused: search_space.dynamic.prefix_reuse does not offer it"
         )
-        lines.append(("shared prefix", f"{mix.shared_prefix_tokens} tokens in every request; {reuse}"))
+        lines.append(("shared prefix", f"{mix.describe_prefix()}; {reuse}"))
     return lines
 
 
@@ -403,6 +473,7 @@ class _AfterTrial:
         self.requeue = requeue
         self.outcomes: list[TrialOutcome] = []
         self.stopped: list[str] = []  # why the study stopped, once it did
+        self.search_started = time.monotonic()
         # The memory model's prior for the convergence check: fixed for the run, computed once.
         self.memory_prior = memory_prior(p.cfg.model, p.workload)
 
@@ -428,8 +499,14 @@ class _AfterTrial:
     def _stop_reason(self, study: optuna.Study) -> str | None:
         """Why the study should stop now (every candidate measured, or converged), else None."""
         p, cfg = self.p, self.p.cfg
-        if len(tried_candidates(study)) >= p.space.size:
+        if not remaining_candidates(study, p.space):  # excluded candidates drawn by TPE do not count
             return f"every candidate of the search space ({p.space.size}) has been measured"
+        if p.budget is not None and self.outcomes:
+            # Another trial starts only if, at the mean trial length so far, it ends within the search's share.
+            now = time.monotonic()
+            mean = (now - self.search_started) / len(self.outcomes)
+            if now + mean > p.budget.search_end:
+                return f"study.budget: another trial (~{mean:.0f} s) would pass the search's share of the budget"
         if not cfg.study.converge:
             return None
         converged = check_converged(
@@ -510,7 +587,7 @@ def tune(
     The flow: plan -> open the study -> trials until a stop rule or a cap -> confirm the
     finalists -> read the run record back from storage -> print and write it.
     """
-    console = console or Console()
+    console = console or command_console()
     p = prepared or prepare(cfg)
     cfg = p.cfg  # the resolved model
     print_plan(console, _plan_lines(p), p.space.dropped)
@@ -525,17 +602,23 @@ def tune(
     loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
     shared = _worker_objective(p, loader, identity, requeue)
     interrupted = False
+    nothing_left = _nothing_left_to_measure(p, study)
+    if nothing_left is not None:
+        console.print(nothing_left, highlight=False)
     with StudyProgress(console, cfg.study.n_trials, cfg.study.timeout) as progress:
         after_trial = _AfterTrial(p, progress, identity, requeue)
+        if nothing_left is not None:
+            after_trial.stopped.append("nothing left to measure")
         try:
             with catch_interrupts():
-                study.optimize(
-                    shared,
-                    n_trials=cfg.study.n_trials,
-                    timeout=cfg.study.timeout,
-                    callbacks=[after_trial],
-                    gc_after_trial=False,
-                )
+                if nothing_left is None:
+                    study.optimize(
+                        shared,
+                        n_trials=cfg.study.n_trials,
+                        timeout=_search_timeout(cfg.study.timeout, p.budget),
+                        callbacks=[after_trial],
+                        gc_after_trial=False,
+                    )
         except KeyboardInterrupt:
             after_trial.stopped.append("interrupted by the user (Ctrl-C)")
             interrupted = True
@@ -543,9 +626,11 @@ def tune(
     stopped = after_trial.stopped or [after_trial.cap_reason()]
     outcomes = after_trial.outcomes
 
-    wall_s = time.perf_counter() - started
+    search_s = time.perf_counter() - started
     console.print(f"stopped: {stopped[0]}", highlight=False)
     confirmation = None if interrupted else _confirm_recommendation(p, study, console)
+    wall_s = time.perf_counter() - started
+    console.print(_time_spent(search_s, confirmation, wall_s, p.budget), highlight=False)
     # The run record, read back from storage once everything is stored: every output below renders it.
     result = StudyResult(
         record=stored_study(study, p.storage_label),
@@ -570,11 +655,39 @@ def tune(
     return result
 
 
+def _nothing_left_to_measure(p: Prepared, study: optuna.Study) -> str | None:
+    """The line to print when every runnable candidate has been measured (no trial can add one), else None."""
+    if remaining_candidates(study, p.space):
+        return None
+    return (
+        f"nothing left to measure: every runnable candidate of the search space ({p.space.size}) "
+        "has been measured; this run adds confirmation rounds"
+    )
+
+
+def _search_timeout(timeout: float | None, budget: Budget | None) -> float | None:
+    """Optuna's timeout: study.timeout, or what is left of the search's share of the budget if sooner."""
+    if budget is None:
+        return timeout
+    left = max(1.0, budget.search_end - time.monotonic())
+    return left if timeout is None else min(timeout, left)
+
+
+def _time_spent(search_s: float, confirmation: Confirmation | None, wall_s: float, budget: Budget | None) -> str:
+    """The end's line: where the command's time went, against its budget."""
+    parts = [f"search {search_s:.0f} s"]
+    if confirmation is not None:
+        parts.append(f"confirmation {confirmation.setup_s:.0f} s set-up + {confirmation.seconds:.0f} s rounds")
+    tail = f" of study.budget {budget.seconds:.0f} s" if budget is not None else ""
+    return f"time: {', '.join(parts)}; {wall_s:.0f} s in all{tail}"
+
+
 def _confirm_recommendation(p: Prepared, study: optuna.Study, console: Console) -> Confirmation | None:
-    """Re-measure the finalists interleaved and store the outcome with the study.
+    """Re-measure the finalists in paired rounds until the decision is clear; store the outcome with the study.
 
     The recommendation then follows the confirmed numbers: the run record applies the
     stored confirmation (:func:`kvopt.confirm.confirmed_recommendation`), as ``kvopt report`` does.
+    A stored confirmation of the same finalists is continued (a re-run adds rounds to it).
     """
     cfg = p.cfg
     results = collect_results(study)
@@ -585,18 +698,11 @@ def _confirm_recommendation(p: Prepared, study: optuna.Study, console: Console) 
     finalists = choose_finalists(results, rec.result, cfg.profile, cfg.confirm.top_k)
     if len(finalists) < 2:
         return None
-    finalists, left_out = within_budget(
-        finalists,
-        lambda r: round_seconds(r, p.workload, p.mix.shapes),
-        cfg.confirm.max_seconds / cfg.confirm.rounds,
-    )
     console.print(
-        f"confirming {len(finalists)} finalists in {cfg.confirm.rounds} interleaved rounds: "
-        + ", ".join(f"#{r.number}" for r in finalists),
+        f"confirming {len(finalists)} finalists in paired interleaved rounds until the decision is clear "
+        f"(at least {MIN_ROUNDS}, at most {cfg.confirm.rounds}): " + ", ".join(f"#{r.number}" for r in finalists),
         highlight=False,
     )
-    for note in left_out:
-        console.print(f"  {note}", highlight=False)
     try:
         with p.device_turn():  # interleaved rounds time the finalists: the device is ours meanwhile
             confirmation = confirm(
@@ -610,12 +716,14 @@ def _confirm_recommendation(p: Prepared, study: optuna.Study, console: Console) 
                 profile=cfg.profile,
                 cfg=cfg.confirm,
                 seed=cfg.seed,
+                measure=cfg.measure,
+                deadline=p.budget.end if p.budget else None,
+                previous=study.user_attrs.get("confirmation"),
                 on_round=lambda n, s: console.print(f"  round {n} done ({s:.1f} s)", highlight=False),
             )
     except Exception as exc:  # the study's own result stands if confirmation cannot run
         console.print(f"[yellow]confirmation failed[/yellow]: {type(exc).__name__}: {exc}", highlight=False)
         return None
-    confirmation.notes[:0] = left_out
     study.set_user_attr("confirmation", confirmation.to_dict())
     print_confirmation(console, confirmation)
     return confirmation

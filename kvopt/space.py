@@ -21,6 +21,7 @@ __all__ = [
     "Candidate",
     "SearchSpace",
     "candidate_key",
+    "CandidateKey",
     "PARAM_NAMES",
     "BACKEND_NBITS",
     "STATIC_CACHES",
@@ -85,9 +86,24 @@ def paged_pool(batch_size: int, prompt_tokens: int, new_tokens: int) -> PagedPoo
     return PagedPool(batch_size, prompt_tokens, new_tokens)
 
 
-def candidate_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+CandidateKey = tuple[tuple[str, Any], ...]
+
+
+def candidate_key(params: dict[str, Any]) -> CandidateKey:
     """A candidate's identity from its Optuna parameters: equal keys, same settings."""
     return tuple(sorted(params.items()))
+
+
+_ABSENT = object()  # a parameter the candidate does not take
+
+# The space's list of values of each parameter that can be dropped as a whole choice
+# (nbits are shared by the backends and stay per combination).
+_CHOICE_FIELDS = {
+    **{name: name for name in PARAM_NAMES},
+    "quantized_backend": "quantized_backends",
+    "static_compile": "static_compile",
+    "prefix_reuse": "prefix_reuse",
+}
 
 
 @dataclass(frozen=True)
@@ -184,8 +200,13 @@ class SearchSpace:
     prefix_reuse: list[bool] = field(default_factory=lambda: [False])
     # The share of the trials' prompt that is the shared prefix (what reuse need not prefill).
     prefix_share: float = 0.0
-    # "param=value" -> one-line reason it cannot run here.
+    # "param=value" (a whole choice) or a candidate's label -> one-line reason it is not
+    # measured here: it cannot run, cannot fit, or cannot be recommended.
     dropped: dict[str, str] = field(default_factory=dict)
+    # Candidates the study must never measure although their choices stay in the space
+    # (some of a choice's combinations fit, others not; or a stored study's distributions
+    # hold the choice): candidate key -> reason. candidates() and size leave them out.
+    excluded: dict[CandidateKey, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(
@@ -271,8 +292,8 @@ class SearchSpace:
             return [{"prefix_reuse": reuse} for reuse in self.prefix_reuse]
         return [{}]
 
-    def candidates(self) -> list[Candidate]:
-        """Every distinct candidate of the space (conditional options expanded), once each."""
+    def all_candidates(self) -> list[Candidate]:
+        """Every combination of the space's choices (conditional options expanded), once each, excluded ones too."""
         return [
             Candidate(cache, attn, dtype, batch, **options)
             for cache in self.cache_implementation
@@ -280,16 +301,100 @@ class SearchSpace:
             for attn, dtype, batch in itertools.product(self.attn_implementation, self.dtype, self.batch_size)
         ]
 
+    def candidates(self) -> list[Candidate]:
+        """Every distinct candidate the study may measure: the combinations less the excluded ones."""
+        return [c for c in self.all_candidates() if candidate_key(c.params()) not in self.excluded]
+
     @property
     def size(self) -> int:
-        """How many distinct candidates the space holds."""
+        """How many distinct candidates the study may measure."""
         return len(self.candidates())
+
+    def excluded_reason(self, candidate: Candidate) -> str | None:
+        """Why the study must not measure ``candidate`` (dropped before the study), or None."""
+        return self.excluded.get(candidate_key(candidate.params()))
+
+    def drop(self, reasons: dict[Candidate, str]) -> SearchSpace:
+        """This space without the candidates ``reasons`` names, each kept with its reason.
+
+        A value of a parameter none of whose candidates is left goes as a whole choice
+        (``dropped["param=value"]``, out of the Optuna distributions), with the reason of
+        its candidate nearest the baseline; the baseline's own values always stay. The other
+        candidates are excluded one by one (``excluded``, ``dropped[label]``). The baseline
+        is never dropped: every gain is measured against it.
+        """
+        base_key = candidate_key(self.baseline.params())
+        out = {candidate_key(c.params()): (c, why) for c, why in reasons.items()}
+        out.pop(base_key, None)
+        everything = self.all_candidates()
+        whole: dict[str, str] = {}
+
+        def gone(c: Candidate) -> bool:  # already out with a whole choice
+            return any(f"{k}={v}" in whole for k, v in c.params().items())
+
+        # Main parameters first: a quantized backend whose cache is dropped needs no line of its own.
+        for param, name in _CHOICE_FIELDS.items():
+            for value in getattr(self, name):
+                with_value = [c for c in everything if c.params().get(param, _ABSENT) == value]
+                if (
+                    not with_value
+                    or value == self.baseline.params().get(param)
+                    or any(candidate_key(c.params()) not in out for c in with_value)
+                    or all(gone(c) for c in with_value)
+                ):
+                    continue
+                nearest = min(with_value, key=lambda c: _changes_from(self.baseline, c))
+                whole[f"{param}={value}"] = out[candidate_key(nearest.params())][1]
+        space = self.without_choices(whole)
+        left = {candidate_key(c.params()) for c in space.all_candidates()}
+        for key, (candidate, why) in out.items():
+            if key in left:
+                space.excluded[key] = why
+                space.dropped[candidate.label] = why
+        return space
+
+    def without_choices(self, reasons: dict[str, str]) -> SearchSpace:
+        """This space without whole choices, ``{"param=value": reason}``; the baseline's values stay."""
+        base = {f"{k}={v}" for k, v in self.baseline.params().items()}
+        reasons = {k: why for k, why in reasons.items() if k.partition("=")[0] in _CHOICE_FIELDS and k not in base}
+        changes: dict[str, Any] = {}
+        for param, name in _CHOICE_FIELDS.items():
+            kept = [v for v in getattr(self, name) if f"{param}={v}" not in reasons]
+            if kept != getattr(self, name):
+                changes[name] = kept
+        space = dataclasses.replace(self, **changes, dropped={**self.dropped, **reasons}, excluded=dict(self.excluded))
+        if "quantized_backends" in changes and not space.quantized_backends:
+            space.cache_implementation = [c for c in space.cache_implementation if c != "quantized"]
+        return space
+
+    def keep_stored_choice(self, param: str, stored: list[Any]) -> SearchSpace:
+        """This space with ``param``'s choices as a stored study has them, its dropped values excluded.
+
+        A study stored with a choice that is dropped here (a lossy dtype before random weights
+        were screened, a batch over today's budget) still opens: Optuna requires the same
+        distribution for a parameter throughout a study, so the value stays in the distribution
+        and every candidate with it is excluded, with the reason it was dropped.
+        """
+        name = _CHOICE_FIELDS[param]
+        space = dataclasses.replace(self, excluded=dict(self.excluded))
+        setattr(space, name, list(stored))
+        for candidate in space.all_candidates():
+            value = candidate.params().get(param)
+            why = self.dropped.get(f"{param}={value}")
+            if value is not None and value not in getattr(self, name) and why is not None:
+                space.excluded[candidate_key(candidate.params())] = why
+        return space
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """Every parameter as Optuna's categorical distribution (to check a stored study fits this space)."""
         return {
             name: optuna.distributions.CategoricalDistribution(values) for name, values in self.all_choices().items()
         }
+
+    @staticmethod
+    def choice_param(param: str) -> bool:
+        """Whether ``param`` is a choice a stored study's distribution can keep (see keep_stored_choice)."""
+        return param in _CHOICE_FIELDS
 
     @staticmethod
     def make_candidate(params: dict[str, Any]) -> Candidate:
@@ -322,3 +427,9 @@ class SearchSpace:
         if cache == "dynamic" and self.offers_prefix_reuse:
             params["prefix_reuse"] = trial.suggest_categorical("prefix_reuse", self.prefix_reuse)
         return self.make_candidate(params)
+
+
+def _changes_from(baseline: Candidate, candidate: Candidate) -> int:
+    """How many of the baseline's parameters ``candidate`` changes (or adds)."""
+    base = baseline.params()
+    return sum(1 for k, v in candidate.params().items() if base.get(k) != v)

@@ -23,6 +23,7 @@ __all__ = [
     "make_sampler",
     "open_study",
     "check_compatible",
+    "resume_space",
     "enqueue_baseline",
     "BASELINE_ATTR",
 ]
@@ -110,6 +111,45 @@ def check_compatible(storage: BaseStorage, name: str, space: SearchSpace) -> int
                     "allowed: a new study.name, or the search space the study was made with"
                 )
     return len(study.trials)
+
+
+def resume_space(storage: BaseStorage, name: str, space: SearchSpace) -> SearchSpace:
+    """The space a stored study continues with, where a choice was dropped here or when it was made.
+
+    Optuna requires one distribution per parameter throughout a study, and the choices this
+    run drops (what cannot run, fit or be recommended here) may differ from the stored
+    study's — a study stored before random weights screened out the lossy dtypes holds
+    bfloat16. A value the stored distribution holds and this run dropped stays in the
+    distribution, and every candidate with it is excluded with this run's reason
+    (:meth:`SearchSpace.keep_stored_choice`). A value this run offers that the stored study
+    dropped when it was made (its ``dropped_choices`` attr) is dropped again, with that
+    reason. Any other difference is left for :func:`check_compatible` to refuse.
+    """
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return space
+    stored: dict[str, list[Any]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for param, dist in trial.distributions.items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                stored.setdefault(param, list(dist.choices))
+    dropped_then: dict[str, str] = study.user_attrs.get("dropped_choices") or {}
+    for param, then in stored.items():
+        now = space.all_choices().get(param)
+        if now is None or now == then or not SearchSpace.choice_param(param):
+            continue
+        added = [v for v in now if v not in then]
+        removed = [v for v in then if v not in now]
+        if not all(f"{param}={v}" in dropped_then for v in added):
+            continue
+        if not all(f"{param}={v}" in space.dropped for v in removed):
+            continue
+        if added:
+            keys = [f"{param}={v}" for v in added]
+            space = space.without_choices({k: f"dropped when the study was made: {dropped_then[k]}" for k in keys})
+        space = space.keep_stored_choice(param, then)  # the stored order too: Optuna compares it
+    return space
 
 
 def open_study(

@@ -129,7 +129,8 @@ class CandidateEncoder:
 
     def __init__(self, space: SearchSpace) -> None:
         base = space.baseline
-        candidates = space.candidates()
+        # Every combination, excluded ones too: a stored study may hold measurements of them.
+        candidates = space.all_candidates()
         self.factors: dict[str, list[str]] = {
             "cache": sorted({_cache_variant(c) for c in candidates} - {_cache_variant(base)}),
             "attn": [a for a in space.attn_implementation if a != base.attn_implementation],

@@ -37,11 +37,12 @@ from kvopt.engine.workload import Workload
 from kvopt.failures import failure_reason
 from kvopt.isolation import IsolatedFailure
 from kvopt.measurer import Measurer, make_measurer
-from kvopt.metrics import MB, METRICS, OBJECTIVES
+from kvopt.metrics import METRICS, OBJECTIVES
 from kvopt.predict import predict_memory
 from kvopt.protocol import SLOW_CALL_FACTOR
 from kvopt.quality import QUALITY, Fidelity, excess, plan_quality, quality_label, violations
 from kvopt.sampler import predict_call_seconds
+from kvopt.screen import over_budget
 from kvopt.select import Result, collect_results, pareto_front
 from kvopt.space import Candidate, SearchSpace
 
@@ -93,9 +94,11 @@ def slo_constraints(values: tuple[float, float, float], slo: dict[str, float | N
 class Objective:
     """The study's objective: measure one sampled candidate, or decide it need not be.
 
-    Before measuring: an identical candidate measured before is reused; one that failed
-    before fails again at once; a larger batch than one that ran out of memory, or a
-    candidate whose predicted memory exceeds the budget, is pruned before any load.
+    Before measuring, in this order (can it run, can it fit, can it be recommended): a
+    candidate dropped before the study (``space.excluded``) ends at once; an identical
+    candidate measured before is reused; one that failed before fails again at once; a
+    larger batch than one that ran out of memory, or a candidate whose predicted memory
+    exceeds the budget, is pruned before any load — and before the quality guard below.
     While measuring: a candidate that cannot reach the front is pruned early.
     With ``quality`` (the quality guard, :mod:`kvopt.quality`): a candidate that can change the
     model's answers has its fidelity measured first, and one over the bounds (or lossy and
@@ -156,6 +159,11 @@ class Objective:
             trial.set_user_attr("chosen_because", why)
         trial.set_user_attr(CANDIDATE_SETTINGS_ATTR, candidate.as_dict())
         try:
+            # Dropped before the study (cannot fit or cannot be recommended): a sampler that
+            # cannot be steered away (TPE, random, grid) proposed it; end it before any load.
+            dropped = self.space.excluded_reason(candidate)
+            if dropped is not None:
+                self._infeasible(trial, f"dropped before the study: {dropped}", Failure.DROPPED)
             earlier = _finished_before(trial, candidate)
             if earlier is not None and earlier.state == TrialState.COMPLETE:
                 return self._reuse(trial, earlier)
@@ -252,13 +260,9 @@ class Objective:
         prediction = predict_memory(self.loader.model_cfg, candidate, self.workload)
         for key, value in prediction.as_dict().items():
             trial.set_user_attr(key, value)
-        budget = self.memory_budget_bytes
-        if budget is not None and prediction.total_bytes > budget:
-            return (
-                f"predicted {prediction.total_mb:.1f} MB > memory budget {budget / MB:.1f} MB "
-                "(memory.budget_mb); not loaded",
-                Failure.OVER_BUDGET,
-            )
+        too_big = over_budget(prediction, self.memory_budget_bytes)
+        if too_big is not None:
+            return f"{too_big}; not loaded", Failure.OVER_BUDGET
         return self._too_slow(trial, candidate)
 
     def _too_slow(self, trial: optuna.Trial, candidate: Candidate) -> tuple[str, str] | None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import sys
 
 import optuna
 import pytest
+from rich.console import Console
+
+from kvopt.report.terminal import PIPED_WIDTH, command_console, print_summary
+from kvopt.select import Result
 
 # Random weights: lossy dtypes are timed only with allow_unverified (kvopt.quality); these
 # tests check a study end to end, every trial complete, as before the quality guard.
@@ -42,7 +48,7 @@ def test_a_study_runs_end_to_end_and_a_rerun_continues_it(run_cli, tmp_path):
     measured = [t for t in trials if "reused_from" not in t.user_attrs]
     for t in measured:
         n = t.user_attrs["repetitions"]
-        assert 3 <= n <= 20 and len(t.user_attrs["ttft_ms_raw"]) == n  # adaptive, capped
+        assert 3 <= n <= 40 and len(t.user_attrs["ttft_ms_raw"]) == n  # adaptive, capped (measure.max_repetitions)
         assert set(t.user_attrs["ttft_ms_stats"]) >= {"median", "p90", "cv", "ci_low", "ci_high"}
         assert t.user_attrs["noisy"] == (t.user_attrs["stopped_because"] != "precise")
         assert t.user_attrs["setup_s"] > 0
@@ -144,3 +150,36 @@ def test_info_says_what_runs_here_and_why_not(run_cli):
     assert "cache_implementation=static" in out
     assert "offloaded" in out and "CUDA" in out
     assert "flex_attention" in out
+
+
+def test_a_piped_log_keeps_each_table_row_on_one_line(capsys, monkeypatch):
+    # pytest captures stdout: not a terminal, as in `python -m kvopt ... | tee run.log`.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = command_console()
+    assert not console.is_terminal and console.width == PIPED_WIDTH
+    label = "quantized-quanto4/flash_attention_2/bfloat16/b32+compile"  # a long label: rich at 80 wraps it
+    values = {"ttft_ms": 1234.5, "decode_tok_s": 98765.4, "peak_mem_mb": 4321.0}
+    slow = {"ttft_ms": 2000.0, "decode_tok_s": 10.0, "peak_mem_mb": 5000.0}
+    base = Result(0, {}, "dynamic/sdpa/float32/b1", slow, is_baseline=True)
+    front = [Result(7, {}, label, values)]
+    print_summary(console, front, base, None, {"COMPLETE": 2}, None)
+    row = next(line for line in capsys.readouterr().out.splitlines() if label in line)
+    assert row.split() == ["7", label, "1234.5", "98765.4", "4321.0"]
+    # The same table at rich's 80 columns cuts the row (what a piped log got before).
+    narrow = Console(width=80, file=sys.stdout)
+    print_summary(narrow, front, base, None, {"COMPLETE": 2}, None)
+    assert not any(label in line for line in capsys.readouterr().out.splitlines())
+    # A COLUMNS the user set still decides.
+    monkeypatch.setenv("COLUMNS", "100")
+    assert command_console().width == 100
+
+
+def test_a_terminal_keeps_the_width_rich_gives_it(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w") as tty:
+        monkeypatch.setattr(sys, "stdout", tty)
+        console = command_console()
+        assert console.is_terminal and console.width == Console(soft_wrap=True).width
+        assert console.soft_wrap
+    os.close(leader)

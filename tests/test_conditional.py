@@ -100,7 +100,8 @@ def test_conflicting_options_are_refused():
 
 @pytest.mark.slow
 def test_the_full_space_keeps_what_runs_here():
-    p = prepare(_cfg("search_space=full", "storage=memory"))
+    # Random weights: the quantized cache (lossy) stays only with allow_unverified (else dropped for quality).
+    p = prepare(_cfg("search_space=full", "storage=memory", "quality.allow_unverified=true"))
     assert "quantized" in p.space.cache_implementation and p.space.quantized_backends == ["fp8"]
     assert p.space.static_compile == [False, True]
     assert "cache_implementation=offloaded_static" in p.space.dropped

@@ -72,6 +72,10 @@ def test_model_configs_carry_their_architecture():
         ("study.converge=maybe", "study.converge", "true or false"),
         ("study.warm_start=@sqlite:///x.db", "study.warm_start", "STUDY@STORAGE_URL"),
         ("sampler.front_every=-1", "sampler.front_every", "integer >= 0"),
+        ("study.budget=soon", "study.budget", "5m"),
+        ("study.budget=0", "study.budget", "1h"),
+        ("measure.decode_window=-2", "measure.decode_window", "integer >= 0"),
+        ("confirm.equivalence=2", "confirm.equivalence", "profile-score difference"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(override, field, allowed):
@@ -91,6 +95,15 @@ def test_all_problems_are_reported_at_once():
 def test_unknown_group_options_are_found_before_hydra():
     problems = unknown_group_options(["model=foo,gpt2", "sampler=tpe", "study.n_trials=3"], conf_dir())
     assert problems == ["model: got 'foo'; allowed: gpt2, qwen2.5-0.5b, tiny-gpt2, tiny-llama"]
+
+
+@pytest.mark.parametrize(("given", "seconds"), [(300, 300.0), ("300s", 300.0), ("5m", 300.0), ("1.5h", 5400.0)])
+def test_a_budget_is_a_duration(given, seconds):
+    from kvopt.config import parse_duration
+
+    assert parse_duration(given) == seconds
+    assert validate(_compose([f"study.budget={given}"])).study.budget == seconds
+    assert validate(_compose(["study.budget=null"])).study.budget is None
 
 
 def test_the_yaml_states_the_dataclass_defaults():

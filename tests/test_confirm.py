@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
+from conftest import profile_config
 from kvopt.config import validate
-from kvopt.confirm import confirmed_gains, round_seconds, within_budget
+from kvopt.confirm import confirmed_gains, decide, decision_is_clear, round_seconds, separation
 from kvopt.engine.workload import Workload
 from kvopt.paths import conf_dir
 from kvopt.runner import tune
@@ -39,18 +40,64 @@ def test_a_finalists_round_is_estimated_from_its_trial_medians_on_every_shape():
     assert both == pytest.approx(1.0 + 255 / 10 + 512 / 768 + 511 / 10)
 
 
-def test_the_budget_keeps_the_recommendation_and_the_baseline_and_then_what_fits():
-    rec, close, far, base = _result(3, 1, 1), _result(5, 1, 1), _result(7, 1, 1), _result(0, 1, 1, baseline=True)
-    cost = {3: 10.0, 5: 4.0, 7: 2.0, 0: 10.0}
-    kept, notes = within_budget([rec, close, far, base], lambda r: cost[r.number], per_round_s=25.0)
-    # 3 and 0 always (20 s); 5 fits (24 s); 7 does not (26 s).
-    assert [r.number for r in kept] == [3, 5, 0] and len(notes) == 1 and notes[0].startswith("#7 c7 not confirmed")
-    # Nothing ranked below a finalist left out is added, even one that would fit (7 alone: 22 s).
-    kept, notes = within_budget([rec, close, far, base], lambda r: cost[r.number], per_round_s=23.0)
-    assert [r.number for r in kept] == [3, 0] and [n[:3] for n in notes] == ["#5 ", "#7 "]
-    # The recommendation may be the baseline itself: it stays first.
-    kept, _ = within_budget([base, close], lambda r: cost[r.number], per_round_s=100.0)
-    assert [r.number for r in kept] == [0, 5]
+def _scores(**per_finalist: list[float]) -> dict[int, list[float]]:
+    """Per-round paired scores by trial number (``f1=[...]``); the baseline, #0, scores 0 every round."""
+    scores = {int(k[1:]): v for k, v in per_finalist.items()}
+    rounds = len(next(iter(scores.values())))
+    return {0: [0.0] * rounds, **scores}
+
+
+BASE = Result(0, {"cache_implementation": "dynamic", "batch_size": 1}, "base", {}, is_baseline=True)
+ONE = Result(1, {"cache_implementation": "dynamic", "batch_size": 2}, "one", {})
+TWO = Result(2, {"cache_implementation": "static", "batch_size": 2}, "two", {})
+PROFILE = profile_config("ci-micro")
+
+
+def test_separation_tells_better_worse_equivalent_and_unclear():
+    assert separation([0.10, 0.12, 0.11, 0.13, 0.10], 0.02) == "better"
+    assert separation([-0.10, -0.12, -0.11, -0.13, -0.10], 0.02) == "worse"
+    # Inside the margin is a tie even where it also excludes zero.
+    assert separation([0.004, 0.006, 0.005, 0.007, 0.005], 0.02) == "equivalent"
+    assert separation([-0.05, 0.06, 0.01, -0.02, 0.03], 0.02) == "unclear"
+
+
+def test_the_rounds_stop_when_the_decision_is_clear():
+    clear = _scores(f1=[0.20, 0.22, 0.21, 0.19, 0.20], f2=[0.001, -0.002, 0.0, 0.003, -0.001])
+    assert decision_is_clear(clear, 0, 0.02)  # #1 beats the baseline and #2; #2 ties the baseline
+    # #2 overlaps the leader: not clear yet.
+    close = _scores(f1=[0.20, 0.22, 0.21, 0.19, 0.20], f2=[0.25, 0.15, 0.23, 0.17, 0.2])
+    assert not decision_is_clear(close, 0, 0.02)
+    # ... unless the margin calls them a tie.
+    assert decision_is_clear(close, 0, 0.1)
+
+
+def test_no_decision_from_fewer_than_five_rounds():
+    scores = _scores(f1=[0.5, 0.6, 0.55, 0.52])  # a large gain, four rounds
+    decision = decide([ONE, BASE], scores, BASE, PROFILE, 0.02, 4)
+    assert decision.chosen is BASE and not decision.confirmed
+    assert "not confirmed: within the budget the rounds (4 of the 5" in decision.notes[-1]
+    assert "#1 one" in decision.notes[-1]
+    five = _scores(f1=[0.5, 0.6, 0.55, 0.52, 0.58])
+    decision = decide([ONE, BASE], five, BASE, PROFILE, 0.02, 5)
+    assert decision.chosen is ONE and decision.confirmed
+
+
+def test_a_tie_inside_the_margin_goes_to_the_fewest_changes():
+    # #2 (static, two changes) leads by less than the margin: #1 (one change) is kept.
+    scores = _scores(f1=[0.20, 0.21, 0.20, 0.22, 0.21], f2=[0.21, 0.215, 0.21, 0.225, 0.215])
+    decision = decide([TWO, ONE, BASE], scores, BASE, PROFILE, 0.02, 5)
+    assert decision.chosen is ONE and decision.confirmed and [r.number for r in decision.tie_set] == [2, 1]
+    # A gain inside the margin of the baseline is a tie with it: the baseline is kept.
+    small = _scores(f1=[0.004, 0.006, 0.005, 0.007, 0.005])
+    decision = decide([ONE, BASE], small, BASE, PROFILE, 0.02, 5)
+    assert decision.chosen is BASE and decision.confirmed
+
+
+def test_finalists_the_rounds_cannot_separate_from_the_baseline_are_not_confirmed():
+    scores = _scores(f1=[0.05, -0.04, 0.06, -0.03, 0.07])
+    decision = decide([ONE, BASE], scores, BASE, PROFILE, 0.02, 5)
+    assert decision.chosen is BASE and not decision.confirmed
+    assert "could not separate #1 one from the baseline" in " ".join(decision.notes)
 
 
 @pytest.mark.slow
@@ -65,27 +112,94 @@ def test_a_study_ends_with_a_confirmed_recommendation(tmp_path):
                     "study.n_trials=4",
                     "confirm.top_k=2",
                     "confirm.rounds=6",
+                    "confirm.equivalence=0",
                     "measure.adaptive=false",
-                    "search_space.dtype=[float32]",
+                    # A finalist besides the baseline on every machine: memory alone counts, and
+                    # bfloat16 holds half of float32's bytes however fast either runs here.
+                    "profile.weights.ttft_ms=0",
+                    "profile.weights.decode_tok_s=0",
+                    "profile.weights.peak_mem_mb=1",
+                    "quality.allow_unverified=true",  # random weights: bfloat16 is timed only so
+                    "search_space.dtype=[float32,bfloat16]",
+                    "search_space.cache_implementation=[dynamic,static]",
+                    "search_space.attn_implementation=[sdpa]",
+                    "search_space.batch_size=[1]",  # 4 candidates, 4 trials: each one measured
+                    f"scale.lock_dir={tmp_path}",
                     f"storage.url=sqlite:///{tmp_path / 'kvopt.db'}",
                 ],
             )
         )
     result = tune(cfg, output_dir=tmp_path / "out")
     confirmation = result.confirmation
-    assert confirmation is not None and confirmation.rounds == 6
+    # At least 5 rounds, at most confirm.rounds; it stops at 5 when the decision is clear.
+    assert confirmation is not None and 5 <= confirmation.rounds <= 6
+    assert (confirmation.rounds == 5) == (confirmation.stopped_because == "the decision is clear")
     assert any(r.is_baseline for r in confirmation.finalists)
     for samples in confirmation.samples.values():
-        assert len(samples["ttft_ms"]) == 6
+        assert len(samples["ttft_ms"]) == confirmation.rounds
     rec = result.recommendation
-    assert rec.confirmed_rounds == 6
+    assert rec.confirmed_rounds == (confirmation.rounds if confirmation.confirmed else 0)
     assert rec.result.number == confirmation.recommended.number
     for metric in ("ttft_ms", "decode_tok_s"):
-        ci = rec.gains_ci[metric]
-        assert ci["ci_low"] <= ci["pct"] <= ci["ci_high"]
-        assert ci["ci_coverage"] >= 0.95
+        ci = confirmation.gains[confirmation.finalists[0].number][metric]
+        assert ci.low <= ci.pct <= ci.high
+        assert ci.coverage >= 0.93  # 5 rounds: [min, max] at 93.75%
     import json
 
     payload = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert payload["confirmation"]["rounds"] == 6
-    assert payload["recommendation"]["gains_ci"]["ttft_ms"]["ci_coverage"] >= 0.95
+    assert payload["confirmation"]["rounds"] == confirmation.rounds
+    assert payload["confirmation"]["confirmed"] == confirmation.confirmed
+    assert payload["confirmation"]["tie_set"] == confirmation.tie_set
+
+
+def _tiny_two_candidate_study(tmp_path, *extra: str):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3", job_name="kvopt"):
+        return validate(
+            compose(
+                config_name="config",
+                overrides=[
+                    "model=tiny-gpt2",
+                    "profile=ci-micro",
+                    "study.n_trials=3",
+                    "search_space.cache_implementation=[dynamic]",
+                    "search_space.attn_implementation=[sdpa]",
+                    "search_space.dtype=[float32]",
+                    "search_space.batch_size=[1,4]",
+                    "confirm.rounds=5",
+                    f"storage.url=sqlite:///{tmp_path / 'kvopt.db'}",
+                    *extra,
+                ],
+            )
+        )
+
+
+@pytest.mark.slow
+def test_a_rerun_with_nothing_left_to_measure_only_adds_rounds(tmp_path):
+    first = tune(_tiny_two_candidate_study(tmp_path))
+    assert first.confirmation is not None and len(first.results) == 2
+    before = first.confirmation.rounds
+    second = tune(_tiny_two_candidate_study(tmp_path))
+    assert second.stopped_because == "nothing left to measure"
+    assert len(second.results) == 2  # no trial was added
+    confirmation = second.confirmation
+    assert confirmation is not None and confirmation.rounds > before
+    assert any(n.startswith(f"continues the {before} rounds") for n in confirmation.notes)
+    # The stored rounds are kept in front of the new ones, paired as they were.
+    for number, samples in first.confirmation.samples.items():
+        assert confirmation.samples[number]["ttft_ms"][:before] == samples["ttft_ms"]
+
+
+@pytest.mark.slow
+def test_the_budget_bounds_the_whole_command_and_says_how_it_was_spent(tmp_path, capsys):
+    import time
+
+    from rich.console import Console
+
+    cfg = _tiny_two_candidate_study(tmp_path, "study.budget=40s", "confirm.rounds=20", "study.n_trials=10")
+    started = time.monotonic()
+    result = tune(cfg, console=Console(width=200))
+    wall = time.monotonic() - started
+    assert wall <= 40 * 1.1
+    out = capsys.readouterr().out
+    assert "budget        40 s for search and confirmation: trials until 22 s" in out
+    assert "of study.budget 40 s" in out and result.wall_s is not None

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 import yaml
-from transformers import CompileConfig
+from packaging.version import Version
+from transformers import AutoConfig, AutoModelForCausalLM, CompileConfig, DynamicCache
 
 import kvopt
 from conftest import model_config
 from kvopt.config import METRICS
+from kvopt.engine.prefix import generate_cache_keyword
 from kvopt.engine.workload import Workload
 from kvopt.report.export import StudySettings, call_args, plain, settings_document, settings_script, write_settings
 from kvopt.report.terminal import paste_snippet
@@ -77,8 +83,9 @@ def test_yaml_holds_the_recommendation_as_measured(run_dir: Path):
     assert got["model_kwargs"] == candidate.model_kwargs()
     assert got["generate_kwargs"] == plain(candidate.generate_kwargs(32, 8))
     assert got["batch_size"] == candidate.batch_size
-    # Confirmed (2 rounds): the gains carry their intervals, as results.json has them.
-    assert got["confirmed_rounds"] == rec["confirmed_rounds"] == 2
+    # The gains carry their intervals, as results.json has them. Whether the 2 rounds ran and
+    # confirm depends on what this machine measured and on kvopt.confirm's rule: 0 or 2 either way.
+    assert got["confirmed_rounds"] == rec["confirmed_rounds"] in (0, 2)
     assert got["gains_pct"] == pytest.approx({m: round(g, 2) for m, g in rec["gains_pct"].items()})
     assert got["gains_ci"] == rec["gains_ci"]
     assert got["meets_slo"] is True
@@ -240,7 +247,31 @@ def test_a_prefix_reuse_recommendation_fills_the_prefix_once_and_runs(tmp_path: 
     assert "system_ids.expand(2, -1)" in paste_snippet(f"kvopt/{MODEL}", reuse, 32, 8)
     doc = yaml.safe_load((tmp_path / "recommended.yaml").read_text())
     assert doc["workload"]["shared_prefix_tokens"] == 24 and doc["recommended"]["params"]["prefix_reuse"] is True
-    calls = [line for line in _run_snippet(tmp_path / "recommended.py", "--random-weights") if line.startswith("call ")]
+    proc = _snippet(tmp_path / "recommended.py", "--random-weights", "--exact-length", "--calls", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    calls = [line for line in proc.stdout.splitlines() if line.startswith("call ")]
     assert [c.split(" in ")[0] for c in calls] == ["call 1: 2 x 8 new tokens", "call 2: 2 x 8 new tokens"]
+    assert "past_key_values" not in proc.stderr  # today's spelling: Transformers 5.25 warns on the old one
     # The baseline's script prefills every prompt whole.
     assert "SHARED_PREFIX_TOKENS = 0" in settings_script(src, base)
+
+
+def test_the_prefix_snippet_passes_the_cache_by_the_installed_transformers_name():
+    # Transformers 5.25 renamed generate's (and forward's) past_key_values to cache; the old name warns.
+    keyword = generate_cache_keyword()
+    assert keyword == ("cache" if Version(transformers.__version__) >= Version("5.25") else "past_key_values")
+    reuse = Candidate("dynamic", "sdpa", "float32", 2, prefix_reuse=True)
+    snippet = paste_snippet(f"kvopt/{MODEL}", reuse, 32, 8)
+    assert f"{keyword}=prefix" in snippet and f"{keyword}=copy.deepcopy(prefix)" in snippet
+    # Run as pasted, after its from_pretrained line (offline: the model is built from its architecture).
+    fields = dict(model_config(MODEL).architecture)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(fields.pop("model_type"), **fields)).eval()
+    ids = torch.randint(1, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
+    ids[:, :24] = ids[0, :24]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": 8, "min_new_tokens": 8}
+    scope = {"torch": torch, "copy": copy, "DynamicCache": DynamicCache, "model": model, "inputs": inputs}
+    scope["system_ids"] = ids[:1, :24]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # how Transformers says a name is deprecated
+        exec(snippet.split("\n", 1)[1], scope)
+    assert scope["out"].shape == (2, 40)

@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kvopt.machine",
             "kvopt.surrogate",
             "kvopt.quality",
+            "kvopt.screen",
         ),
     ),
     # Loading and running models, and measuring them (the probe runs candidates too).

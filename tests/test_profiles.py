@@ -14,15 +14,18 @@ from transformers import PreTrainedTokenizerFast
 from conftest import REPO
 from kvopt.commands.profiles import profiles_command
 from kvopt.config import validate
-from kvopt.confirm import paired_scores
+from kvopt.confirm import MIN_ROUNDS, paired_scores
 from kvopt.errors import ConfigError
 from kvopt.measure.adaptive import median_ci
 from kvopt.paths import conf_dir
-from kvopt.runner import tune
+from kvopt.runner import _mix_lines, tune
+from kvopt.space import Candidate, SearchSpace
 from kvopt.traffic import BINS, shapes_from_requests
 from kvopt.workload import make_mix, make_workload
 from kvopt_bench.common import compose_config
 from kvopt_bench.replay import recorded_profile
+
+_REUSE = "dynamic+prefix candidates fill its cache once and copy it into each call (docs/profiles.md)"
 
 
 def _cfg(*overrides: str):
@@ -110,6 +113,74 @@ def test_the_profiles_command_lists_shapes_weights_and_slos(capsys):
     assert "profile: got 'nope'" in capsys.readouterr().err
 
 
+def test_a_clamped_mix_keeps_the_prefix_share_of_the_profile(capsys):
+    # rag on gpt2 (1024 positions): every context is clamped; 768+256 (the trials') stands for
+    # 8192, 16384 and 32768 + 256, where the 500-token prefix is at most 500 of 8192.
+    rag = _cfg("model=gpt2", "profile=rag")
+    mix = make_mix(rag.profile, rag.model)
+    assert mix.trial.label == "768+256" and mix.trial.clamped_from == 8192
+    assert mix.shared_prefix_tokens == round(500 / 8192 * 768) == 47  # not 500: 65-98% of every prompt
+    assert {w.shared_prefix_tokens for w in mix.shapes} == {47}  # one prefix, one system prompt
+    assert abs(47 / 768 - 500 / 8192) < 0.5 / 768  # the share, to the token
+    said = "47 tokens in every request (500 of 8192 in the profile, kept at its 6.1% share of the clamped prompt)"
+    assert mix.describe_prefix() == said
+    assert any(n.startswith("shared prefix scaled from 500 to 47 tokens: its 6.1% share") for n in mix.notes)
+    assert mix.as_dict()["shared_prefix_tokens"] == 47 and mix.as_dict()["profile_shared_prefix_tokens"] == 500
+    space = SearchSpace.from_config(rag.search_space, Candidate("dynamic", "sdpa", "float32", 1), {}, 47 / 768)
+    assert ("shared prefix", f"{said}; {_REUSE}") in _mix_lines(mix, space)
+    assert profiles_command(["model=gpt2", "profile=rag"]) == 0
+    assert f"  shared prefix on gpt2: {said}\n" in capsys.readouterr().out
+    # At least one token when the share rounds to nothing, and always below the shortest prompt.
+    tiny = make_mix(_cfg("model=gpt2", "profile=rag", "profile.shared_prefix_tokens=5").profile, rag.model)
+    assert tiny.shared_prefix_tokens == 1  # 5 of 8192 is 0.47 of 768
+    chat = _cfg("model=gpt2", "profile=chat-agent")
+    chat_mix = make_mix(chat.profile, chat.model)
+    assert chat_mix.shared_prefix_tokens == 767 < min(w.prompt_tokens for w in chat_mix.shapes) == 768
+    assert "938 tokens, cut to one less than the shortest prompt, 768" in chat_mix.describe_prefix()
+
+
+def test_an_unclamped_mix_keeps_the_profiles_prefix():
+    short = _cfg("model=gpt2", "profile=rag", "profile.context_lengths=[600,700]", "profile.output_lengths=[64]")
+    mix = make_mix(short.profile, short.model)
+    assert [w.clamped_from for w in mix.shapes] == [None, None]
+    assert mix.shared_prefix_tokens == 500 and mix.prefix_share_of is None
+    assert mix.describe_prefix() == "500 tokens in every request" and mix.notes == ()
+    # Too long for the shortest prompt, unclamped: cut below it, as before.
+    cut = make_mix(_cfg("model=gpt2", "profile=ci-micro", "profile.shared_prefix_tokens=40").profile, short.model)
+    assert cut.shared_prefix_tokens == 31
+    assert (
+        cut.describe_prefix()
+        == "31 tokens in every request (40 in the profile, cut to one less than the shortest prompt, 32)"
+    )
+    assert (
+        make_mix(
+            _cfg("model=gpt2", "profile=rag", "profile.shared_prefix_tokens=0").profile, short.model
+        ).describe_prefix()
+        == ""
+    )
+
+
+def test_a_traffic_file_keeps_its_measured_shares_and_the_prefix_its_share(tmp_path):
+    # tiny-gpt2 has 256 positions: the three longer quarters (245, 345, 445 + 22) clamp to one 234+22.
+    rows = [(100 + 10 * i, 20 + i % 5) for i in range(40)]
+    path = tmp_path / "traffic.csv"
+    path.write_text("prompt_tokens,new_tokens\n" + "".join(f"{p},{n}\n" for p, n in rows))
+    cfg = _cfg("model=tiny-gpt2", "profile=traffic", f"profile.traffic_file={path}", "profile.shared_prefix_tokens=40")
+    assert [(s.prompt_tokens, s.share) for s in cfg.profile.shapes] == [
+        (145, 0.25),
+        (245, 0.25),
+        (345, 0.25),
+        (445, 0.25),
+    ]
+    mix = make_mix(cfg.profile, cfg.model)
+    assert [(w.label, w.share) for w in mix.shapes] == [("145+22", 0.25), ("234+22", 0.75)]  # measured shares, summed
+    assert mix.trial.label == "234+22" and mix.shared_prefix_tokens == round(40 / 245 * 234) == 38
+    # Unclamped (every quarter fits): the profile's prefix as it is.
+    fits = _cfg("model=gpt2", "profile=traffic", f"profile.traffic_file={path}", "profile.shared_prefix_tokens=40")
+    unclamped = make_mix(fits.profile, fits.model)
+    assert [w.share for w in unclamped.shapes] == [0.25] * 4 and unclamped.shared_prefix_tokens == 40
+
+
 @pytest.mark.slow
 def test_finalists_are_confirmed_on_every_shape(tmp_path, monkeypatch):
     # Count the confirmation's generate calls per (candidate, shape): a memory-reading first
@@ -125,34 +196,43 @@ def test_finalists_are_confirmed_on_every_shape(tmp_path, monkeypatch):
         return real(model, inputs, cand, new_tokens, device, **kwargs)
 
     monkeypatch.setattr(kvopt.confirm, "timed_generate", counting)
+    # A finalist besides the baseline on every machine: the profile counts memory alone, and
+    # bfloat16 holds half of float32's bytes (weights and cache), however fast either runs here.
+    # (Timed objectives would let a machine measure the baseline best: then nothing is confirmed.)
     cfg = _cfg(
         "profile.warmup=2",
         "model=tiny-llama",
         "profile=ci-micro",
         "profile.context_lengths=[8,40]",
         "profile.output_lengths=[4]",
+        "profile.weights.ttft_ms=0",
+        "profile.weights.decode_tok_s=0",
+        "profile.weights.peak_mem_mb=1",
+        "quality.allow_unverified=true",  # random weights: bfloat16 is timed (and marked) only so
         "study.n_trials=2",
         "study.converge=false",
-        "confirm.rounds=3",
-        "confirm.max_seconds=600",  # all three rounds even on a loaded machine
+        f"confirm.rounds={MIN_ROUNDS}",  # the fewest rounds that can confirm a decision
+        "confirm.max_seconds=600",  # all of them even on a loaded machine
         "measure.adaptive=false",
-        "search_space.dtype=[float32]",
+        "search_space.dtype=[float32,bfloat16]",
         "search_space.cache_implementation=[dynamic]",
         "pruning.dominated=false",
         "search_space.attn_implementation=[sdpa]",
-        "search_space.batch_size=[1,2]",
+        "search_space.batch_size=[1]",
         f"storage.url=sqlite:///{tmp_path / 'kvopt.db'}",
+        f"scale.lock_dir={tmp_path}",  # no turn-taking with kvopt processes outside the test
     )
     result = tune(cfg, output_dir=tmp_path / "out")
     confirmation = result.confirmation
     assert confirmation is not None and len(confirmation.shapes) == 2
+    assert sorted(r.label for r in confirmation.finalists) == ["dynamic/sdpa/bfloat16/b1", "dynamic/sdpa/float32/b1"]
     baseline = next(r for r in confirmation.finalists if r.is_baseline)
     mix: dict[int, list[float]] = {}
     for shape in confirmation.shapes:
         assert shape["share"] == 0.5 and shape["trial_shape"] == (shape["prompt_tokens"] == 40)
         samples, memory = shape["samples"], shape["peak_mem_mb"]
         for r in confirmation.finalists:
-            assert len(samples[str(r.number)]["ttft_ms"]) == 3
+            assert len(samples[str(r.number)]["ttft_ms"]) == MIN_ROUNDS
             scores = paired_scores(
                 samples[str(r.number)],
                 samples[str(baseline.number)],
@@ -169,9 +249,9 @@ def test_finalists_are_confirmed_on_every_shape(tmp_path, monkeypatch):
     assert "Per request shape" in (out / "report.md").read_text()
     workload = json.loads((out / "results.json").read_text())["workload"]
     assert workload["trial_shape"] == 1 and len(workload["shapes"]) == 2
-    # Trial shape: 2 warm-up calls + 3 rounds. Other shape: the memory call, 1 more warm-up
-    # (warmup - 1; the settle call after a sub-second profiled call is the same one), 3 rounds.
-    assert calls == {(r.label, n): 5 for r in confirmation.finalists for n in (8, 40)}
+    # Trial shape: 2 warm-up calls + the rounds. Other shape: the memory call, 1 more warm-up
+    # (warmup - 1; the settle call after a sub-second profiled call is the same one), the rounds.
+    assert calls == {(r.label, n): 2 + MIN_ROUNDS for r in confirmation.finalists for n in (8, 40)}
 
 
 def test_replays_keep_the_profile_their_grid_was_recorded_with():

@@ -248,7 +248,12 @@ def test_random_weights_say_so_and_lossy_needs_allow_unverified(tmp_path: Path):
     console = Console(record=True, width=200)
     blocked = kvopt.tune([*args, f"storage.url=sqlite:///{tmp_path / 'a.db'}"], console=console)
     assert [r.label for r in blocked.results] == ["dynamic/sdpa/float32/b1"]
-    assert "pruned: quality not measured: random weights (quantized KV cache (fp8))" in console.export_text()
+    # Dropped before the study, with the guard's reason: no trial is spent on it.
+    assert (
+        "dropped       cache_implementation=quantized: quality not measured: random weights (quantized KV cache (fp8))"
+        in console.export_text()
+    )
+    assert [o.candidate.label for o in blocked.outcomes] == ["dynamic/sdpa/float32/b1"]
     allowed = kvopt.tune(
         [*args, f"storage.url=sqlite:///{tmp_path / 'b.db'}", "quality.allow_unverified=true"],
         output_dir=tmp_path / "out",
@@ -266,4 +271,8 @@ def test_an_isolated_trial_measures_fidelity_in_its_own_process(meter: FidelityM
 
     job = FidelityJob(meter.loader.model_cfg, meter.loader.source, "cpu", FP8, BASE, QualityConfig(), 32, 16, 0)
     isolated = run_fidelity_isolated(job, timeout_s=300)
-    assert isolated.mean_kl == pytest.approx(meter.measure(FP8).mean_kl)
+    # Another process may pick other kernels and thread counts (reduction order): measured
+    # 2026-12, fp8's mean KL moved up to 1.0% between ATen's AVX-512, AVX2 and plain kernels
+    # (0.55% child vs parent on AMD EPYC), not at all between 1 and 2 threads. 5% covers that;
+    # the baseline against itself (0) or bfloat16 (~9x) stay far outside it (docs/quality.md).
+    assert isolated.mean_kl == pytest.approx(meter.measure(FP8).mean_kl, rel=0.05)

@@ -337,10 +337,10 @@ def test_warm_start_from_another_study_tries_its_best_first(run_cli, tmp_path) -
 
 
 def test_confirmation_keeps_the_baseline_unless_a_gain_is_shown_and_settles_ties_alike() -> None:
-    from kvopt.confirm import _decide, paired_scores
+    from kvopt.confirm import decide, paired_scores
 
     def scored(samples: dict[int, dict[str, list[float]]]) -> dict[int, list[float]]:
-        # _decide takes each finalist's per-round score against the same round's baseline (#0).
+        # decide takes each finalist's per-round score against the same round's baseline (#0).
         return {n: paired_scores(v, samples[0], 1.0, PROFILE.weights) for n, v in samples.items()}
 
     def result(n: int, params: dict, baseline: bool = False) -> Result:
@@ -352,16 +352,17 @@ def test_confirmation_keeps_the_baseline_unless_a_gain_is_shown_and_settles_ties
     rounds = 6
     flat = {"ttft_ms": [10.0] * rounds, "decode_tok_s": [100.0] * rounds}
     noisy = {"ttft_ms": [9.0, 11.0, 9.5, 10.5, 9.8, 10.2], "decode_tok_s": [100.0] * rounds}
-    notes: list[str] = []
-    assert _decide([simple, base], scored({0: flat, 1: noisy}), base, PROFILE, notes) is base  # no proven gain
-    assert "keeping the baseline" in notes[-1]
+    decision = decide([simple, base], scored({0: flat, 1: noisy}), base, PROFILE, 0.0, rounds)
+    assert decision.chosen is base and not decision.confirmed  # no proven gain: cannot tell it from the baseline
+    assert "keeping the baseline" in decision.notes[-1] or "could not separate" in decision.notes[-1]
     # Both clearly faster than the baseline, within each other's noise; the busier change
-    # has the higher median this time, yet the simpler one is kept (and a note says why).
+    # has the higher median this time, yet the simpler one is kept (and the tie set is said).
     faster = {"ttft_ms": [5.0, 5.2, 4.9, 5.1, 5.0, 5.05], "decode_tok_s": [100.0] * rounds}
     also = {"ttft_ms": [4.9, 5.3, 4.8, 5.2, 4.95, 5.0], "decode_tok_s": [100.0] * rounds}
-    notes = []
-    assert _decide([double, simple, base], scored({0: flat, 1: faster, 2: also}), base, PROFILE, notes) is simple
-    assert "within each other's noise" in notes[-1]
+    decision = decide([double, simple, base], scored({0: flat, 1: faster, 2: also}), base, PROFILE, 0.0, rounds)
+    assert decision.chosen is simple and decision.confirmed
+    assert {r.number for r in decision.tie_set} == {1, 2} and "tie set" in decision.notes[0]
     # A gain the rounds can tell apart wins even if it changes more.
     much = {"ttft_ms": [2.0] * rounds, "decode_tok_s": [100.0] * rounds}
-    assert _decide([double, simple, base], scored({0: flat, 1: faster, 2: much}), base, PROFILE, []) is double
+    decision = decide([double, simple, base], scored({0: flat, 1: faster, 2: much}), base, PROFILE, 0.0, rounds)
+    assert decision.chosen is double and decision.confirmed

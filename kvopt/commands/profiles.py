@@ -71,6 +71,8 @@ def profiles_command(args: list[str]) -> int:
         if fit:
             mix = make_mix(p, cfg.model)
             lines.append(f"  on {cfg.model.name}: {mix.describe()}")
+            if mix.shared_prefix_tokens:  # what the run will use: fit to the model's positions
+                lines.append(f"  shared prefix on {cfg.model.name}: {mix.describe_prefix()}")
             lines += [f"  note: {n}" for n in mix.notes]
         lines.append("")
     lines.append(

@@ -26,19 +26,34 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 
 from kvopt.measure.memory import MB, cache_bytes
 from kvopt.measure.timing import synchronize
 from kvopt.space import Candidate
 from kvopt.workload import Workload
 
-__all__ = ["PrefixCache", "prefill_prefix", "prepare_prefix", "cache_argument"]
+__all__ = ["PrefixCache", "prefill_prefix", "prepare_prefix", "cache_argument", "generate_cache_keyword"]
 
 
 def cache_argument(model: PreTrainedModel) -> str:
     """The keyword that passes a cache to this model: ``cache`` (Transformers >= 5.2x) or ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def generate_cache_keyword() -> str:
+    """The keyword the installed Transformers passes a cache by, with no model at hand (a snippet to paste).
+
+    ``cache`` where Transformers renamed ``past_key_values`` (5.25 for generate; the old name
+    then warns and goes away in 6.0), else ``past_key_values``.
+    """
+    # Read from GenerationMixin.prepare_inputs_for_generation, where generate hands the cache on
+    # to every model: generate's own signature hides the rename (a decorator, **kwargs); a
+    # version number misses dev builds and backports; a model class is not known without its config.
+    method = getattr(GenerationMixin, "prepare_inputs_for_generation", None)
+    if method is not None and "cache" in inspect.signature(method).parameters:
+        return "cache"
+    return "past_key_values"
 
 
 @dataclass

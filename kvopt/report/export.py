@@ -323,7 +323,8 @@ def generate_kwargs(exact_length: bool) -> dict:
 
 
 def cache_argument(model: torch.nn.Module) -> str:
-    # Transformers renamed generate's past_key_values to cache; older versions know only the first.
+    # Decided where this script runs, which may have another Transformers than kvopt's: 5.25 renamed
+    # past_key_values to cache (the old name warns); older versions know only the first.
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -26,6 +27,8 @@ from kvopt.select import Recommendation, Result
 from kvopt.space import Candidate
 
 __all__ = [
+    "PIPED_WIDTH",
+    "command_console",
     "StudyProgress",
     "print_plan",
     "print_summary",
@@ -36,13 +39,47 @@ __all__ = [
 
 _GAIN_LABELS = {m.name: m.label for m in OBJECTIVES}
 
+# Columns of a study's output that is not a terminal (a piped or redirected log). rich would use
+# 80 there and wrap the tables; they size to their content, so this only bounds the widest
+# (the per-shape table with the longest labels fits well inside it).
+PIPED_WIDTH = 200
+
+
+def command_console() -> Console:
+    """The console a study prints to: a terminal's own width; a piped log ``PIPED_WIDTH`` columns.
+
+    Long lines soft-wrap on a terminal, not mid-path. A ``COLUMNS`` variable set by the user
+    still decides the width, and a notebook keeps rich's own.
+    """
+    console = Console(soft_wrap=True)
+    if console.is_terminal or console.is_jupyter or os.environ.get("COLUMNS"):
+        return console
+    return Console(soft_wrap=True, width=PIPED_WIDTH)
+
+
+# Dropped single candidates (not whole choices) listed in the plan; the rest are counted.
+_PLAN_DROPPED_CANDIDATES = 12
+
 
 def print_plan(console: Console, lines: list[tuple[str, str]], dropped: dict[str, str]) -> None:
-    """Print what the run will do, one ``key value`` line each, then each choice dropped here and why."""
+    """Print what the run will do, one ``key value`` line each, then each choice dropped here and why.
+
+    ``dropped`` keys are whole choices (``param=value``) or single candidates (labels); past
+    the first few candidates the rest are counted, not listed (the study's attrs hold them all).
+    """
     for key, value in lines:
         console.print(f"[bold]{key:<13}[/bold] {value}", highlight=False)
+    singles = [k for k in dropped if "=" not in k]
+    hidden = set(singles[_PLAN_DROPPED_CANDIDATES:])
     for choice, reason in dropped.items():
-        console.print(f"[yellow]dropped[/yellow]       {choice}: {reason}", highlight=False)
+        if choice not in hidden:
+            console.print(f"[yellow]dropped[/yellow]       {choice}: {reason}", highlight=False)
+    if hidden:
+        console.print(
+            f"[yellow]dropped[/yellow]       {len(hidden)} more candidates "
+            "(the study's dropped_choices attr lists each)",
+            highlight=False,
+        )
 
 
 class StudyProgress:
@@ -118,8 +155,9 @@ def print_confirmation(console: Console, confirmation: Any) -> None:
         (g.coverage for gains in confirmation.gains.values() for g in gains.values() if g.coverage),
         default=0.0,
     )
+    verdict = "confirmed" if confirmation.confirmed else "not confirmed"
     table = _candidate_table(
-        f"confirmed over {confirmation.rounds} interleaved rounds (gain vs baseline, {coverage:.0%} CI)",
+        f"{verdict}: {confirmation.rounds} paired interleaved rounds (gain vs baseline, {coverage:.0%} CI)",
         tuple(m.label for m in OBJECTIVES),
     )
     for r in confirmation.finalists:
@@ -149,6 +187,16 @@ def print_confirmation(console: Console, confirmation: Any) -> None:
         for row in rows:
             shapes.add_row(*row)
         console.print(shapes)
+    labels = {r.number: f"#{r.number} {r.label}" for r in confirmation.finalists}
+    if len(confirmation.tie_set) > 1:
+        console.print("tie set: " + ", ".join(labels[n] for n in confirmation.tie_set), highlight=False)
+    for check in confirmation.window_checks:
+        console.print(
+            f"decode window vs full-length call, {labels[check['trial']]} at {check['shape']}: "
+            f"{check['window_tok_s']:.1f} vs {check['full_length_tok_s']:.1f} tok/s ({check['deviation_pct']:+.1f}%)"
+            + (": the full-length figure counts" if check["full_length_counts"] else ""),
+            highlight=False,
+        )
 
 
 def _values_row(r: Result) -> list[str]:
@@ -166,11 +214,17 @@ def paste_snippet(
     generate = candidate.generate_kwargs(prompt_tokens, new_tokens)
     load = f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, {call_args(candidate.model_kwargs())})\n"
     if candidate.prefix_reuse:  # recommended.py has the whole recipe (kvopt.engine.prefix)
+        # The generation stack loads only for this snippet; the name is the installed Transformers'.
+        from kvopt.engine.prefix import generate_cache_keyword
+
+        cache = generate_cache_keyword()
         rows = "system_ids" if candidate.batch_size == 1 else f"system_ids.expand({candidate.batch_size}, -1)"
         return (
             load + "prefix = DynamicCache(config=model.config)\n"
-            f"model(input_ids={rows}, past_key_values=prefix)  # once: the prompt prefix every request shares\n"
-            "out = model.generate(**inputs, past_key_values=copy.deepcopy(prefix))"
+            # no_grad: a cache filled while autograd records cannot be deep-copied.
+            "with torch.no_grad():  # once: the prompt prefix every request shares\n"
+            f"    model(input_ids={rows}, {cache}=prefix)\n"
+            f"out = model.generate(**inputs, {cache}=copy.deepcopy(prefix))"
             f"  # inputs: {candidate.batch_size} prompt(s) per batch, each starting with system_ids"
         )
     return (
