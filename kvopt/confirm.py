@@ -35,6 +35,7 @@ from kvopt.engine.window import DecodeWindow, fill_window_context, placement
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
 from kvopt.measure.memory import MB, measure_peak, weights_bytes
+from kvopt.predict import predict_memory
 from kvopt.protocol import (
     SETTLE_BELOW_S,
     context_ids,
@@ -43,7 +44,7 @@ from kvopt.protocol import (
     with_unseen_memory,
 )
 from kvopt.select import Recommendation, Result, profile_score, slo_violations
-from kvopt.space import SearchSpace
+from kvopt.space import Candidate, SearchSpace
 from kvopt.surrogate import log_ci_half_width
 
 __all__ = [
@@ -62,11 +63,16 @@ __all__ = [
     "Decision",
     "MIN_ROUNDS",
     "FULL_LENGTH_TOLERANCE",
+    "DERIVED_MEMORY_MAX_ERROR_PCT",
+    "derived_peak_mb",
 ]
 
 # No finalist is called confirmed (nor the baseline kept as proven) from fewer paired rounds:
 # with 5 rounds the median's distribution-free interval is [min, max] at 93.8% coverage.
 MIN_ROUNDS = 5
+# A finalist's peak on a shape other than the trials' is derived from the memory model when
+# the model was within this many % of the trial's measured peak (else it is measured).
+DERIVED_MEMORY_MAX_ERROR_PCT = 2.0
 # A decode window's estimate may differ this much from a full-length call before the
 # full-length figure counts (the window sits at the mean context; beyond this, it does not
 # stand for the whole call).
@@ -334,6 +340,25 @@ def _previous_rounds(
     return _Rounds(per_shape, int(previous.get("rounds", 0)))
 
 
+def derived_peak_mb(
+    result: Result, candidate: Candidate, model_cfg: ModelConfig, trial_shape: Workload, shape: Workload
+) -> float | None:
+    """A finalist's peak memory on another shape from the memory model, where it proved itself; else None.
+
+    The trial measured the peak on its shape and stored how far the analytic prediction was
+    from it (``predicted_mem_error_pct``). Within ±:data:`DERIVED_MEMORY_MAX_ERROR_PCT` the
+    prediction for ``shape`` is used, calibrated by the same ratio — what one full-length,
+    profiled call would otherwise cost (gpt2's 512+512 on a 2-core CPU: ~45 s per finalist).
+    The paged pool is not predicted this way: it is always measured.
+    """
+    error = result.user_attrs.get("predicted_mem_error_pct")
+    if error is None or abs(error) > DERIVED_MEMORY_MAX_ERROR_PCT or candidate.cache_implementation == "paged":
+        return None
+    on_trial = predict_memory(model_cfg, candidate, trial_shape).total_bytes
+    there = predict_memory(model_cfg, candidate, shape).total_bytes
+    return float(result.values["peak_mem_mb"]) * there / on_trial
+
+
 def _check_windows(
     checks: dict[tuple[int, int], float],
     rounds: _Rounds,
@@ -414,6 +439,7 @@ def confirm(
     # Peak memory per shape and finalist: the trials' for their shape, a first call for the others.
     memory: list[dict[int, float]] = [{} for _ in mix]
     checks: dict[tuple[int, int], float] = {}  # (finalist, shape) -> full-length decode tok/s
+    derived_on: dict[int, list[int]] = {}  # shape -> finalists whose peak there is derived, not measured
     for number, cand in candidates.items():
         key = (cand.dtype, cand.attn_implementation)
         if key not in loaders:
@@ -424,8 +450,13 @@ def confirm(
             shape_calls = _ShapeCalls(model, cand, shape, device, seed, clock, measure)
             calls[(number, i)] = shape_calls
             # The profile's warm-up; a memory-reading first call counts as the first (as in a trial).
+            derived = None if i == trial_shape else derived_peak_mb(result, cand, model_cfg, workload, shape)
             if i == trial_shape:
                 memory[i][number] = result.values["peak_mem_mb"]
+                warm = profile.warmup
+            elif derived is not None:
+                memory[i][number] = derived
+                derived_on.setdefault(i, []).append(number)
                 warm = profile.warmup
             else:
                 memory[i][number], first_s = shape_calls.peak_mb()
@@ -473,6 +504,11 @@ def confirm(
     for loader in loaders.values():
         loader.release()
     notes.append(f"rounds stopped after {rounds.count}: {stopped}")
+    for i, numbers in sorted(derived_on.items()):
+        notes.append(
+            f"peak memory at {mix[i].label} of " + ", ".join(f"#{n}" for n in numbers) + " derived from the memory "
+            f"model calibrated on the trial's shape (its error there within ±{DERIVED_MEMORY_MAX_ERROR_PCT:g}%)"
+        )
 
     window_checks = _check_windows(checks, rounds, mix, labels, notes) if rounds.count else []
     samples = rounds.per_shape[trial_shape]

@@ -61,7 +61,29 @@ def worker(model: str, profile: str, overrides: list[str], device_spec: str = "c
         "n": len(m.ttft_ms),
         "noisy": m.noisy,
         "stopped_because": m.stopped_because,
+        # The samples behind the medians: their spread inside one process, against the
+        # spread of the medians between processes, says where the variance comes from.
+        "ttft_ms_raw": m.ttft_ms,
+        "decode_tok_s_raw": m.decode_tok_s,
+        "protocol": m.extra.get("protocol"),
     }
+
+
+def within_process(runs: list[dict], metric: str) -> dict[str, float] | None:
+    """The samples' CV inside each process (median over processes) and the CV a median of n such samples would have.
+
+    For n samples of spread ``cv``, the median's standard error is about 1.2533 · cv / √n
+    (large-n normal approximation). Medians spread much wider than that between processes
+    means the variance is between processes (the machine's state when each ran), which more
+    samples in one process cannot cut; paired rounds (ratios within a round) do.
+    """
+    raw = [r.get(f"{metric}_raw") for r in runs]
+    if any(not values or len(values) < 2 for values in raw):
+        return None
+    cvs = [cv(values) for values in raw]  # type: ignore[arg-type]
+    n = statistics.median(len(values) for values in raw)  # type: ignore[arg-type]
+    within = statistics.median(cvs)
+    return {"sample_cv": within, "median_cv_expected": 1.2533 * within / n**0.5}
 
 
 def paired_worker(
@@ -180,12 +202,19 @@ def main() -> None:
                 by_mode[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
         for mode, runs in by_mode.items():
             row = {m: cv([r[m] for r in runs]) for m in ("ttft_ms", "decode_tok_s", "peak_mem_mb")}
-            report["cases"].append({"model": model, "mode": mode, "runs": runs, "cv": row})
+            within = {m: within_process(runs, m) for m in ("ttft_ms", "decode_tok_s")}
+            report["cases"].append({"model": model, "mode": mode, "runs": runs, "cv": row, "within_process": within})
             print(
                 f"| {model} | {mode} | {len(runs)} | {row['ttft_ms']:.1%} | {row['decode_tok_s']:.1%} | "
                 f"{row['peak_mem_mb']:.1%} | {statistics.median(r['n'] for r in runs):g} | "
                 f"{sum(r['noisy'] for r in runs)} |"
             )
+            for metric, w in within.items():
+                if w is not None:
+                    print(
+                        f"  {metric}: samples' CV inside a process {w['sample_cv']:.1%}, so a median of them "
+                        f"~{w['median_cv_expected']:.1%}; between processes {row[metric]:.1%}"
+                    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {args.out}")

@@ -157,6 +157,62 @@ def test_bench_overhead_and_gain_on_a_tiny_study(grid: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_bench_repeat_reports_each_runs_answer_and_the_spread(tmp_path: Path) -> None:
+    out = tmp_path / "repeat.json"
+    extra = ["study.n_trials=2", "confirm.rounds=5", *TINY]
+    proc = script(
+        "bench_repeat.py",
+        "--model",
+        "tiny-gpt2",
+        "--profile",
+        "ci-micro",
+        "--runs",
+        "2",
+        "--out",
+        str(out),
+        "--extra",
+        *extra,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert len(report["runs"]) == 2 and report["machine"]["cpu"]
+    answers = {(r["recommendation"], tuple(r["tie_set"])) for r in report["runs"]}
+    assert report["same_answer"] == (len(answers) == 1)
+    for run in report["runs"]:
+        assert run["recommendation"] and run["wall_s"] > 0
+        for trial in run["trials"]:  # whole calls on ci-micro's 8 new tokens, fixed repetitions
+            assert trial["protocol"] == "full-length" and trial["repetitions"] == 3
+            assert trial["ttft_ci_pct"] >= 0.0 and trial["decode_ci_pct"] >= 0.0
+    assert report["measured_trials"] == sum(len(r["trials"]) for r in report["runs"])
+    assert (tmp_path / "repeat" / "tiny-gpt2-ci-micro-seed1.out.txt").is_file()
+
+
+@pytest.mark.slow
+def test_bench_window_compares_the_window_with_whole_calls(tmp_path: Path) -> None:
+    out = tmp_path / "window.json"
+    proc = script(
+        "bench_window.py",
+        "--models",
+        "tiny-gpt2",
+        "--profiles",
+        "longform",
+        "--candidates",
+        "dynamic/sdpa/b1",
+        "--samples",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    cases = json.loads(out.read_text())["cases"]
+    # longform on tiny-gpt2 (256 positions): one shape, 128+128, where the split protocol applies.
+    assert [(c["shape"], c["candidate"]) for c in cases] == [("128+128", "dynamic/sdpa/float32/b1")]
+    case = cases[0]
+    assert len(case["window_tok_s"]) == len(case["full_tok_s"]) == 2
+    assert case["window_steps"] == 16 and case["window_sample_s"] < case["full_sample_s"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "args", "field"),
     [

@@ -203,3 +203,32 @@ def test_the_budget_bounds_the_whole_command_and_says_how_it_was_spent(tmp_path,
     out = capsys.readouterr().out
     assert "budget        40 s for search and confirmation: trials until 22 s" in out
     assert "of study.budget 40 s" in out and result.wall_s is not None
+
+
+def test_peak_memory_on_another_shape_is_derived_only_where_the_memory_model_proved_itself():
+    from conftest import model_config
+    from kvopt.confirm import derived_peak_mb
+    from kvopt.predict import predict_memory
+    from kvopt.space import Candidate
+
+    model = model_config("tiny-gpt2")
+    trial, other = Workload(64, 40), Workload(40, 64)
+    dynamic = Candidate("dynamic", "sdpa", "float32", 2)
+
+    def measured(error_pct: float, candidate: Candidate = dynamic) -> Result:
+        return Result(
+            1,
+            candidate.params(),
+            candidate.label,
+            {"peak_mem_mb": 10.0},
+            user_attrs={"predicted_mem_error_pct": error_pct},
+        )
+
+    ratio = predict_memory(model, dynamic, other).total_bytes / predict_memory(model, dynamic, trial).total_bytes
+    assert derived_peak_mb(measured(1.5), dynamic, model, trial, other) == pytest.approx(10.0 * ratio)
+    assert derived_peak_mb(measured(-1.5), dynamic, model, trial, other) == pytest.approx(10.0 * ratio)
+    # Beyond the error the model showed on the trial's shape, it is measured instead.
+    assert derived_peak_mb(measured(2.5), dynamic, model, trial, other) is None
+    assert derived_peak_mb(Result(1, {}, "x", {"peak_mem_mb": 10.0}), dynamic, model, trial, other) is None
+    paged = Candidate("paged", "sdpa", "float32", 2)
+    assert derived_peak_mb(measured(0.1, paged), paged, model, trial, other) is None
