@@ -65,6 +65,7 @@ __all__ = [
     "FULL_LENGTH_TOLERANCE",
     "DERIVED_MEMORY_MAX_ERROR_PCT",
     "derived_peak_mb",
+    "full_length_scale",
 ]
 
 # No finalist is called confirmed (nor the baseline kept as proven) from fewer paired rounds:
@@ -298,9 +299,17 @@ class _ShapeCalls:
         """One untimed run (warm-up)."""
         self._once()
 
-    def full_length(self) -> float:
-        """Decode tok/s of one whole, unprofiled call: the check of the window's estimate."""
-        return float(self._generate().metrics(self.cand.batch_size)["decode_tok_s"])
+    def full_length_check(self) -> tuple[float, float]:
+        """(window, whole call) decode tok/s: one whole, unprofiled call between two windows.
+
+        The window figure is the mean of the windows just before and just after the whole
+        call, so a machine whose speed drifts (seen here: x2 within minutes) moves both alike.
+        """
+        assert self.window is not None  # only the split protocol has a window to check
+        before = self.window.metrics(self.window.timed())["decode_tok_s"]
+        whole = float(self._generate().metrics(self.cand.batch_size)["decode_tok_s"])
+        after = self.window.metrics(self.window.timed())["decode_tok_s"]
+        return (before + after) / 2.0, whole
 
     def peak_mb(self) -> tuple[float, float]:
         """Peak memory of one call and the call's seconds (it is also a warm-up call)."""
@@ -359,8 +368,13 @@ def derived_peak_mb(
     return float(result.values["peak_mem_mb"]) * there / on_trial
 
 
+def full_length_scale(window: float, full: float) -> float:
+    """What a finalist's window decode samples are multiplied by: 1, or full / window beyond the tolerance."""
+    return full / window if abs(window / full - 1.0) > FULL_LENGTH_TOLERANCE else 1.0
+
+
 def _check_windows(
-    checks: dict[tuple[int, int], float],
+    checks: dict[tuple[int, int], tuple[float, float]],
     rounds: _Rounds,
     mix: Sequence[Workload],
     labels: dict[int, str],
@@ -368,16 +382,16 @@ def _check_windows(
 ) -> list[dict[str, Any]]:
     """Each (finalist, shape)'s window estimate against its full-length call; beyond the tolerance the latter counts.
 
-    Where the two differ by more than :data:`FULL_LENGTH_TOLERANCE`, the finalist's decode
-    samples on that shape are rescaled so their median is the full-length figure (the
-    rounds keep their round-to-round spread), and a note says so.
+    The two are measured back to back (:meth:`_ShapeCalls.full_length_check`). Where they
+    differ by more than :data:`FULL_LENGTH_TOLERANCE`, the finalist's decode samples on that
+    shape are scaled by full / window as the rounds record them (:func:`full_length_scale`), so
+    their median stands for the whole call (the rounds keep their spread), and a note says so.
     """
     report = []
-    for (number, i), full in sorted(checks.items()):
-        samples = rounds.per_shape[i][number]["decode_tok_s"]
-        window = median_ci(samples).median
+    for (number, i), (window, full) in sorted(checks.items()):
         deviation = window / full - 1.0
         counts = abs(deviation) > FULL_LENGTH_TOLERANCE
+        samples = rounds.per_shape[i][number]["decode_tok_s"]
         report.append(
             {
                 "trial": number,
@@ -386,14 +400,14 @@ def _check_windows(
                 "full_length_tok_s": full,
                 "deviation_pct": deviation * 100.0,
                 "full_length_counts": counts,
+                "rounds_window_tok_s": median_ci(samples).median if samples else None,
             }
         )
         if counts:
-            rounds.per_shape[i][number]["decode_tok_s"] = [v * full / window for v in samples]
             notes.append(
                 f"#{number} {labels[number]} at {mix[i].label}: the decode window's estimate "
-                f"({window:.1f} tok/s) is {deviation:+.0%} from a full-length call ({full:.1f} tok/s), beyond "
-                f"±{FULL_LENGTH_TOLERANCE:.0%}: the full-length figure counts"
+                f"({window:.1f} tok/s) is {deviation:+.0%} from a full-length call measured beside it ({full:.1f} "
+                f"tok/s), beyond ±{FULL_LENGTH_TOLERANCE:.0%}: the full-length figure counts (its rounds scaled by it)"
             )
     return report
 
@@ -438,7 +452,8 @@ def confirm(
     clock = [0.0]  # wall time inside the rounds' timed calls
     # Peak memory per shape and finalist: the trials' for their shape, a first call for the others.
     memory: list[dict[int, float]] = [{} for _ in mix]
-    checks: dict[tuple[int, int], float] = {}  # (finalist, shape) -> full-length decode tok/s
+    # (finalist, shape) -> (window, full-length) decode tok/s, measured back to back
+    checks: dict[tuple[int, int], tuple[float, float]] = {}
     derived_on: dict[int, list[int]] = {}  # shape -> finalists whose peak there is derived, not measured
     for number, cand in candidates.items():
         key = (cand.dtype, cand.attn_implementation)
@@ -464,7 +479,7 @@ def confirm(
             for _ in range(max(warm, int(shape_calls.window is not None))):
                 shape_calls.warm()
             if shape_calls.window is not None:  # the window's estimate is checked against a whole call
-                checks[(number, i)] = shape_calls.full_length()
+                checks[(number, i)] = shape_calls.full_length_check()
     clock[0] = 0.0  # the warm-up calls are setup, not measurement
     setup_s = time.monotonic() - setup_start
 
@@ -493,6 +508,8 @@ def confirm(
         for i in range(len(mix)):
             for number in order[shift:] + order[:shift]:
                 for metric, value in calls[(number, i)].timed().items():
+                    if metric == "decode_tok_s" and (number, i) in checks:
+                        value *= full_length_scale(*checks[(number, i)])
                     rounds.per_shape[i][number][metric].append(value)
         rounds.count += 1
         if on_round is not None:

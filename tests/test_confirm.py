@@ -232,3 +232,13 @@ def test_peak_memory_on_another_shape_is_derived_only_where_the_memory_model_pro
     assert derived_peak_mb(Result(1, {}, "x", {"peak_mem_mb": 10.0}), dynamic, model, trial, other) is None
     paged = Candidate("paged", "sdpa", "float32", 2)
     assert derived_peak_mb(measured(0.1, paged), paged, model, trial, other) is None
+
+
+def test_beyond_the_tolerance_the_full_length_figure_counts():
+    from kvopt.confirm import FULL_LENGTH_TOLERANCE, full_length_scale
+
+    assert FULL_LENGTH_TOLERANCE == 0.10
+    assert full_length_scale(105.0, 100.0) == 1.0  # +5%: the window stands for the call
+    assert full_length_scale(91.0, 100.0) == 1.0
+    assert full_length_scale(120.0, 100.0) == pytest.approx(100.0 / 120.0)  # +20%: scaled to the whole call
+    assert full_length_scale(50.0, 100.0) == pytest.approx(2.0)
