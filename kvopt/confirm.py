@@ -66,6 +66,8 @@ __all__ = [
     "DERIVED_MEMORY_MAX_ERROR_PCT",
     "derived_peak_mb",
     "full_length_scale",
+    "gains_precise",
+    "GAIN_PRECISION_PP",
 ]
 
 # No finalist is called confirmed (nor the baseline kept as proven) from fewer paired rounds:
@@ -74,6 +76,9 @@ MIN_ROUNDS = 5
 # A finalist's peak on a shape other than the trials' is derived from the memory model when
 # the model was within this many % of the trial's measured peak (else it is measured).
 DERIVED_MEMORY_MAX_ERROR_PCT = 2.0
+# Once the decision is clear, rounds go on (within the budget) until the chosen finalist's
+# TTFT and decode gains have CIs no wider than ± this many percentage points.
+GAIN_PRECISION_PP = 5.0
 # A decode window's estimate may differ this much from a full-length call before the
 # full-length figure counts (the window sits at the mean context; beyond this, it does not
 # stand for the whole call).
@@ -236,6 +241,16 @@ def _gain_from_ratios(ratios: list[float], higher_is_better: bool) -> Gain:
     return Gain(pct=pct(ci.median), low=low, high=high, coverage=ci.coverage)
 
 
+def gains_precise(samples: dict[str, list[float]], baseline: dict[str, list[float]]) -> bool:
+    """Whether a finalist's paired TTFT and decode gains have CIs within ±:data:`GAIN_PRECISION_PP` points."""
+    gains = confirmed_gains(samples, baseline, 1.0)
+    return all(
+        g.low is not None and g.high is not None and (g.high - g.low) / 2.0 <= GAIN_PRECISION_PP
+        for m, g in gains.items()
+        if m != "peak_mem_mb"
+    )
+
+
 def confirmed_gains(
     samples: dict[str, list[float]], baseline: dict[str, list[float]], memory_ratio: float
 ) -> dict[str, Gain]:
@@ -299,17 +314,24 @@ class _ShapeCalls:
         """One untimed run (warm-up)."""
         self._once()
 
-    def full_length_check(self) -> tuple[float, float]:
-        """(window, whole call) decode tok/s: one whole, unprofiled call between two windows.
+    def full_length_check(self) -> list[tuple[float, float]]:
+        """(window, whole call) decode tok/s pairs: one whole, unprofiled call between two windows.
 
         The window figure is the mean of the windows just before and just after the whole
         call, so a machine whose speed drifts (seen here: x2 within minutes) moves both alike.
+        A pair beyond :data:`FULL_LENGTH_TOLERANCE` is measured once more: one call's noise
+        (5-10% on a busy 2-core CPU) must not decide a correction on its own.
         """
         assert self.window is not None  # only the split protocol has a window to check
-        before = self.window.metrics(self.window.timed())["decode_tok_s"]
-        whole = float(self._generate().metrics(self.cand.batch_size)["decode_tok_s"])
-        after = self.window.metrics(self.window.timed())["decode_tok_s"]
-        return (before + after) / 2.0, whole
+        pairs: list[tuple[float, float]] = []
+        for _ in range(2):
+            before = self.window.metrics(self.window.timed())["decode_tok_s"]
+            whole = float(self._generate().metrics(self.cand.batch_size)["decode_tok_s"])
+            after = self.window.metrics(self.window.timed())["decode_tok_s"]
+            pairs.append(((before + after) / 2.0, whole))
+            if abs(pairs[-1][0] / pairs[-1][1] - 1.0) <= FULL_LENGTH_TOLERANCE:
+                break
+        return pairs
 
     def peak_mb(self) -> tuple[float, float]:
         """Peak memory of one call and the call's seconds (it is also a warm-up call)."""
@@ -368,30 +390,39 @@ def derived_peak_mb(
     return float(result.values["peak_mem_mb"]) * there / on_trial
 
 
-def full_length_scale(window: float, full: float) -> float:
-    """What a finalist's window decode samples are multiplied by: 1, or full / window beyond the tolerance."""
-    return full / window if abs(window / full - 1.0) > FULL_LENGTH_TOLERANCE else 1.0
+def full_length_scale(pairs: Sequence[tuple[float, float]]) -> float:
+    """What a finalist's window decode samples are multiplied by: 1, or full / window.
+
+    ``pairs``: (window, whole call) decode tok/s measured back to back. The whole call counts
+    only when every pair is beyond :data:`FULL_LENGTH_TOLERANCE` on the same side (two, when
+    the first was: :meth:`_ShapeCalls.full_length_check`); then by the pairs' mean ratio.
+    """
+    deviations = [window / full - 1.0 for window, full in pairs]
+    same_side = all(d > FULL_LENGTH_TOLERANCE for d in deviations) or all(
+        d < -FULL_LENGTH_TOLERANCE for d in deviations
+    )
+    if len(pairs) < 2 or not same_side:
+        return 1.0
+    return sum(full for _, full in pairs) / sum(window for window, _ in pairs)
 
 
 def _check_windows(
-    checks: dict[tuple[int, int], tuple[float, float]],
-    rounds: _Rounds,
+    checks: dict[tuple[int, int], list[tuple[float, float]]],
     mix: Sequence[Workload],
     labels: dict[int, str],
     notes: list[str],
 ) -> list[dict[str, Any]]:
-    """Each (finalist, shape)'s window estimate against its full-length call; beyond the tolerance the latter counts.
+    """Each (finalist, shape)'s window estimate against its full-length call(s), as reported and stored.
 
-    The two are measured back to back (:meth:`_ShapeCalls.full_length_check`). Where they
-    differ by more than :data:`FULL_LENGTH_TOLERANCE`, the finalist's decode samples on that
-    shape are scaled by full / window as the rounds record them (:func:`full_length_scale`), so
-    their median stands for the whole call (the rounds keep their spread), and a note says so.
+    Where the full-length figure counts (:func:`full_length_scale`), the rounds recorded the
+    finalist's decode samples on that shape scaled by it, and a note says so.
     """
     report = []
-    for (number, i), (window, full) in sorted(checks.items()):
+    for (number, i), pairs in sorted(checks.items()):
+        window = sum(w for w, _ in pairs) / len(pairs)
+        full = sum(f for _, f in pairs) / len(pairs)
         deviation = window / full - 1.0
-        counts = abs(deviation) > FULL_LENGTH_TOLERANCE
-        samples = rounds.per_shape[i][number]["decode_tok_s"]
+        counts = full_length_scale(pairs) != 1.0
         report.append(
             {
                 "trial": number,
@@ -399,15 +430,16 @@ def _check_windows(
                 "window_tok_s": window,
                 "full_length_tok_s": full,
                 "deviation_pct": deviation * 100.0,
+                "pairs": [list(p) for p in pairs],
                 "full_length_counts": counts,
-                "rounds_window_tok_s": median_ci(samples).median if samples else None,
             }
         )
         if counts:
             notes.append(
                 f"#{number} {labels[number]} at {mix[i].label}: the decode window's estimate "
-                f"({window:.1f} tok/s) is {deviation:+.0%} from a full-length call measured beside it ({full:.1f} "
-                f"tok/s), beyond ±{FULL_LENGTH_TOLERANCE:.0%}: the full-length figure counts (its rounds scaled by it)"
+                f"({window:.1f} tok/s) is {deviation:+.0%} from full-length calls measured beside it ({full:.1f} "
+                f"tok/s) in {len(pairs)} of {len(pairs)} checks, beyond ±{FULL_LENGTH_TOLERANCE:.0%}: the "
+                "full-length figure counts (its rounds scaled by it)"
             )
     return report
 
@@ -452,8 +484,8 @@ def confirm(
     clock = [0.0]  # wall time inside the rounds' timed calls
     # Peak memory per shape and finalist: the trials' for their shape, a first call for the others.
     memory: list[dict[int, float]] = [{} for _ in mix]
-    # (finalist, shape) -> (window, full-length) decode tok/s, measured back to back
-    checks: dict[tuple[int, int], tuple[float, float]] = {}
+    # (finalist, shape) -> (window, full-length) decode tok/s pairs, measured back to back
+    checks: dict[tuple[int, int], list[tuple[float, float]]] = {}
     derived_on: dict[int, list[int]] = {}  # shape -> finalists whose peak there is derived, not measured
     for number, cand in candidates.items():
         key = (cand.dtype, cand.attn_implementation)
@@ -509,15 +541,20 @@ def confirm(
             for number in order[shift:] + order[:shift]:
                 for metric, value in calls[(number, i)].timed().items():
                     if metric == "decode_tok_s" and (number, i) in checks:
-                        value *= full_length_scale(*checks[(number, i)])
+                        value *= full_length_scale(checks[(number, i)])
                     rounds.per_shape[i][number][metric].append(value)
         rounds.count += 1
         if on_round is not None:
             on_round(rounds.count, time.monotonic() - start)
         scores = _mix_scores(_shape_scores(finalists, baseline, rounds, memory, mix, profile), mix)
         if rounds.count >= MIN_ROUNDS and decision_is_clear(scores, baseline.number, cfg.equivalence):
-            stopped = "the decision is clear"
-            break
+            # Clear; the budget left goes to the chosen one's gains until they are known to ±GAIN_PRECISION_PP.
+            chosen = decide(finalists, scores, baseline, profile, cfg.equivalence, rounds.count).chosen
+            trial_samples = rounds.per_shape[trial_shape]
+            if chosen.is_baseline or gains_precise(trial_samples[chosen.number], trial_samples[baseline.number]):
+                stopped = f"the decision is clear and its gains are known to ±{GAIN_PRECISION_PP:g} points"
+                break
+            stopped = f"the decision is clear; its gains not yet known to ±{GAIN_PRECISION_PP:g} points"
     for loader in loaders.values():
         loader.release()
     notes.append(f"rounds stopped after {rounds.count}: {stopped}")
@@ -527,7 +564,7 @@ def confirm(
             f"model calibrated on the trial's shape (its error there within ±{DERIVED_MEMORY_MAX_ERROR_PCT:g}%)"
         )
 
-    window_checks = _check_windows(checks, rounds, mix, labels, notes) if rounds.count else []
+    window_checks = _check_windows(checks, mix, labels, notes) if rounds.count else []
     samples = rounds.per_shape[trial_shape]
     gains = {
         r.number: confirmed_gains(

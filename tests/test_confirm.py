@@ -133,7 +133,8 @@ def test_a_study_ends_with_a_confirmed_recommendation(tmp_path):
     confirmation = result.confirmation
     # At least 5 rounds, at most confirm.rounds; it stops at 5 when the decision is clear.
     assert confirmation is not None and 5 <= confirmation.rounds <= 6
-    assert (confirmation.rounds == 5) == (confirmation.stopped_because == "the decision is clear")
+    if confirmation.rounds == 5:  # stopped before the cap: only a clear decision does that
+        assert confirmation.stopped_because.startswith("the decision is clear and its gains are known")
     assert any(r.is_baseline for r in confirmation.finalists)
     for samples in confirmation.samples.values():
         assert len(samples["ttft_ms"]) == confirmation.rounds
@@ -238,7 +239,21 @@ def test_beyond_the_tolerance_the_full_length_figure_counts():
     from kvopt.confirm import FULL_LENGTH_TOLERANCE, full_length_scale
 
     assert FULL_LENGTH_TOLERANCE == 0.10
-    assert full_length_scale(105.0, 100.0) == 1.0  # +5%: the window stands for the call
-    assert full_length_scale(91.0, 100.0) == 1.0
-    assert full_length_scale(120.0, 100.0) == pytest.approx(100.0 / 120.0)  # +20%: scaled to the whole call
-    assert full_length_scale(50.0, 100.0) == pytest.approx(2.0)
+    assert full_length_scale([(105.0, 100.0)]) == 1.0  # +5%: the window stands for the call
+    assert full_length_scale([(91.0, 100.0)]) == 1.0
+    # One check beyond the tolerance is measured again; only two on the same side count.
+    assert full_length_scale([(120.0, 100.0)]) == 1.0
+    assert full_length_scale([(120.0, 100.0), (104.0, 100.0)]) == 1.0
+    assert full_length_scale([(120.0, 100.0), (80.0, 100.0)]) == 1.0
+    assert full_length_scale([(120.0, 100.0), (124.0, 100.0)]) == pytest.approx(200.0 / 244.0)
+    assert full_length_scale([(50.0, 100.0), (60.0, 100.0)]) == pytest.approx(200.0 / 110.0)
+
+
+def test_rounds_go_on_after_a_clear_decision_until_the_gains_are_known():
+    from kvopt.confirm import GAIN_PRECISION_PP, gains_precise
+
+    base = {"ttft_ms": [100.0] * 5, "decode_tok_s": [10.0] * 5}
+    tight = {"ttft_ms": [80.0, 81, 79, 80, 80.5], "decode_tok_s": [12.0, 12.1, 11.9, 12.0, 12.05]}
+    wide = {"ttft_ms": [60.0, 81, 95, 80, 70], "decode_tok_s": [12.0, 12.1, 11.9, 12.0, 12.05]}
+    assert GAIN_PRECISION_PP == 5.0
+    assert gains_precise(tight, base) and not gains_precise(wide, base)
