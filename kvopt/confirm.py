@@ -66,6 +66,7 @@ __all__ = [
     "DERIVED_MEMORY_MAX_ERROR_PCT",
     "derived_peak_mb",
     "full_length_scale",
+    "shape_scales",
     "gains_precise",
     "GAIN_PRECISION_PP",
 ]
@@ -406,6 +407,22 @@ def full_length_scale(pairs: Sequence[tuple[float, float]]) -> float:
     return sum(full for _, full in pairs) / sum(window for window, _ in pairs)
 
 
+def shape_scales(checks: Mapping[tuple[int, int], Sequence[tuple[float, float]]]) -> dict[tuple[int, int], float]:
+    """Per (finalist, shape), what its window decode samples are multiplied by as the rounds record them.
+
+    Where the full-length figure counts for any finalist on a shape (:func:`full_length_scale`),
+    the window does not stand for whole calls there, so every finalist's decode on that shape
+    is put on the whole-call scale by its own checks (mean full / mean window): scaling one
+    finalist alone would move the comparison by that finalist's check noise only. Elsewhere 1.
+    """
+    flagged = {i for (_, i), pairs in checks.items() if full_length_scale(pairs) != 1.0}
+    return {
+        (number, i): sum(f for _, f in pairs) / sum(w for w, _ in pairs)
+        for (number, i), pairs in checks.items()
+        if i in flagged
+    }
+
+
 def _check_windows(
     checks: dict[tuple[int, int], list[tuple[float, float]]],
     mix: Sequence[Workload],
@@ -418,6 +435,7 @@ def _check_windows(
     finalist's decode samples on that shape scaled by it, and a note says so.
     """
     report = []
+    scaled = shape_scales(checks)
     for (number, i), pairs in sorted(checks.items()):
         window = sum(w for w, _ in pairs) / len(pairs)
         full = sum(f for _, f in pairs) / len(pairs)
@@ -432,6 +450,7 @@ def _check_windows(
                 "deviation_pct": deviation * 100.0,
                 "pairs": [list(p) for p in pairs],
                 "full_length_counts": counts,
+                "scale": scaled.get((number, i), 1.0),
             }
         )
         if counts:
@@ -439,7 +458,8 @@ def _check_windows(
                 f"#{number} {labels[number]} at {mix[i].label}: the decode window's estimate "
                 f"({window:.1f} tok/s) is {deviation:+.0%} from full-length calls measured beside it ({full:.1f} "
                 f"tok/s) in {len(pairs)} of {len(pairs)} checks, beyond ±{FULL_LENGTH_TOLERANCE:.0%}: the "
-                "full-length figure counts (its rounds scaled by it)"
+                f"full-length figure counts; every finalist's decode at {mix[i].label} is put on the whole-call "
+                "scale by its own checks"
             )
     return report
 
@@ -514,6 +534,7 @@ def confirm(
                 checks[(number, i)] = shape_calls.full_length_check()
     clock[0] = 0.0  # the warm-up calls are setup, not measurement
     setup_s = time.monotonic() - setup_start
+    scales = shape_scales(checks)
 
     order = [r.number for r in finalists]
     rounds = _previous_rounds(previous, finalists, mix, trial_shape) or _Rounds(
@@ -540,8 +561,8 @@ def confirm(
         for i in range(len(mix)):
             for number in order[shift:] + order[:shift]:
                 for metric, value in calls[(number, i)].timed().items():
-                    if metric == "decode_tok_s" and (number, i) in checks:
-                        value *= full_length_scale(checks[(number, i)])
+                    if metric == "decode_tok_s":
+                        value *= scales.get((number, i), 1.0)
                     rounds.per_shape[i][number][metric].append(value)
         rounds.count += 1
         if on_round is not None:

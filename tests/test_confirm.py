@@ -257,3 +257,16 @@ def test_rounds_go_on_after_a_clear_decision_until_the_gains_are_known():
     wide = {"ttft_ms": [60.0, 81, 95, 80, 70], "decode_tok_s": [12.0, 12.1, 11.9, 12.0, 12.05]}
     assert GAIN_PRECISION_PP == 5.0
     assert gains_precise(tight, base) and not gains_precise(wide, base)
+
+
+def test_where_the_full_length_figure_counts_every_finalist_on_that_shape_is_put_on_its_scale():
+    from kvopt.confirm import shape_scales
+
+    checks = {
+        (0, 0): [(116.0, 100.0), (117.0, 100.0)],  # the baseline at shape 0: +16% twice -> whole calls count
+        (2, 0): [(103.0, 100.0)],  # another finalist at shape 0: within the tolerance, scaled all the same
+        (0, 1): [(104.0, 100.0)],  # shape 1: nothing counts, nothing scaled
+        (2, 1): [(95.0, 100.0)],
+    }
+    scales = shape_scales(checks)
+    assert scales == pytest.approx({(0, 0): 200.0 / 233.0, (2, 0): 100.0 / 103.0})
