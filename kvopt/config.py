@@ -210,7 +210,7 @@ class ConfirmConfig:
     rounds: int = 20
     max_seconds: float = 120.0
     # Profile-score difference below which two finalists are a practical tie (0.02: about 2%
-    # of the weighted objectives, under the ~3-6% between-process spread of a reported median).
+    # of the weighted objectives, under the between-process spread of a reported median, 2-15%).
     equivalence: float = 0.02
 
 

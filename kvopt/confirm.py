@@ -31,16 +31,15 @@ from kvopt.config import ConfirmConfig, MeasureConfig, ModelConfig, ProfileConfi
 from kvopt.engine.generation import timed_generate
 from kvopt.engine.loading import ModelLoader, WeightsSource
 from kvopt.engine.prefix import prepare_prefix
-from kvopt.engine.window import DecodeWindow, fill_window_context, placement
 from kvopt.engine.workload import Workload, make_inputs
 from kvopt.measure.adaptive import median_ci
 from kvopt.measure.memory import MB, measure_peak, weights_bytes
 from kvopt.predict import predict_memory
 from kvopt.protocol import (
     SETTLE_BELOW_S,
-    context_ids,
-    full_length_reason,
+    prepare_window,
     resident_bytes,
+    timed_run,
     with_unseen_memory,
 )
 from kvopt.select import Recommendation, Result, profile_score, slo_violations
@@ -51,7 +50,6 @@ __all__ = [
     "Gain",
     "Confirmation",
     "choose_finalists",
-    "round_seconds",
     "score_interval",
     "paired_scores",
     "confirm",
@@ -217,20 +215,6 @@ def choose_finalists(results: list[Result], recommended: Result, profile: Profil
     return chosen
 
 
-def round_seconds(result: Result, trial_shape: Workload, shapes: Sequence[Workload]) -> float:
-    """Estimated seconds of one confirmation round of a finalist: one call per shape, from its trial medians.
-
-    Prefill is taken as proportional to the prompt, decode to the new tokens (the trials'
-    per-token rate); a rough figure, enough to say what a budget affords.
-    """
-    ttft_s = result.values["ttft_ms"] / 1000.0
-    per_token_s = float(result.params.get("batch_size", 1)) / max(result.values["decode_tok_s"], 1e-9)
-    return sum(
-        ttft_s * w.prompt_tokens / trial_shape.prompt_tokens + (w.new_tokens - 1) * per_token_s
-        for w in (shapes or [trial_shape])
-    )
-
-
 def _gain_from_ratios(ratios: list[float], higher_is_better: bool) -> Gain:
     """Per-round ratios (candidate over baseline) to a gain in percent with a CI."""
     ci = median_ci(ratios)
@@ -285,13 +269,7 @@ class _ShapeCalls:
         self.model, self.cand, self.shape, self.device, self.clock = model, cand, shape, device, clock
         self.inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
         self.prefix = prepare_prefix(model, cand, shape, self.inputs, device)
-        self.full_reason = full_length_reason(cand, shape, measure)
-        self.window: DecodeWindow | None = None
-        if self.full_reason is None:
-            assert measure is not None  # a split protocol needs a window length
-            where = placement(shape.prompt_tokens, shape.new_tokens, measure.decode_window)
-            ids = context_ids(shape, where, cand.batch_size, model.config.vocab_size, seed, device)
-            self.window = fill_window_context(model, cand, ids, where, shape.prompt_tokens + shape.new_tokens, device)
+        self.window = prepare_window(model, cand, shape, measure, seed, device)
 
     def _generate(self, new_tokens: int | None = None) -> Any:
         return timed_generate(
@@ -299,10 +277,7 @@ class _ShapeCalls:
         )
 
     def _once(self) -> dict[str, float]:
-        if self.window is None:
-            return dict(self._generate().metrics(self.cand.batch_size))
-        ttft = self._generate(new_tokens=1).metrics(self.cand.batch_size)["ttft_ms"]
-        return {"ttft_ms": ttft, **self.window.metrics(self.window.timed())}
+        return timed_run(self._generate, self.window, self.cand.batch_size, self.shape.new_tokens)
 
     def timed(self) -> dict[str, float]:
         """One timed run of the trial's protocol; adds its wall time to ``clock[0]``."""
@@ -353,7 +328,7 @@ class _Rounds:
 
 
 def _previous_rounds(
-    previous: Mapping[str, Any] | None, finalists: list[Result], mix: Sequence[Workload], trial_shape: int
+    previous: Mapping[str, Any] | None, finalists: list[Result], mix: Sequence[Workload]
 ) -> _Rounds | None:
     """A stored confirmation's rounds, if it measured the same finalists on the same shapes (a re-run adds to them)."""
     if not previous or sorted(previous.get("finalists", [])) != sorted(r.number for r in finalists):
@@ -537,7 +512,7 @@ def confirm(
     scales = shape_scales(checks)
 
     order = [r.number for r in finalists]
-    rounds = _previous_rounds(previous, finalists, mix, trial_shape) or _Rounds(
+    rounds = _previous_rounds(previous, finalists, mix) or _Rounds(
         [{n: {"ttft_ms": [], "decode_tok_s": []} for n in order} for _ in mix]
     )
     continued = rounds.count

@@ -58,6 +58,8 @@ __all__ = [
     "Measurement",
     "measure_candidate",
     "full_length_reason",
+    "prepare_window",
+    "timed_run",
     "context_ids",
     "protocol_attrs",
     "stop_rule",
@@ -285,26 +287,14 @@ def measure_candidate(
     if bounded:  # the baseline is always measured: without it there is no gain to report
         _refuse_if_too_slow(first_call_s, measure, cut_after)
 
-    window: DecodeWindow | None = None
-    if full_reason is None:
-        assert measure is not None  # full_length_reason is None only with a decode window
-        where = placement(workload.prompt_tokens, workload.new_tokens, measure.decode_window)
-        window = fill_window_context(
-            model,
-            candidate,
-            context_ids(workload, where, candidate.batch_size, model.config.vocab_size, seed, device),
-            where,
-            workload.prompt_tokens + workload.new_tokens,
-            device,
-        )
+    window = prepare_window(model, candidate, workload, measure, seed, device)
     # Wall time inside the timed calls, so a study's overhead can be measured.
     timed_runs_s = 0.0
 
     def timed_once() -> dict[str, float]:
-        if window is None:
-            return run().metrics(candidate.batch_size)
-        ttft = run(new_tokens=1).metrics(candidate.batch_size)["ttft_ms"]
-        return {"ttft_ms": ttft, **window.metrics(window.timed())}
+        return timed_run(
+            lambda new_tokens: run(new_tokens=new_tokens), window, candidate.batch_size, workload.new_tokens
+        )
 
     start = time.perf_counter()
     settle = not probe_in_timed_run and first_call_s < SETTLE_BELOW_S
@@ -357,6 +347,31 @@ def measure_candidate(
             **(prefix.as_attrs() if prefix else {}),
         },
     )
+
+
+def prepare_window(
+    model: Any, candidate: Candidate, workload: Workload, measure: MeasureConfig | None, seed: int, device: torch.device
+) -> DecodeWindow | None:
+    """The candidate's decode window on ``workload``, filled (untimed); None where whole calls are timed."""
+    if full_length_reason(candidate, workload, measure) is not None:
+        return None
+    assert measure is not None  # full_length_reason is None only with a decode window
+    where = placement(workload.prompt_tokens, workload.new_tokens, measure.decode_window)
+    ids = context_ids(workload, where, candidate.batch_size, model.config.vocab_size, seed, device)
+    return fill_window_context(model, candidate, ids, where, workload.prompt_tokens + workload.new_tokens, device)
+
+
+def timed_run(
+    generate: Callable[[int], Any], window: DecodeWindow | None, batch_size: int, new_tokens: int
+) -> dict[str, float]:
+    """One timed run: a whole call of ``new_tokens``, or (split) a prefill-only call and one decode window.
+
+    ``generate(n)``: one timed generate of ``n`` new tokens (:func:`kvopt.engine.generation.timed_generate`).
+    """
+    if window is None:
+        return dict(generate(new_tokens).metrics(batch_size))
+    ttft = generate(1).metrics(batch_size)["ttft_ms"]
+    return {"ttft_ms": ttft, **window.metrics(window.timed())}
 
 
 def context_ids(

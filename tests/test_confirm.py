@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import profile_config
 from kvopt.config import validate
-from kvopt.confirm import confirmed_gains, decide, decision_is_clear, round_seconds, separation
+from kvopt.confirm import confirmed_gains, decide, decision_is_clear, separation
 from kvopt.engine.workload import Workload
 from kvopt.paths import conf_dir
 from kvopt.runner import tune
@@ -29,15 +29,6 @@ def test_paired_gains_have_a_confidence_interval():
 def _result(number: int, ttft_ms: float, tok_s: float, batch: int = 1, baseline: bool = False) -> Result:
     values = {"ttft_ms": ttft_ms, "decode_tok_s": tok_s, "peak_mem_mb": 100.0}
     return Result(number, {"batch_size": batch}, f"c{number}", values, is_baseline=baseline)
-
-
-def test_a_finalists_round_is_estimated_from_its_trial_medians_on_every_shape():
-    # 1 s to the first token at 768 prompt tokens, 20 tok/s at batch 2 (10 calls/s per row).
-    r = _result(1, 1000.0, 20.0, batch=2)
-    trial = Workload(768, 256)
-    assert round_seconds(r, trial, [trial]) == pytest.approx(1.0 + 255 / 10)
-    both = round_seconds(r, trial, [trial, Workload(512, 512)])
-    assert both == pytest.approx(1.0 + 255 / 10 + 512 / 768 + 511 / 10)
 
 
 def _scores(**per_finalist: list[float]) -> dict[int, list[float]]:

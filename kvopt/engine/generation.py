@@ -16,7 +16,7 @@ from kvopt.measure.memory import cache_bytes
 from kvopt.measure.timing import synchronize
 from kvopt.space import Candidate
 
-__all__ = ["GenerateRun", "timed_generate", "generate_kwargs"]
+__all__ = ["GenerateRun", "timed_generate", "generate_kwargs", "returned_cache"]
 
 
 class _FirstTokenClock(LogitsProcessor):
@@ -95,6 +95,12 @@ def generate_kwargs(candidate: Candidate, new_tokens: int, pad_token_id: int) ->
     }
 
 
+def returned_cache(out: Any) -> Any:
+    """The cache a ``generate`` call used, from its output (None if it returned none)."""
+    # Transformers renamed the output's past_key_values to cache (5.17 has only the old name).
+    return out.cache if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+
+
 @torch.inference_mode()
 def timed_generate(
     model: PreTrainedModel,
@@ -143,6 +149,5 @@ def timed_generate(
         ttft_s=clock.first_token_at - start,
         decode_s=end - clock.first_token_at,
         new_tokens=produced,
-        # Transformers renamed the output's past_key_values to cache (5.17 has only the old name).
-        cache=out.cache if hasattr(out, "cache") else getattr(out, "past_key_values", None),
+        cache=returned_cache(out),
     )

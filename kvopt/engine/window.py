@@ -1,7 +1,8 @@
 """A decode window: per-step decode latencies at a chosen context, without the decode before it.
 
-A full-length call spends most of its time decoding (gpt2 at 768+256 on a 2-core CPU: ~1 s of
-prefill, ~14 s of decode), so timing whole calls buys two samples in a 20-s trial. The
+A full-length call spends most of its time decoding (gpt2 at 768+256 on the 2-core Xeon:
+20–23 s a whole call, 1.2–1.4 s a 16-step window; scripts/bench_window.py), so timing whole
+calls buys two samples in a 20-s trial. The
 decode rate of a fixed per-step loop depends on the context the step attends over, not on
 how the cache got there. So, as llama-bench times tg apart from pp:
 
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from kvopt.engine.generation import generate_kwargs, returned_cache
 from kvopt.engine.prefix import cache_argument
 from kvopt.interrupt import raise_if_interrupted
 from kvopt.measure.timing import synchronize
@@ -82,19 +84,6 @@ class _StepClock(LogitsProcessor):
         return scores
 
 
-def _window_kwargs(candidate: Candidate, steps: int) -> dict[str, Any]:
-    """Greedy, fixed-length generation; the cache comes from the filled context, not cache_implementation."""
-    kwargs = {k: v for k, v in candidate.generate_kwargs().items() if k != "cache_implementation"}
-    return {
-        "max_new_tokens": steps + 1,
-        "min_new_tokens": steps + 1,
-        "do_sample": False,
-        "pad_token_id": 0,
-        "return_dict_in_generate": True,
-        **kwargs,
-    }
-
-
 @dataclass
 class DecodeWindow:
     """A filled cache at the window's start; :meth:`timed` decodes ``steps`` steps from a copy of it."""
@@ -113,7 +102,9 @@ class DecodeWindow:
         raise_if_interrupted()
         fresh = copy.deepcopy(self.cache)  # generate appends to the cache it is given
         clock = _StepClock(self.device)
-        kwargs = _window_kwargs(self.candidate, self.where.steps)
+        # The cache comes from the filled context: no cache_implementation beside it (generate refuses both).
+        kwargs = generate_kwargs(self.candidate, self.where.steps + 1, pad_token_id=0)
+        kwargs.pop("cache_implementation", None)
         kwargs[cache_argument(self.model)] = fresh
         synchronize(self.device)
         out = self.model.generate(  # type: ignore[operator]  # GenerationMixin, not listed on PreTrainedModel
@@ -149,21 +140,14 @@ def fill_window_context(
     cache's (the prefix changes only what is prefilled).
     """
     context = input_ids[:, : where.context_tokens]
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": 1,
-        "min_new_tokens": 1,
-        "do_sample": False,
-        "pad_token_id": 0,
-        "return_dict_in_generate": True,
-        **candidate.generate_kwargs(),
-    }
+    kwargs = generate_kwargs(candidate, 1, pad_token_id=0)
     if candidate.cache_implementation in STATIC_CACHES:
         kwargs["max_cache_len"] = full_length
     synchronize(device)
     start = time.perf_counter()
     out = model.generate(input_ids=context, attention_mask=torch.ones_like(context), **kwargs)  # type: ignore[operator]
     synchronize(device)
-    cache = out.cache if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+    cache = returned_cache(out)
     if cache is None:
         raise RuntimeError(f"{candidate.label}: generate returned no cache to decode the window from")
     return DecodeWindow(
