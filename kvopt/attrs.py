@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "BASELINE_ATTR",
+    "ENGINE_ATTR",
     "CANDIDATE_ATTR",
     "CANDIDATE_SETTINGS_ATTR",
     "REASON_ATTR",
@@ -29,6 +30,8 @@ __all__ = [
 
 # Trial user attrs that one module writes and another reads.
 BASELINE_ATTR = "baseline"  # True on the baseline trial
+# Study attr: the engine whose knobs the trials sample (absent in studies stored before engines: transformers).
+ENGINE_ATTR = "engine"
 CANDIDATE_ATTR = "candidate"  # the candidate's label, e.g. "static/sdpa/float16/b4"
 CANDIDATE_SETTINGS_ATTR = "candidate_settings"  # the candidate's fields as a mapping
 REASON_ATTR = "reason"  # why the trial has no values, one line for people

@@ -25,6 +25,8 @@ __all__ = [
     "CACHE_IMPLEMENTATIONS",
     "ATTN_IMPLEMENTATIONS",
     "DTYPES",
+    "ENGINE_NAMES",
+    "EngineConfig",
     "SAMPLERS",
     "STORAGE_BACKENDS",
     "METRICS",
@@ -56,6 +58,8 @@ CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZED_BACKENDS = ("fp8", "quanto", "hqq")
+# The engines kvopt can tune (kvopt.engines holds each one's code).
+ENGINE_NAMES = ("transformers", "llamacpp")
 SAMPLERS = ("profile", "tpe", "gp", "nsga2", "random", "grid")
 STORAGE_BACKENDS = ("rdb", "journal", "memory")
 WEIGHTS_MODES = ("auto", "pretrained", "random")
@@ -77,6 +81,8 @@ class ModelConfig:
     trust_remote_code: bool
     dtype: str
     architecture: dict[str, Any]
+    # engine=llamacpp: the GGUF file to tune (None for the Transformers engine).
+    gguf: str | None = None
 
     @property
     def model_type(self) -> str:
@@ -133,7 +139,7 @@ class SearchSpaceConfig:
     quantized_backends_auto: bool = True
     quantized_nbits: tuple[int, ...] = (4,)
     static_compile: tuple[bool, ...] = (False,)
-    # Dynamic cache: reuse the profile's shared prefix off/on (kvopt.engine.prefix).
+    # Dynamic cache: reuse the profile's shared prefix off/on (kvopt.engines.transformers.prefix).
     prefix_reuse: tuple[bool, ...] = (False,)
     max_dtype_slowdown: float | None = None
 
@@ -181,7 +187,7 @@ class MeasureConfig:
     rel_precision: float = 0.03
     max_repetitions: int = 40
     max_seconds: float = 20.0
-    # Decode steps of the split protocol's decode window (kvopt.engine.window); 0: whole calls.
+    # Decode steps of the split protocol's decode window (kvopt.engines.transformers.window); 0: whole calls.
     decode_window: int = 16
 
 
@@ -255,6 +261,18 @@ QUALITY_BOUNDS = ("max_mean_kl", "min_token_agreement")
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """Which inference engine the study tunes, and its knobs' choices (the Transformers engine
+    takes its choices from ``search_space``; another engine lists them under ``knobs``).
+
+    Names and values of ``knobs`` are checked by the engine itself, before any work starts.
+    """
+
+    name: str = "transformers"
+    knobs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class KvoptConfig:
     """The whole validated configuration of one run; build it with :func:`validate` or ``kvopt.compose_config``."""
 
@@ -275,6 +293,7 @@ class KvoptConfig:
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     # The profile's own quality bounds applied over the quality section's.
     quality: QualityConfig = field(default_factory=QualityConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -357,6 +376,31 @@ def _model(problems: _Problems, m: Mapping[str, Any]) -> ModelConfig:
         trust_remote_code=bool(m.get("trust_remote_code")),
         dtype=str(m.get("dtype")),
         architecture=dict(arch),
+        gguf=None if m.get("gguf") is None else str(m.get("gguf")),
+    )
+
+
+def _engine(problems: _Problems, e: Mapping[str, Any], model: Mapping[str, Any]) -> EngineConfig:
+    if not isinstance(e, Mapping):
+        problems.add("engine", e, "a config group: engine=transformers or engine=llamacpp")
+        return EngineConfig()
+    name = e.get("name", "transformers")
+    if name not in ENGINE_NAMES:
+        problems.add("engine", name, ", ".join(ENGINE_NAMES))
+        return EngineConfig()
+    knobs = e.get("knobs") or {}
+    if not isinstance(knobs, Mapping) or any(
+        v != "auto" and (not isinstance(v, (list, tuple)) or not v) for v in knobs.values()
+    ):
+        problems.add("engine.knobs", knobs, "a mapping of knob name -> a non-empty list of values, or auto")
+        knobs = {}
+    gguf = model.get("gguf") if isinstance(model, Mapping) else None
+    if name == "llamacpp" and not gguf:
+        problems.add("model.gguf", gguf, "the path of a .gguf file (engine=llamacpp tunes a GGUF model)")
+    if name != "llamacpp" and gguf:
+        problems.add("model.gguf", gguf, f"null with engine={name} (a GGUF file is tuned with engine=llamacpp)")
+    return EngineConfig(
+        name=str(name), knobs={str(k): ("auto",) if v == "auto" else tuple(v) for k, v in knobs.items()}
     )
 
 
@@ -834,6 +878,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> KvoptConfig:
         worker=_worker(problems, raw.get("worker", KvoptConfig.worker)),
         scale=_scale(problems, raw.get("scale") or {}),
         quality=_quality(problems, raw.get("quality") or {}, sections["profile"]),
+        engine=_engine(problems, raw.get("engine") or {}, sections["model"]),
         raw=raw,
     )
     problems.raise_if_any()

@@ -25,26 +25,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from kvopt.config import ConfirmConfig, MeasureConfig, ModelConfig, ProfileConfig
-from kvopt.engine.generation import timed_generate
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.prefix import prepare_prefix
-from kvopt.engine.workload import Workload, make_inputs
+from kvopt.config import ConfirmConfig, MeasureConfig, ProfileConfig
+from kvopt.engines.base import Engine, Loaded, Loader
 from kvopt.measure.adaptive import median_ci
-from kvopt.measure.memory import MB, measure_peak, weights_bytes
-from kvopt.predict import predict_memory
-from kvopt.protocol import (
-    SETTLE_BELOW_S,
-    prepare_window,
-    resident_bytes,
-    timed_run,
-    with_unseen_memory,
-)
+from kvopt.measure.memory import MB
+from kvopt.protocol import SETTLE_BELOW_S, prepare_window, timed_run
 from kvopt.select import Recommendation, Result, profile_score, slo_violations
 from kvopt.space import Candidate, SearchSpace
 from kvopt.surrogate import log_ci_half_width
+from kvopt.workload import Workload
 
 __all__ = [
     "Gain",
@@ -258,23 +247,20 @@ class _ShapeCalls:
 
     def __init__(
         self,
-        model: Any,
-        cand: Any,
+        engine: Engine,
+        loaded: Loaded,
+        cand: Candidate,
         shape: Workload,
-        device: torch.device,
         seed: int,
         clock: list[float],
         measure: MeasureConfig | None,
     ):
-        self.model, self.cand, self.shape, self.device, self.clock = model, cand, shape, device, clock
-        self.inputs = make_inputs(shape, cand.batch_size, model.config.vocab_size, seed, device)
-        self.prefix = prepare_prefix(model, cand, shape, self.inputs, device)
-        self.window = prepare_window(model, cand, shape, measure, seed, device)
+        self.cand, self.shape, self.clock = cand, shape, clock
+        self.session = engine.session(loaded, cand, shape, seed)
+        self.window = prepare_window(engine, self.session, cand, shape, measure)
 
     def _generate(self, new_tokens: int | None = None) -> Any:
-        return timed_generate(
-            self.model, self.inputs, self.cand, new_tokens or self.shape.new_tokens, self.device, prefix=self.prefix
-        )
+        return self.session.call(new_tokens or self.shape.new_tokens)
 
     def _once(self) -> dict[str, float]:
         return timed_run(self._generate, self.window, self.cand.batch_size, self.shape.new_tokens)
@@ -311,11 +297,9 @@ class _ShapeCalls:
 
     def peak_mb(self) -> tuple[float, float]:
         """Peak memory of one call and the call's seconds (it is also a warm-up call)."""
-        resident = resident_bytes(weights_bytes(self.model), self.inputs, self.prefix)
         start = time.monotonic()
-        result, reading = measure_peak(self._generate, self.device, resident)
+        _, reading = self.session.call_with_peak(self.shape.new_tokens)
         seconds = time.monotonic() - start
-        reading = with_unseen_memory(reading, result, self.model, self.cand, self.shape, self.device)
         return reading.peak_bytes / MB, seconds
 
 
@@ -348,7 +332,7 @@ def _previous_rounds(
 
 
 def derived_peak_mb(
-    result: Result, candidate: Candidate, model_cfg: ModelConfig, trial_shape: Workload, shape: Workload
+    result: Result, candidate: Candidate, engine: Engine, trial_shape: Workload, shape: Workload
 ) -> float | None:
     """A finalist's peak memory on another shape from the memory model, where it proved itself; else None.
 
@@ -356,13 +340,13 @@ def derived_peak_mb(
     from it (``predicted_mem_error_pct``). Within ±:data:`DERIVED_MEMORY_MAX_ERROR_PCT` the
     prediction for ``shape`` is used, calibrated by the same ratio — what one full-length,
     profiled call would otherwise cost (gpt2's 512+512 on a 2-core CPU: ~45 s per finalist).
-    The paged pool is not predicted this way: it is always measured.
+    Where the engine's model does not scale with the shape (the paged pool), it is always measured.
     """
     error = result.user_attrs.get("predicted_mem_error_pct")
-    if error is None or abs(error) > DERIVED_MEMORY_MAX_ERROR_PCT or candidate.cache_implementation == "paged":
+    if error is None or abs(error) > DERIVED_MEMORY_MAX_ERROR_PCT or not engine.peak_scales_with_model(candidate):
         return None
-    on_trial = predict_memory(model_cfg, candidate, trial_shape).total_bytes
-    there = predict_memory(model_cfg, candidate, shape).total_bytes
+    on_trial = engine.predict_memory(candidate, trial_shape).total_bytes
+    there = engine.predict_memory(candidate, shape).total_bytes
     return float(result.values["peak_mem_mb"]) * there / on_trial
 
 
@@ -443,10 +427,8 @@ def confirm(
     finalists: list[Result],
     *,
     space: SearchSpace,
-    model_cfg: ModelConfig,
-    weights: WeightsSource,
+    engine: Engine,
     workload: Workload,
-    device: torch.device,
     profile: ProfileConfig,
     cfg: ConfirmConfig,
     seed: int,
@@ -473,8 +455,9 @@ def confirm(
     )
     labels = {r.number: r.label for r in finalists}
     candidates = {r.number: space.make_candidate(r.params) for r in finalists}
-    # One loader per (dtype, attention): every finalist's model stays loaded for the rounds.
-    loaders: dict[tuple[str, str], ModelLoader] = {}
+    # One loader per model the engine loads (Transformers: per dtype and attention): every
+    # finalist's model stays loaded for the rounds.
+    loaders: dict[tuple[Any, ...], Loader] = {}
     calls: dict[tuple[int, int], _ShapeCalls] = {}
     clock = [0.0]  # wall time inside the rounds' timed calls
     # Peak memory per shape and finalist: the trials' for their shape, a first call for the others.
@@ -483,16 +466,16 @@ def confirm(
     checks: dict[tuple[int, int], list[tuple[float, float]]] = {}
     derived_on: dict[int, list[int]] = {}  # shape -> finalists whose peak there is derived, not measured
     for number, cand in candidates.items():
-        key = (cand.dtype, cand.attn_implementation)
+        key = engine.model_key(cand)
         if key not in loaders:
-            loaders[key] = ModelLoader(model_cfg, weights, device, seed)
-        model = loaders[key].get(*key)[0].model
+            loaders[key] = engine.loader()
+        loaded = loaders[key].get(cand)[0]
         result = next(r for r in finalists if r.number == number)
         for i, shape in enumerate(mix):
-            shape_calls = _ShapeCalls(model, cand, shape, device, seed, clock, measure)
+            shape_calls = _ShapeCalls(engine, loaded, cand, shape, seed, clock, measure)
             calls[(number, i)] = shape_calls
             # The profile's warm-up; a memory-reading first call counts as the first (as in a trial).
-            derived = None if i == trial_shape else derived_peak_mb(result, cand, model_cfg, workload, shape)
+            derived = None if i == trial_shape else derived_peak_mb(result, cand, engine, workload, shape)
             if i == trial_shape:
                 memory[i][number] = result.values["peak_mem_mb"]
                 warm = profile.warmup

@@ -6,13 +6,10 @@ from rich.console import Console
 from rich.table import Table
 
 from kvopt.compose import compose_config
-from kvopt.config import ATTN_IMPLEMENTATIONS, CACHE_IMPLEMENTATIONS, DTYPES, QUANTIZED_BACKENDS
-from kvopt.engine.source import resolve_config
+from kvopt.engines import engine_class
 from kvopt.env import quiet_libraries
 from kvopt.errors import KvoptError, print_error
 from kvopt.machine import machine_info, resolve_device
-from kvopt.probe import default_attn_implementation, probe
-from kvopt.space import Candidate
 
 __all__ = ["info_command"]
 
@@ -29,7 +26,9 @@ def info_command(overrides: list[str]) -> int:
     quiet_libraries()
     console = Console()
     try:
-        cfg, _ = resolve_config(compose_config(list(overrides)))
+        cfg = compose_config(list(overrides))
+        kind = engine_class(cfg.engine.name)
+        cfg, weights = kind.resolve(cfg)
         device = resolve_device(cfg.device)
     except KvoptError as exc:
         print_error(str(exc))
@@ -47,31 +46,18 @@ def info_command(overrides: list[str]) -> int:
     for name, version in info["versions"].items():
         console.print(f"  {name:<18} {version}", highlight=False)
 
-    default_attn = default_attn_implementation(cfg.model, device)
-    baseline = Candidate("dynamic", default_attn, cfg.model.dtype, 1)
-    choices = {
-        "cache_implementation": list(CACHE_IMPLEMENTATIONS),
-        "attn_implementation": list(ATTN_IMPLEMENTATIONS),
-        "dtype": list(DTYPES),
-    }
-    result = probe(
-        cfg.model,
-        device,
-        choices,
-        baseline,
-        QUANTIZED_BACKENDS,
-        cfg.search_space.max_dtype_slowdown,
-    )
-    table = Table(
-        title=f"what runs here for {cfg.model.name} on {device} (baseline: {baseline.label})",
-        title_justify="left",
-    )
+    engine = engine_class(cfg.engine.name)(cfg.model, weights, device, cfg.seed, cfg)
+    lines = engine.info()
+    if lines:
+        console.print(f"[bold]{engine.name}[/bold]")
+        for label, line in lines:
+            console.print(f"  {label:<18} {line}", highlight=False)
+    title, rows = engine.capabilities()
+    table = Table(title=f"what runs here for {cfg.model.name} on {device} ({title})", title_justify="left")
     table.add_column("choice")
     table.add_column("runs")
     table.add_column("why not")
-    for key in result.available:
-        table.add_row(key, "yes", "")
-    for key, reason in result.unavailable.items():
-        table.add_row(key, "[red]no[/red]", reason)
+    for key, reason in rows:
+        table.add_row(key, "yes" if reason is None else "[red]no[/red]", reason or "")
     console.print(table)
     return 0

@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import torch
 from optuna.trial import TrialState
 
 from kvopt.attrs import Failure
-from kvopt.config import MeasureConfig, ModelConfig, QualityConfig
-from kvopt.engine.fidelity import FidelityMeter
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.workload import Workload
+from kvopt.config import MeasureConfig, QualityConfig
+from kvopt.engines.base import Engine
 from kvopt.env import quiet_libraries
 from kvopt.failures import failure_reason
 from kvopt.measure.rss import PeakRSS
@@ -31,6 +28,7 @@ from kvopt.protocol import Measurement, measure_candidate
 from kvopt.quality import Fidelity
 from kvopt.select import Result, can_win_check
 from kvopt.space import Candidate
+from kvopt.workload import Workload
 
 __all__ = ["TrialJob", "FidelityJob", "IsolatedFailure", "run_isolated", "run_fidelity_isolated"]
 
@@ -39,9 +37,7 @@ __all__ = ["TrialJob", "FidelityJob", "IsolatedFailure", "run_isolated", "run_fi
 class TrialJob:
     """Everything a fresh process needs to measure one candidate (picklable)."""
 
-    model: ModelConfig
-    weights: WeightsSource
-    device: str
+    engine: Engine  # the run's engine: its config, device and weights (picklable)
     candidate: Candidate
     workload: Workload
     warmup: int
@@ -58,9 +54,7 @@ class TrialJob:
 class FidelityJob:
     """What a fresh process needs to measure one candidate's fidelity (picklable)."""
 
-    model: ModelConfig
-    weights: WeightsSource
-    device: str
+    engine: Engine
     candidate: Candidate
     baseline: Candidate
     quality: QualityConfig
@@ -92,15 +86,13 @@ def _reply(conn: Connection, work: Callable[[], tuple[Any, float]]) -> None:
 
 
 def _measure(job: TrialJob) -> tuple[Measurement, float]:
-    device = torch.device(job.device)
-    loader = ModelLoader(job.model, job.weights, device, job.seed)
-    loaded, _ = loader.get(job.candidate.dtype, job.candidate.attn_implementation)
+    loaded, _ = job.engine.loader().get(job.candidate)
     with PeakRSS() as peak:
         measurement = measure_candidate(
+            job.engine,
             loaded,
             job.candidate,
             job.workload,
-            device,
             warmup=job.warmup,
             repetitions=job.repetitions,
             seed=job.seed,
@@ -124,8 +116,8 @@ def _child(job: TrialJob, conn: Connection) -> None:
 
 def _fidelity_child(job: FidelityJob, conn: Connection) -> None:
     def work() -> tuple[Fidelity, float]:
-        loader = ModelLoader(job.model, job.weights, torch.device(job.device), job.seed)
-        meter = FidelityMeter(loader, job.baseline, job.quality, job.prompt_tokens, job.new_tokens)
+        loader = job.engine.loader()
+        meter = job.engine.fidelity_meter(loader, job.baseline, job.quality, job.prompt_tokens, job.new_tokens)
         return meter.measure(job.candidate), 0.0
 
     _reply(conn, work)

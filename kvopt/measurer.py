@@ -13,18 +13,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-import torch
-
 from kvopt.config import MeasureConfig, QualityConfig, TrialConfig
-from kvopt.engine.fidelity import FidelityMeter
-from kvopt.engine.loading import ModelLoader
-from kvopt.engine.workload import Workload
+from kvopt.engines.base import Engine, FidelityMeter, Loader
 from kvopt.errors import KvoptError
 from kvopt.isolation import FidelityJob, TrialJob, run_fidelity_isolated, run_isolated
 from kvopt.protocol import Measurement, measure_candidate
 from kvopt.quality import Fidelity
 from kvopt.select import Result, can_win_check
 from kvopt.space import Candidate
+from kvopt.workload import Workload
 
 __all__ = ["Measured", "Measurer", "ProtocolSettings", "InlineMeasurer", "ProcessMeasurer", "make_measurer"]
 
@@ -65,7 +62,7 @@ class Measurer(ABC):
         """
 
     def fidelity(self, candidate: Candidate, baseline: Candidate) -> Fidelity:
-        """The candidate's outputs against the baseline's on real prompts (:mod:`kvopt.engine.fidelity`).
+        """The candidate's outputs against the baseline's on real prompts (:mod:`kvopt.engines.transformers.fidelity`).
 
         Runs before the timed runs, only for a candidate the quality guard must check.
 
@@ -77,11 +74,11 @@ class Measurer(ABC):
 
 @dataclass(frozen=True)
 class ProtocolSettings:
-    """What the measurement protocol needs besides the candidate: model, lengths, repetitions."""
+    """What the measurement protocol needs besides the candidate: engine, model, lengths, repetitions."""
 
-    loader: ModelLoader
+    engine: Engine
+    loader: Loader
     workload: Workload
-    device: torch.device
     warmup: int
     repetitions: int
     seed: int
@@ -104,17 +101,19 @@ class InlineMeasurer(Measurer):
     def fidelity(self, candidate: Candidate, baseline: Candidate) -> Fidelity:
         s = self.settings
         if self._meter is None or self._meter.baseline != baseline:
-            self._meter = FidelityMeter(s.loader, baseline, s.quality, s.workload.prompt_tokens, s.workload.new_tokens)
+            self._meter = s.engine.fidelity_meter(
+                s.loader, baseline, s.quality, s.workload.prompt_tokens, s.workload.new_tokens
+            )
         return self._meter.measure(candidate)
 
     def measure(self, candidate: Candidate, front: list[Result], *, bounded: bool = True) -> Measured:
         s = self.settings
-        loaded, reused = s.loader.get(candidate.dtype, candidate.attn_implementation)
+        loaded, reused = s.loader.get(candidate)
         measurement = measure_candidate(
+            s.engine,
             loaded,
             candidate,
             s.workload,
-            s.device,
             warmup=s.warmup,
             repetitions=s.repetitions,
             seed=s.seed,
@@ -137,9 +136,7 @@ class ProcessMeasurer(Measurer):
     def measure(self, candidate: Candidate, front: list[Result], *, bounded: bool = True) -> Measured:
         s = self.settings
         job = TrialJob(
-            model=s.loader.model_cfg,
-            weights=s.loader.source,
-            device=str(s.device),
+            engine=s.engine,
             candidate=candidate,
             workload=s.workload,
             warmup=s.warmup,
@@ -156,9 +153,7 @@ class ProcessMeasurer(Measurer):
         # A process of its own (it runs the baseline's reference too): a crash costs the trial only.
         s = self.settings
         job = FidelityJob(
-            model=s.loader.model_cfg,
-            weights=s.loader.source,
-            device=str(s.device),
+            engine=s.engine,
             candidate=candidate,
             baseline=baseline,
             quality=s.quality,
@@ -171,9 +166,9 @@ class ProcessMeasurer(Measurer):
 
 def make_measurer(
     trial: TrialConfig,
-    loader: ModelLoader,
+    engine: Engine,
+    loader: Loader,
     workload: Workload,
-    device: torch.device,
     *,
     warmup: int,
     repetitions: int,
@@ -183,7 +178,7 @@ def make_measurer(
 ) -> Measurer:
     """The measurer ``trial.isolation`` names (inline or process)."""
     settings = ProtocolSettings(
-        loader, workload, device, warmup, repetitions, seed, measure, quality or QualityConfig()
+        engine, loader, workload, warmup, repetitions, seed, measure, quality or QualityConfig()
     )
     if trial.isolation == "process":
         return ProcessMeasurer(settings, trial.timeout_s)

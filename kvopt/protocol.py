@@ -4,7 +4,7 @@ A timed run gives one TTFT and one decode throughput, by one of two protocols
 (:func:`full_length_reason` says which, and why):
 
 - **split** (prefill and decode apart): one prefill-only ``generate`` (one new token) gives
-  the TTFT; one decode window (:mod:`kvopt.engine.window`: ``measure.decode_window`` steps
+  the TTFT; one decode window (:mod:`kvopt.engines.transformers.window`: ``measure.decode_window`` steps
   from a cache filled to the full call's mean context) gives the decode tok/s;
 - **full-length**: one greedy ``generate`` of exactly ``new_tokens`` tokens gives both: TTFT
   from the call to the first logits, decode throughput ``batch × (new_tokens − 1)`` over the
@@ -39,20 +39,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from kvopt.config import MeasureConfig
-from kvopt.engine.generation import timed_generate
-from kvopt.engine.loading import LoadedModel
-from kvopt.engine.prefix import PrefixCache, prepare_prefix
-from kvopt.engine.window import DecodeWindow, WindowPlacement, fill_window_context, placement
-from kvopt.engine.workload import Workload, make_inputs
+from kvopt.engines.base import DecodeWindowRun, Engine, Loaded, Session
 from kvopt.failures import CallTooSlow
 from kvopt.measure.adaptive import StopRule, median_ci, repeat_fixed, repeat_until_precise
-from kvopt.measure.memory import MB, MemoryReading, measure_peak, storage_bytes, weights_bytes
+from kvopt.measure.memory import MB, MemoryReading
 from kvopt.measure.stats import summarize
-from kvopt.predict import activation_bytes, shape_of_config
 from kvopt.space import Candidate
+from kvopt.workload import Workload, placement
 
 __all__ = [
     "Measurement",
@@ -60,12 +54,9 @@ __all__ = [
     "full_length_reason",
     "prepare_window",
     "timed_run",
-    "context_ids",
     "protocol_attrs",
     "stop_rule",
     "describe_stats",
-    "with_unseen_memory",
-    "resident_bytes",
     "slow_call_limit",
     "SETTLE_BELOW_S",
     "SLOW_CALL_FACTOR",
@@ -121,41 +112,6 @@ class Measurement:
         }
 
 
-def _with_paged_worker(
-    memory: MemoryReading, pool_bytes: int, model: Any, candidate: Candidate, workload: Workload
-) -> MemoryReading:
-    """Add what the CPU profiler cannot see: the paged pool and the prefill of its worker thread.
-
-    Continuous batching runs the model in a background thread, and torch's profiler
-    records allocations of the thread that started it only. The pool is read from its
-    tensor (measured); the prefill's transient tensors come from the memory model
-    (derived), the same term predicted for every other cache, so candidates compare fairly.
-    On CUDA the allocator's peak covers every thread: nothing is added there.
-    """
-    shape = shape_of_config(model.config, sum(p.numel() for p in model.parameters()))
-    activations = activation_bytes(shape, candidate, workload.prompt_tokens)
-    details = {**memory.details, "paged_pool_bytes": pool_bytes, "paged_activation_bytes_derived": activations}
-    return MemoryReading(
-        peak_bytes=memory.peak_bytes + pool_bytes + activations,
-        method=memory.method + " + paged pool (read from its tensor) + prefill activations (memory model)",
-        details=details,
-    )
-
-
-def with_unseen_memory(
-    reading: MemoryReading, result: Any, model: Any, candidate: Candidate, workload: Workload, device: torch.device
-) -> MemoryReading:
-    """A call's peak plus what the profiler cannot see (the paged pool and its worker's prefill on CPU)."""
-    if candidate.cache_implementation == "paged" and device.type != "cuda":
-        return _with_paged_worker(reading, result.kv_bytes, model, candidate, workload)
-    return reading
-
-
-def resident_bytes(weights: int, inputs: dict[str, torch.Tensor], prefix: PrefixCache | None) -> int:
-    """What a call's peak sits on before it starts: weights, prompts and a kept prefix cache."""
-    return weights + storage_bytes(inputs.values()) + (prefix.nbytes if prefix else 0)
-
-
 def describe_stats(values: list[float]) -> dict[str, float]:
     """n, median, p90, mean, cv, and the median's distribution-free 95% CI."""
     ci = median_ci(values)
@@ -204,12 +160,15 @@ def _refuse_if_too_slow(call_s: float, measure: MeasureConfig | None, cut_after:
         )
 
 
-def full_length_reason(candidate: Candidate, workload: Workload, measure: MeasureConfig | None) -> str | None:
+def full_length_reason(
+    engine: Engine, candidate: Candidate, workload: Workload, measure: MeasureConfig | None
+) -> str | None:
     """Why this candidate's decode is timed on whole calls (the full-length protocol); None: split protocol.
 
     The split protocol (prefill-only calls for TTFT, a decode window for throughput) needs a
-    decode that is the same fixed per-step loop wherever it is observed, and is only worth it
-    where a full call decodes at least twice the window's steps (shorter calls are cheaper
+    decode that is the same fixed per-step loop wherever it is observed (the engine says
+    where it is not: :meth:`~kvopt.engines.base.Engine.whole_calls_reason`), and is only worth
+    it where a full call decodes at least twice the window's steps (shorter calls are cheaper
     timed whole: each also gives a TTFT).
     """
     window = measure.decode_window if measure is not None else 0
@@ -219,22 +178,14 @@ def full_length_reason(candidate: Candidate, workload: Workload, measure: Measur
         return (
             f"{workload.new_tokens} new tokens: a whole call costs about what a TTFT call and a {window}-step window do"
         )
-    if candidate.cache_implementation == "paged":
-        return "paged: continuous batching schedules its own steps"
-    if candidate.compile:
-        return "static+compile: compiling is part of the set-up and the compiled loop is timed whole"
-    if candidate.cache_implementation == "quantized":
-        return "quantized: the cache is re-quantized every residual_length tokens, so steps are not alike"
-    if candidate.cache_implementation.startswith("offloaded"):
-        return "offloaded: layers are prefetched across steps; a copied offloaded cache is not checked to decode alike"
-    return None
+    return engine.whole_calls_reason(candidate)
 
 
 def measure_candidate(
-    loaded: LoadedModel,
+    engine: Engine,
+    loaded: Loaded,
     candidate: Candidate,
     workload: Workload,
-    device: torch.device,
     *,
     warmup: int,
     repetitions: int,
@@ -246,55 +197,42 @@ def measure_candidate(
     """Measure one candidate; ``measure=None`` or not adaptive: exactly ``repetitions`` runs.
 
     Where :func:`full_length_reason` is None, a timed run is one prefill-only call (TTFT) and
-    one decode window (decode tok/s, :mod:`kvopt.engine.window`); otherwise one whole call.
-    ``can_win(samples, peak_mem_mb)`` is asked after every timed run; a reason it returns
-    ends the repetitions (the measurement then carries ``pruned_reason``). ``bounded``: refuse
-    a candidate whose first call took over ``SLOW_CALL_FACTOR`` x ``measure.max_seconds``
-    (:class:`~kvopt.failures.CallTooSlow`); the baseline is measured unbounded.
+    one decode window (decode tok/s); otherwise one whole call. The engine's session makes
+    the calls (:class:`kvopt.engines.base.Session`). ``can_win(samples, peak_mem_mb)`` is
+    asked after every timed run; a reason it returns ends the repetitions (the measurement
+    then carries ``pruned_reason``). ``bounded``: refuse a candidate whose first call took
+    over ``SLOW_CALL_FACTOR`` x ``measure.max_seconds`` (:class:`~kvopt.failures.CallTooSlow`);
+    the baseline is measured unbounded.
     """
-    model = loaded.model
-    inputs = make_inputs(workload, candidate.batch_size, model.config.vocab_size, seed, device)
-    weights = weights_bytes(model)
-    # Setup, as a server does once per system prompt: the shared prefix's cache (kvopt.engine.prefix).
-    prefix = prepare_prefix(model, candidate, workload, inputs, device)
-    resident = resident_bytes(weights, inputs, prefix)
-    full_reason = full_length_reason(candidate, workload, measure)
-
-    def run(deadline_s: float | None = None, new_tokens: int = workload.new_tokens) -> Any:
-        return timed_generate(model, inputs, candidate, new_tokens, device, deadline_s=deadline_s, prefix=prefix)
-
+    session = engine.session(loaded, candidate, workload, seed)
+    full_reason = full_length_reason(engine, candidate, workload, measure)
     # A bounded first call is cut at the slow-call limit: past it the candidate is refused
     # anyway, and running it to the end would only spend the wall time.
     deadline = slow_call_limit(measure) if bounded else None
 
-    def read_memory(result: Any, reading: MemoryReading) -> tuple[MemoryReading, int]:
-        return with_unseen_memory(reading, result, model, candidate, workload, device), result.kv_bytes
-
     # Where the peak is read: see the module docstring. The split protocol's timed calls never
     # reach the longest context, so its first (full-length, untimed) call reads it everywhere.
-    probe_in_timed_run = device.type == "cuda" and full_reason is not None
+    probe_in_timed_run = session.free_peak and full_reason is not None
     memory: MemoryReading | None = None
     kv_bytes = 0
     start = time.perf_counter()
     if probe_in_timed_run:
-        first = run(deadline)
+        first = session.call(workload.new_tokens, deadline)
     else:
-        first, reading = measure_peak(lambda: run(deadline), device, resident)
-        memory, kv_bytes = read_memory(first, reading)
+        first, memory = session.call_with_peak(workload.new_tokens, deadline)
+        kv_bytes = first.kv_bytes
     first_call_s = time.perf_counter() - start
     cut_after = (first.new_tokens, workload.new_tokens) if first.cut_by_deadline else None
     del first  # free the cache before the timed runs
     if bounded:  # the baseline is always measured: without it there is no gain to report
         _refuse_if_too_slow(first_call_s, measure, cut_after)
 
-    window = prepare_window(model, candidate, workload, measure, seed, device)
+    window = prepare_window(engine, session, candidate, workload, measure)
     # Wall time inside the timed calls, so a study's overhead can be measured.
     timed_runs_s = 0.0
 
     def timed_once() -> dict[str, float]:
-        return timed_run(
-            lambda new_tokens: run(new_tokens=new_tokens), window, candidate.batch_size, workload.new_tokens
-        )
+        return timed_run(session.call, window, candidate.batch_size, workload.new_tokens)
 
     start = time.perf_counter()
     settle = not probe_in_timed_run and first_call_s < SETTLE_BELOW_S
@@ -306,8 +244,8 @@ def measure_candidate(
         nonlocal timed_runs_s, memory, kv_bytes
         begin = time.perf_counter()
         if memory is None:  # the first timed run carries the probe (its timing is the call's own)
-            result, reading = measure_peak(run, device, resident)
-            memory, kv_bytes = read_memory(result, reading)
+            result, memory = session.call_with_peak(workload.new_tokens)
+            kv_bytes = result.kv_bytes
             metrics = result.metrics(candidate.batch_size)
         else:
             metrics = timed_once()
@@ -331,7 +269,7 @@ def measure_candidate(
         ttft_ms=adaptive.samples["ttft_ms"],
         decode_tok_s=adaptive.samples["decode_tok_s"],
         memory=memory,
-        weights_bytes=weights,
+        weights_bytes=session.weights_bytes,
         kv_cache_bytes=kv_bytes,
         first_call_s=first_call_s,
         stopped_because=adaptive.stopped_because,
@@ -344,46 +282,35 @@ def measure_candidate(
             "warmup_s": warmup_s,
             "timed_runs_s": timed_runs_s,
             **protocol_attrs(full_reason, window),
-            **(prefix.as_attrs() if prefix else {}),
+            **session.attrs(),
         },
     )
 
 
 def prepare_window(
-    model: Any, candidate: Candidate, workload: Workload, measure: MeasureConfig | None, seed: int, device: torch.device
-) -> DecodeWindow | None:
+    engine: Engine, session: Session, candidate: Candidate, workload: Workload, measure: MeasureConfig | None
+) -> DecodeWindowRun | None:
     """The candidate's decode window on ``workload``, filled (untimed); None where whole calls are timed."""
-    if full_length_reason(candidate, workload, measure) is not None:
+    if full_length_reason(engine, candidate, workload, measure) is not None:
         return None
     assert measure is not None  # full_length_reason is None only with a decode window
-    where = placement(workload.prompt_tokens, workload.new_tokens, measure.decode_window)
-    ids = context_ids(workload, where, candidate.batch_size, model.config.vocab_size, seed, device)
-    return fill_window_context(model, candidate, ids, where, workload.prompt_tokens + workload.new_tokens, device)
+    return session.window(placement(workload.prompt_tokens, workload.new_tokens, measure.decode_window))
 
 
 def timed_run(
-    generate: Callable[[int], Any], window: DecodeWindow | None, batch_size: int, new_tokens: int
+    call: Callable[[int], Any], window: DecodeWindowRun | None, batch_size: int, new_tokens: int
 ) -> dict[str, float]:
     """One timed run: a whole call of ``new_tokens``, or (split) a prefill-only call and one decode window.
 
-    ``generate(n)``: one timed generate of ``n`` new tokens (:func:`kvopt.engine.generation.timed_generate`).
+    ``call(n)``: one timed call of ``n`` new tokens (:meth:`kvopt.engines.base.Session.call`).
     """
     if window is None:
-        return dict(generate(new_tokens).metrics(batch_size))
-    ttft = generate(1).metrics(batch_size)["ttft_ms"]
+        return dict(call(new_tokens).metrics(batch_size))
+    ttft = call(1).metrics(batch_size)["ttft_ms"]
     return {"ttft_ms": ttft, **window.metrics(window.timed())}
 
 
-def context_ids(
-    workload: Workload, where: WindowPlacement, batch_size: int, vocab_size: int, seed: int, device: torch.device
-) -> torch.Tensor:
-    """Token ids for a decode window: the cache's ``context_tokens`` and the one token after them."""
-    length = max(workload.prompt_tokens, where.context_tokens + 1)
-    longer = Workload(prompt_tokens=length, new_tokens=workload.new_tokens)
-    return make_inputs(longer, batch_size, vocab_size, seed, device)["input_ids"]
-
-
-def protocol_attrs(full_reason: str | None, window: DecodeWindow | None) -> dict[str, Any]:
+def protocol_attrs(full_reason: str | None, window: DecodeWindowRun | None) -> dict[str, Any]:
     """How a trial's timed runs were made, for its attrs: split (with the window) or full-length (and why)."""
     if window is None:
         return {"protocol": "full-length", "protocol_reason": full_reason}

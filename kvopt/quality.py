@@ -8,7 +8,7 @@ quantized KV cache, a lower dtype than the model's) or *checked* (torch.compile,
 to float32: not lossy by design, but a different numeric path that can carry a bug).
 
 Lossy and checked candidates get a fidelity measurement against the baseline before their
-timed runs (:mod:`kvopt.engine.fidelity` runs it); :func:`violations` compares it with the
+timed runs (:mod:`kvopt.engines.transformers.fidelity` runs it); :func:`violations` compares it with the
 bounds (``quality.max_mean_kl``, ``quality.min_token_agreement``). Random weights cannot
 judge quality: then nothing is measured, and a lossy candidate is allowed only with
 ``quality.allow_unverified=true``. docs/quality.md gives the definitions and the defaults' reasons.
@@ -54,9 +54,6 @@ EXACT = "exact"  # exact by construction: not measured
 LOSSY = "lossy"  # loses precision by design: measured (pretrained) or needs allow_unverified (random)
 CHECKED = "checked"  # a different numeric path, not lossy by design: measured when weights allow
 UNVERIFIED = "unverified"  # would be measured, but the weights are random: nothing to judge with
-
-# Precision order of the dtypes kvopt samples: float32 is the reference; the 16-bit types lose.
-_HIGHEST_DTYPE = "float32"
 
 
 @dataclass(frozen=True)
@@ -126,33 +123,25 @@ class QualityPlan:
         return {"kind": self.kind, "note": self.note}
 
 
-def classify(candidate: Candidate, model_dtype: str) -> tuple[str, str]:
-    """(EXACT, LOSSY or CHECKED, what makes it so) for ``candidate`` of a model whose own dtype is ``model_dtype``."""
-    if candidate.cache_implementation == "quantized":
-        bits = f" {candidate.quantized_nbits}-bit" if candidate.quantized_nbits else ""
-        return LOSSY, f"quantized KV cache ({candidate.quantized_backend}{bits})"
-    if candidate.dtype != model_dtype and candidate.dtype != _HIGHEST_DTYPE:
-        return LOSSY, f"{candidate.dtype} instead of the model's {model_dtype}"
-    if candidate.compile:
-        return CHECKED, "torch.compile of the decode step"
-    if candidate.dtype != model_dtype:
-        return CHECKED, f"{candidate.dtype} instead of the model's {model_dtype}"
-    exact = "exact by construction: unquantized cache, the model's dtype, exact attention, not compiled"
-    if candidate.prefix_reuse:  # the prefix's keys and values are those a whole-prompt prefill computes
-        exact += ", the shared prefix's cache reused as computed"
-    return EXACT, exact
+def classify(candidate: Candidate, baseline: Candidate) -> tuple[str, str]:
+    """(EXACT, LOSSY or CHECKED, what makes it so) for ``candidate`` against the untuned ``baseline``.
+
+    The engine's rules (:meth:`kvopt.space.Candidate.classify`): by default its knob table's
+    lossy values; the Transformers engine also weighs the dtype against the model's own.
+    """
+    return candidate.classify(baseline)
 
 
-def plan_quality(candidate: Candidate, model_dtype: str, weights: str, cfg: QualityConfig) -> QualityPlan:
+def plan_quality(candidate: Candidate, baseline: Candidate, weights: str, cfg: QualityConfig) -> QualityPlan:
     """The guard's decision before timing: measure fidelity, skip it (exact, random weights), or block.
 
     Args:
         candidate: the candidate about to be measured.
-        model_dtype: the model's own dtype (the baseline's).
+        baseline: the untuned run (the model's own dtype, an unquantized cache).
         weights: ``pretrained`` or ``random`` (random weights cannot judge quality).
         cfg: the quality bounds and ``allow_unverified``.
     """
-    kind, why = classify(candidate, model_dtype)
+    kind, why = classify(candidate, baseline)
     if kind == EXACT:
         return QualityPlan(EXACT, why, measure=False)
     if weights == "pretrained":

@@ -21,20 +21,17 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 from rich.console import Console
 
-from kvopt.config import QUANTIZED_BACKENDS, KvoptConfig
+from kvopt.attrs import ENGINE_ATTR
+from kvopt.config import KvoptConfig
 from kvopt.confirm import MIN_ROUNDS, Confirmation, choose_finalists, confirm
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.source import resolve_config
-from kvopt.engine.window import placement
-from kvopt.engine.workload import Workload, WorkloadMix, make_mix
+from kvopt.engines import engine_class
+from kvopt.engines.base import Engine, Loader, WeightsSource
 from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, remaining_candidates
 from kvopt.interrupt import catch_interrupts, raise_if_interrupted
 from kvopt.machine import machine_info, memory_budget_bytes, resolve_device
 from kvopt.metrics import METRICS
 from kvopt.paths import write_json_atomic
-from kvopt.predict import memory_prior
-from kvopt.probe import backend_missing, default_attn_implementation, probe
 from kvopt.protocol import full_length_reason
 from kvopt.quality import quality_summary
 from kvopt.report.dashboard import publish_study
@@ -42,7 +39,6 @@ from kvopt.report.export import StudySettings, write_settings
 from kvopt.report.terminal import (
     StudyProgress,
     command_console,
-    paste_snippet,
     print_confirmation,
     print_plan,
     print_summary,
@@ -50,7 +46,7 @@ from kvopt.report.terminal import (
 from kvopt.sampler import WarmStart, check_converged, warm_start_from
 from kvopt.screen import screen
 from kvopt.select import Recommendation, Result, collect_results, recommend
-from kvopt.space import Candidate, SearchSpace
+from kvopt.space import SearchSpace
 from kvopt.storage import describe_storage, open_storage, study_lock
 from kvopt.stored import StoredStudy, open_existing_storage, stored_study, trial_records
 from kvopt.study import (
@@ -73,6 +69,7 @@ from kvopt.workers import (
     recover_dead_trials,
     worker_identity,
 )
+from kvopt.workload import Workload, WorkloadMix, make_mix, placement
 
 __all__ = ["Prepared", "StudyResult", "prepare", "tune"]
 
@@ -84,6 +81,7 @@ class Prepared:
     cfg: KvoptConfig
     device: torch.device
     weights: WeightsSource
+    engine: Engine
     mix: WorkloadMix
     space: SearchSpace
     storage: BaseStorage
@@ -234,8 +232,11 @@ def prepare(cfg: KvoptConfig) -> Prepared:
     """Resolve model, device, weights, storage and search space; raise KvoptError on bad input."""
     started = time.perf_counter()
     time_budget = Budget(cfg.study.budget, time.monotonic()) if cfg.study.budget else None
-    # The model the user named (its own config.json, pinned revision): p.cfg carries it from here on.
-    cfg, weights = resolve_config(cfg)
+    # The engine=... option picks the engine; the model it names is checked before any work.
+    engine_type = engine_class(cfg.engine.name)
+    engine_type.check_config(cfg)
+    # The model the user named (its own config.json or GGUF file): p.cfg carries it from here on.
+    cfg, weights = engine_type.resolve(cfg)
     device = resolve_device(cfg.device)
     scale = cfg.scale
     # RDB heartbeats: another worker fails a trial whose worker fell silent, and re-queues it.
@@ -247,34 +248,15 @@ def prepare(cfg: KvoptConfig) -> Prepared:
     name = study_name(cfg, study_device_label(device))
     identity = worker_identity(cfg.worker, device)
     device_lock = open_device_lock(scale, identity, name)
-    _check_backends_installed(cfg)
-    baseline = Candidate(
-        cache_implementation="dynamic",
-        attn_implementation=default_attn_implementation(cfg.model, device),
-        dtype=cfg.model.dtype,
-        batch_size=1,
-    )
-    choices = {
-        "cache_implementation": list(cfg.search_space.cache_implementation),
-        "attn_implementation": list(cfg.search_space.attn_implementation),
-        "dtype": list(cfg.search_space.dtype),
-    }
-    with device_turn(device_lock, cfg.scale):  # the probe times dtype matmuls: not beside another worker's trial
-        probed = probe(
-            cfg.model,
-            device,
-            choices,
-            baseline,
-            cfg.search_space.quantized_backends,
-            cfg.search_space.max_dtype_slowdown,
-        )
+    engine: Engine = engine_type(cfg.model, weights, device, cfg.seed, cfg)
     mix = make_mix(cfg.profile, cfg.model)
-    space = SearchSpace.from_config(
-        cfg.search_space, baseline, probed.unavailable, mix.shared_prefix_tokens / mix.trial.prompt_tokens
-    )
+    with device_turn(device_lock, cfg.scale):  # the probe times dtype matmuls: not beside another worker's trial
+        space = engine.search_space(mix)
     budget = memory_budget_bytes(cfg.pruning.memory_budget_mb, device)
     # No trial on what cannot fit or cannot be recommended (after what cannot run: the probe's).
-    space = screen(space, cfg.model, mix.trial, weights=weights.kind, quality=cfg.quality, memory_budget_bytes=budget)
+    space = screen(
+        space, engine.predict_memory, mix.trial, weights=weights.kind, quality=cfg.quality, memory_budget_bytes=budget
+    )
     space = resume_space(storage, name, space)  # a stored study keeps its distributions
     existing = check_compatible(storage, name, space)
     warm = _read_warm_start(cfg, storage, name, space)
@@ -282,6 +264,7 @@ def prepare(cfg: KvoptConfig) -> Prepared:
         cfg=cfg,
         device=device,
         weights=weights,
+        engine=engine,
         mix=mix,
         space=space,
         storage=storage,
@@ -331,22 +314,6 @@ def _read_warm_start(cfg: KvoptConfig, storage: BaseStorage, name: str, space: S
     return warm
 
 
-def _check_backends_installed(cfg: KvoptConfig) -> None:
-    """Backends named explicitly must be installed (``auto`` just skips missing ones)."""
-    space = cfg.search_space
-    if space.quantized_backends_auto or "quantized" not in space.cache_implementation:
-        return
-    missing = {b: why for b in space.quantized_backends if (why := backend_missing(b))}
-    if missing:
-        installed = [b for b in QUANTIZED_BACKENDS if not backend_missing(b)]
-        raise ConfigError(
-            [
-                f"search_space.quantized.backends: got {b!r} but {why}; allowed here: auto, {', '.join(installed)}"
-                for b, why in missing.items()
-            ]
-        )
-
-
 def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
     cfg, w = p.cfg, p.workload
     choices = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in p.space.all_choices().items())
@@ -356,11 +323,8 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
     return [
         ("study", f"{p.name}{resume}"),
         ("storage", p.storage_label),
-        (
-            "model",
-            f"{cfg.model.name} ({cfg.model.hub_id}), {p.weights.kind} weights: {p.weights.reason}"
-            + (", trust_remote_code=true (runs the model's own code)" if cfg.model.trust_remote_code else ""),
-        ),
+        ("engine", p.engine.name),
+        ("model", p.engine.describe_model()),
         ("device", str(p.device)),
         (
             "workload",
@@ -374,7 +338,7 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
             ),
         ),
         ("protocol", _protocol_line(p)),
-        *_mix_lines(p.mix, p.space),
+        *_mix_lines(p.mix, p.engine, p.space),
         ("search space", f"{choices} ({p.space.size} candidates{excluded})"),
         ("baseline", p.space.baseline.label),
         *([("budget", p.budget.describe())] if p.budget else []),
@@ -385,30 +349,25 @@ def _plan_lines(p: Prepared) -> list[tuple[str, str]]:
 def _protocol_line(p: Prepared) -> str:
     """How a timed run is made on the trials' shape: split (prefill-only call + decode window) or whole calls."""
     w, measure = p.workload, p.cfg.measure
-    reason = full_length_reason(p.space.baseline, w, measure)
+    reason = full_length_reason(p.engine, p.space.baseline, w, measure)
     if reason is not None:
         return f"whole calls (TTFT and decode from each generate): {reason}"
     where = placement(w.prompt_tokens, w.new_tokens, measure.decode_window)
     return (
         f"split: TTFT from prefill-only calls (1 new token), decode tok/s from a {where.steps}-step window "
         f"after {where.context_tokens} cached tokens (mean context {w.prompt_tokens + w.new_tokens / 2:g}, "
-        "as in the full call); "
-        "peak memory from one full-length call; whole calls for paged, compiled static, quantized and offloaded caches"
+        "as in the full call); peak memory from one full-length call"
+        + (f"; {note}" if (note := p.engine.protocol_note()) else "")
     )
 
 
-def _mix_lines(mix: WorkloadMix, space: SearchSpace) -> list[tuple[str, str]]:
+def _mix_lines(mix: WorkloadMix, engine: Engine, space: SearchSpace) -> list[tuple[str, str]]:
     """The mix's shapes (finalists are confirmed on each) and its shared prefix, and whether the search reuses it."""
     lines = []
     if len(mix.shapes) > 1:
         lines.append(("shapes", f"{mix.describe()}; finalists are confirmed on every shape"))
     if mix.shared_prefix_tokens:
-        reuse = (
-            "dynamic+prefix candidates fill its cache once and copy it into each call (docs/profiles.md)"
-            if space.offers_prefix_reuse
-            else "not reused: search_space.dynamic.prefix_reuse does not offer it"
-        )
-        lines.append(("shared prefix", f"{mix.describe_prefix()}; {reuse}"))
+        lines.append(("shared prefix", f"{mix.describe_prefix()}; {engine.prefix_reuse_note(space)}"))
     return lines
 
 
@@ -431,6 +390,7 @@ def _study_attrs(p: Prepared) -> dict[str, Any]:
             **p.mix.as_dict(),
         },
         "weights": p.weights.kind,
+        ENGINE_ATTR: p.engine.name,
         "dropped_choices": p.space.dropped,
         "baseline": p.space.baseline.as_dict(),
         "profile": p.cfg.profile.name,
@@ -475,7 +435,7 @@ class _AfterTrial:
         self.stopped: list[str] = []  # why the study stopped, once it did
         self.search_started = time.monotonic()
         # The memory model's prior for the convergence check: fixed for the run, computed once.
-        self.memory_prior = memory_prior(p.cfg.model, p.workload)
+        self.memory_prior = p.engine.memory_prior(p.workload)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         p, cfg, progress = self.p, self.p.cfg, self.progress
@@ -533,7 +493,7 @@ def _open_shared_study(
         cfg.seed + p.existing_trials + 7919 * cfg.worker,
         p.space,
         cfg.profile,
-        memory_prior_mb=memory_prior(cfg.model, p.workload),
+        memory_prior_mb=p.engine.memory_prior(p.workload),
         warm_start=p.warm_start.observations,
         warm_first=p.warm_start.first,
     )
@@ -546,14 +506,14 @@ def _open_shared_study(
     return study
 
 
-def _worker_objective(p: Prepared, loader: ModelLoader, identity: WorkerIdentity, requeue: Requeue) -> WorkerObjective:
+def _worker_objective(p: Prepared, loader: Loader, identity: WorkerIdentity, requeue: Requeue) -> WorkerObjective:
     """kvopt's trial objective, wrapped for sharing the study and the device with other workers."""
     cfg = p.cfg
     objective = Objective(
         p.space,
-        loader,
+        p.engine,
         p.workload,
-        p.device,
+        loader=loader,
         warmup=cfg.profile.warmup,
         repetitions=cfg.profile.repetitions,
         seed=cfg.seed,
@@ -599,7 +559,7 @@ def tune(
     requeue = Requeue(cfg.scale.max_retry)
     attrs = _study_attrs(p)
     study = _open_shared_study(p, attrs, identity, requeue, console)
-    loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
+    loader = p.engine.loader()
     shared = _worker_objective(p, loader, identity, requeue)
     interrupted = False
     nothing_left = _nothing_left_to_measure(p, study)
@@ -641,9 +601,7 @@ def tune(
     )
     snippet = None
     if result.recommendation is not None:
-        snippet = paste_snippet(
-            cfg.model.hub_id, result.recommendation.candidate(), p.workload.prompt_tokens, p.workload.new_tokens
-        )
+        snippet = p.engine.paste_snippet(cfg.model, result.recommendation.candidate(), p.workload)
     print_summary(console, result.front, result.baseline, result.recommendation, _counts(study), snippet)
     if output_dir is not None:
         _write_outputs(output_dir, p, study, result, attrs)
@@ -708,11 +666,9 @@ def _confirm_recommendation(p: Prepared, study: optuna.Study, console: Console) 
             confirmation = confirm(
                 finalists,
                 space=p.space,
-                model_cfg=cfg.model,
-                weights=p.weights,
+                engine=p.engine,
                 workload=p.workload,
                 shapes=p.mix.shapes,
-                device=p.device,
                 profile=cfg.profile,
                 cfg=cfg.confirm,
                 seed=cfg.seed,

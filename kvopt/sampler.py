@@ -182,15 +182,9 @@ def read_study(study: optuna.Study, space: SearchSpace, *, skip_trial: int | Non
 
 
 def _one_change(a: Candidate, b: Candidate) -> bool:
-    """``b`` differs from ``a`` in exactly one setting (batch size, cache with its options, attention, dtype)."""
-    cache = lambda c: (c.cache_implementation, c.quantized_backend, c.quantized_nbits, c.compile, c.prefix_reuse)  # noqa: E731
-    diffs = (
-        a.batch_size != b.batch_size,
-        cache(a) != cache(b),
-        a.attn_implementation != b.attn_implementation,
-        a.dtype != b.dtype,
-    )
-    return sum(diffs) == 1
+    """``b`` differs from ``a`` in exactly one setting (a knob with the options under it: the engine's groups)."""
+    ga, gb = a.groups(), b.groups()
+    return sum(ga.get(k) != gb.get(k) for k in ga.keys() | gb.keys()) == 1
 
 
 def _same_but_batch(a: Candidate, b: Candidate) -> bool:

@@ -3,8 +3,8 @@
 A trial spent on a candidate that cannot be recommended buys no evidence. Before the study,
 every candidate the probe left in the space is asked, in the order a trial asks them:
 
-1. can it run: the probe (:mod:`kvopt.probe`) has already dropped what cannot run here;
-2. can it fit: the memory model's prediction (:mod:`kvopt.predict`) against the budget;
+1. can it run: the engine's probe has already dropped what cannot run here;
+2. can it fit: the engine's memory model's prediction against the budget;
 3. can it be recommended: the quality guard's plan (:mod:`kvopt.quality`) — a lossy setting
    with random weights and without ``quality.allow_unverified`` can never be.
 
@@ -15,9 +15,11 @@ one. No model runs here.
 
 from __future__ import annotations
 
-from kvopt.config import ModelConfig, QualityConfig
+from collections.abc import Callable
+
+from kvopt.config import QualityConfig
 from kvopt.metrics import MB
-from kvopt.predict import MemoryPrediction, predict_memory
+from kvopt.predict import MemoryPrediction
 from kvopt.quality import plan_quality
 from kvopt.space import Candidate, SearchSpace
 from kvopt.workload import Workload
@@ -42,7 +44,7 @@ def _mb(n_bytes: float) -> str:
 
 def refusals(
     space: SearchSpace,
-    model_cfg: ModelConfig,
+    predict: Callable[[Candidate, Workload], MemoryPrediction],
     workload: Workload,
     *,
     weights: str,
@@ -53,7 +55,7 @@ def refusals(
 
     Args:
         space: the probed search space (what cannot run is already out of it).
-        model_cfg: the model; its architecture drives the memory prediction.
+        predict: the engine's memory model (:meth:`kvopt.engines.base.Engine.predict_memory`).
         workload: the shape trials measure.
         weights: ``pretrained`` or ``random``: random weights cannot verify a lossy setting.
         quality: the quality guard's settings (None: no guard, nothing refused for quality).
@@ -61,9 +63,9 @@ def refusals(
     """
     out: dict[Candidate, str] = {}
     for candidate in space.candidates():
-        why = over_budget(predict_memory(model_cfg, candidate, workload), memory_budget_bytes)
+        why = over_budget(predict(candidate, workload), memory_budget_bytes)
         if why is None and quality is not None:
-            why = plan_quality(candidate, space.baseline.dtype, weights, quality).blocked
+            why = plan_quality(candidate, space.baseline, weights, quality).blocked
         if why is not None:
             out[candidate] = why
     return out
@@ -71,7 +73,7 @@ def refusals(
 
 def screen(
     space: SearchSpace,
-    model_cfg: ModelConfig,
+    predict: Callable[[Candidate, Workload], MemoryPrediction],
     workload: Workload,
     *,
     weights: str,
@@ -80,5 +82,5 @@ def screen(
 ) -> SearchSpace:
     """``space`` without the candidates :func:`refusals` finds: whole choices where a whole choice is out."""
     return space.drop(
-        refusals(space, model_cfg, workload, weights=weights, quality=quality, memory_budget_bytes=memory_budget_bytes)
+        refusals(space, predict, workload, weights=weights, quality=quality, memory_budget_bytes=memory_budget_bytes)
     )

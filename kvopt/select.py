@@ -19,10 +19,11 @@ from typing import Any
 
 import optuna
 
-from kvopt.attrs import BASELINE_ATTR, CANDIDATE_ATTR
+from kvopt.attrs import BASELINE_ATTR, CANDIDATE_ATTR, ENGINE_ATTR
 from kvopt.config import ProfileConfig
+from kvopt.engines import DEFAULT_ENGINE, candidate_type
 from kvopt.metrics import METRICS, SIGN, slo_violations
-from kvopt.space import Candidate, SearchSpace, candidate_key
+from kvopt.space import Candidate, candidate_key
 
 __all__ = [
     "Result",
@@ -48,6 +49,8 @@ class Result:
     values: dict[str, float]
     is_baseline: bool = False
     user_attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+    # The engine whose knobs ``params`` are (studies stored before engines had names: transformers).
+    engine: str = DEFAULT_ENGINE
 
 
 @dataclass
@@ -68,23 +71,34 @@ class Recommendation:
     confirmed_rounds: int = 0
 
     def candidate(self) -> Candidate:
-        """The recommended settings as a :class:`~kvopt.space.Candidate`."""
-        return SearchSpace.make_candidate(self.result.params)
+        """The recommended settings as the engine's :class:`~kvopt.space.Candidate`."""
+        kind: type[Candidate] = candidate_type(self.result.engine)
+        return kind.from_params(self.result.params)
 
     def model_kwargs(self) -> dict[str, Any]:
         """``from_pretrained`` keyword arguments: dtype and attention backend."""
-        return self.candidate().model_kwargs()
+        return self._transformers().model_kwargs()
 
     def generate_kwargs(self, prompt_tokens: int | None = None, new_tokens: int | None = None) -> dict[str, Any]:
         """``generate`` keyword arguments: the cache (a new one per call) and its options.
 
         Give the workload's lengths for ``paged``: its page pool is sized from them.
         """
-        return self.candidate().generate_kwargs(prompt_tokens, new_tokens)
+        return self._transformers().generate_kwargs(prompt_tokens, new_tokens)
+
+    def _transformers(self) -> Any:
+        """The candidate, for the Transformers engine's keyword arguments."""
+        if self.result.engine != "transformers":
+            raise ValueError(
+                f"model_kwargs()/generate_kwargs() are Transformers settings; this study tuned the "
+                f"{self.result.engine} engine: see recommended.yaml or Recommendation.candidate()"
+            )
+        return self.candidate()
 
 
 def collect_results(study: optuna.Study) -> list[Result]:
     """Completed trials, one per candidate (a reused measurement is not counted twice)."""
+    engine = str(study.user_attrs.get(ENGINE_ATTR, DEFAULT_ENGINE))
     results: list[Result] = []
     seen: set[tuple[tuple[str, Any], ...]] = set()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -100,6 +114,7 @@ def collect_results(study: optuna.Study) -> list[Result]:
                 values=dict(zip(METRICS, trial.values)),
                 is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
                 user_attrs=dict(trial.user_attrs),
+                engine=engine,
             )
         )
     return results

@@ -1,90 +1,33 @@
-"""The search space: its choices, one candidate, and how a trial samples one.
+"""The search space of any engine: knobs as data, one candidate, and how a trial samples one.
 
-A new cache option or choice is added here and nowhere else: the candidate knows how
-to turn itself into ``from_pretrained`` and ``generate`` keyword arguments.
+An engine declares its knobs (:class:`Knob`: name, values, kind, the condition under which
+it applies, the baseline's value, which values lose accuracy) and a :class:`Candidate`
+class that turns a knob assignment into that engine's settings. Everything here works on
+that table alone: enumerating the candidates, sampling one with Optuna, dropping choices
+that cannot run, reading a stored study back. A new knob is a line in its engine's table.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import optuna
-from transformers import CompileConfig, ContinuousBatchingConfig
-
-from kvopt.config import SearchSpaceConfig
 
 __all__ = [
+    "Knob",
     "Candidate",
     "SearchSpace",
     "candidate_key",
     "CandidateKey",
-    "PARAM_NAMES",
-    "BACKEND_NBITS",
-    "STATIC_CACHES",
-    "PAGE_SIZE",
-    "PagedPool",
-    "paged_pool",
+    "KNOB_KINDS",
 ]
 
-PARAM_NAMES = ("cache_implementation", "attn_implementation", "dtype", "batch_size")
-# Which nbits each quantized-cache backend takes (fp8 quantizes per tensor: none).
-BACKEND_NBITS: dict[str, tuple[int, ...]] = {"quanto": (2, 4), "hqq": (1, 2, 3, 4, 8), "fp8": ()}
-STATIC_CACHES = ("static", "offloaded_static")
-
-# Tokens per page. Small pages waste little on short prompts; 16 divides every workload
-# kvopt ships and is what paged-attention servers commonly use.
-PAGE_SIZE = 16
-_CB_FIELDS = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
-
-
-@dataclass(frozen=True)
-class PagedPool:
-    """The pages one batch needs: every request holds prompt + new tokens at its end."""
-
-    batch_size: int
-    prompt_tokens: int
-    new_tokens: int
-    page_size: int = PAGE_SIZE
-
-    @property
-    def pages_per_request(self) -> int:
-        """Whole pages for one request's prompt and new tokens."""
-        return math.ceil((self.prompt_tokens + self.new_tokens) / self.page_size)
-
-    @property
-    def num_blocks(self) -> int:
-        """Pages in the pool: one request's pages for every request of the batch."""
-        return self.batch_size * self.pages_per_request
-
-    def config(self) -> ContinuousBatchingConfig:
-        """The continuous-batching config ``generate`` takes for this pool."""
-        options: dict[str, Any] = {
-            # Transformers 5.17 calls the page size block_size; later versions page_size.
-            "page_size" if "page_size" in _CB_FIELDS else "block_size": self.page_size,
-            "num_blocks": self.num_blocks,
-            # The whole batch prefills in one step, as in a batched generate.
-            "max_batch_tokens": self.batch_size * self.prompt_tokens,
-            "max_requests_per_batch": self.batch_size,
-            # Identical synthetic prompts must not share pages: that would skip prefill work.
-            "allow_block_sharing": False,
-            "use_async_batching": False,
-            "use_cuda_graph": False,
-        }
-        if "auto_switch_to_flash" in _CB_FIELDS:
-            # Measure the attention the candidate names, not a silent switch to flash. (Versions
-            # without this option switch only where flash-attn is installed.)
-            options["auto_switch_to_flash"] = False
-        return ContinuousBatchingConfig(**options)
-
-
-def paged_pool(batch_size: int, prompt_tokens: int, new_tokens: int) -> PagedPool:
-    """The page pool of a ``paged`` candidate: exactly the pages its batch needs, never more."""
-    return PagedPool(batch_size, prompt_tokens, new_tokens)
-
+KNOB_KINDS = ("categorical", "ordinal", "boolean")
 
 CandidateKey = tuple[tuple[str, Any], ...]
 
@@ -94,212 +37,221 @@ def candidate_key(params: dict[str, Any]) -> CandidateKey:
     return tuple(sorted(params.items()))
 
 
-_ABSENT = object()  # a parameter the candidate does not take
-
-# The space's list of values of each parameter that can be dropped as a whole choice
-# (nbits are shared by the backends and stay per combination).
-_CHOICE_FIELDS = {
-    **{name: name for name in PARAM_NAMES},
-    "quantized_backend": "quantized_backends",
-    "static_compile": "static_compile",
-    "prefix_reuse": "prefix_reuse",
-}
-
-
 @dataclass(frozen=True)
-class Candidate:
-    """One point of the search space: the settings one trial measures."""
+class Knob:
+    """One setting an engine exposes to the search.
 
-    cache_implementation: str
-    attn_implementation: str
-    dtype: str
+    Attributes:
+        name: the Optuna parameter (stored in studies: renaming one orphans them).
+        values: the values to choose from, in the order the space lists them.
+        kind: ``categorical`` (no order), ``ordinal`` (ordered numbers: batch sizes, threads)
+            or ``boolean``. The performance model treats ordinal knobs as log2 positions.
+        baseline: the value of the untuned run (the engine's own default); None for a
+            conditional knob that does not apply to the baseline.
+        when: ``(knob, values)``: the knob applies only when ``knob`` takes one of ``values``;
+            None: it always applies. A conditional knob follows its parent in the table.
+        lossy: values that change the model's outputs (the quality guard checks them).
+        whole_choice: whether a value of it can be dropped from the space as a whole choice.
+    """
+
+    name: str
+    values: tuple[Any, ...]
+    kind: str = "categorical"
+    baseline: Any = None
+    when: tuple[str, tuple[Any, ...]] | None = None
+    lossy: frozenset[Any] = frozenset()
+    whole_choice: bool = True
+
+    def active(self, assigned: dict[str, Any]) -> bool:
+        """Whether the knob applies, given the values of the knobs before it."""
+        if self.when is None:
+            return True
+        parent, values = self.when
+        return parent in assigned and assigned[parent] in values
+
+
+class Candidate(ABC):
+    """One point of an engine's search space: the settings one trial measures.
+
+    Subclasses are frozen dataclasses of their engine's settings; the core only uses what
+    is declared here. ``KNOBS``: the engine's knob table (every value it knows).
+    """
+
+    ENGINE: ClassVar[str]
+    KNOBS: ClassVar[tuple[Knob, ...]]
+    # Sequences decoded together (throughput counts all of them): every engine has a batch_size knob.
     batch_size: int
-    # Conditional options: only set for the cache that takes them.
-    quantized_backend: str | None = None
-    quantized_nbits: int | None = None
-    compile: bool | None = None  # static caches: torch.compile of the decode step
-    # Dynamic cache: start each call from a copy of the shared prefix's filled cache
-    # (kvopt.engine.prefix). None where the space does not offer it (no shared prefix).
-    prefix_reuse: bool | None = None
 
     @property
+    @abstractmethod
     def label(self) -> str:
-        """A short readable name: ``static+compile/sdpa/float16/b4``."""
-        cache = self.cache_implementation
-        if cache == "quantized":
-            bits = f"-{self.quantized_nbits}bit" if self.quantized_nbits else ""
-            cache = f"quantized-{self.quantized_backend}{bits}"
-        elif self.compile:
-            cache = f"{cache}+compile"
-        elif self.prefix_reuse:
-            cache = f"{cache}+prefix"
-        return f"{cache}/{self.attn_implementation}/{self.dtype}/b{self.batch_size}"
+        """A short readable name, unique within the space."""
 
+    @abstractmethod
     def params(self) -> dict[str, Any]:
-        """The Optuna parameters of this candidate (conditional ones only when active)."""
-        params: dict[str, Any] = {name: getattr(self, name) for name in PARAM_NAMES}
-        if self.cache_implementation == "quantized":
-            params["quantized_backend"] = self.quantized_backend
-            if self.quantized_nbits is not None:
-                params[f"quantized_nbits_{self.quantized_backend}"] = self.quantized_nbits
-        if self.cache_implementation in STATIC_CACHES and self.compile is not None:
-            params["static_compile"] = self.compile
-        if self.cache_implementation == "dynamic" and self.prefix_reuse is not None:
-            params["prefix_reuse"] = self.prefix_reuse
-        return params
+        """The Optuna parameters of this candidate (conditional ones only where they apply)."""
+
+    @classmethod
+    @abstractmethod
+    def from_params(cls, params: dict[str, Any]) -> Candidate:
+        """The candidate stored Optuna params describe.
+
+        Raises:
+            KeyError: a parameter the engine needs is missing (a study of another space).
+        """
 
     def as_dict(self) -> dict[str, Any]:
-        """The candidate's fields that are set, as a plain mapping."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The candidate's settings that are set, as a plain mapping."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}  # type: ignore[call-overload]
 
-    def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``AutoModelForCausalLM.from_pretrained``."""
-        return {"dtype": self.dtype, "attn_implementation": self.attn_implementation}
-
-    def generate_kwargs(self, prompt_tokens: int | None = None, new_tokens: int | None = None) -> dict[str, Any]:
-        """Keyword arguments for ``model.generate`` that select the KV cache and its options.
-
-        ``paged`` with the workload's lengths also gets the page pool kvopt measured
-        (sized from the workload); without them Transformers sizes the pool from free memory.
-        A ``prefix_reuse`` candidate gets none: its cache is the prefix's filled dynamic cache,
-        passed in its place (Transformers refuses both at once).
-        """
-        if self.prefix_reuse:
-            return {}
-        kwargs: dict[str, Any] = {"cache_implementation": self.cache_implementation}
-        if self.cache_implementation == "paged" and prompt_tokens is not None and new_tokens is not None:
-            kwargs["continuous_batching_config"] = paged_pool(self.batch_size, prompt_tokens, new_tokens).config()
-        if self.cache_implementation == "quantized":
-            kwargs["cache_config"] = {"backend": self.quantized_backend}
-            if self.quantized_nbits is not None:
-                kwargs["cache_config"]["nbits"] = self.quantized_nbits
-        if self.cache_implementation in STATIC_CACHES and self.compile is not None:
-            if self.compile:
-                config = CompileConfig(fullgraph=False)
-                # Transformers compiles static caches on CUDA only unless told otherwise.
-                config._compile_all_devices = True  # type: ignore[assignment]  # declared None in transformers
-                kwargs["compile_config"] = config
+    def levels(self) -> dict[str, str]:
+        """The performance model's categorical factors: each unconditional categorical or
+        boolean knob with its conditional categorical knobs (ordinal ones are left out)."""
+        params = self.params()
+        out: dict[str, str] = {}
+        for knob in self.KNOBS:
+            if knob.kind == "ordinal" or knob.name not in params:
+                continue
+            root = _root(self.KNOBS, knob.name)
+            if root == knob.name:
+                out[root] = str(params[knob.name])
             else:
-                kwargs["disable_compile"] = True
-        return kwargs
+                out[root] = f"{out[root]}+{knob.name}={params[knob.name]}"
+        return out
+
+    def ordinals(self) -> dict[str, float]:
+        """log2 of each ordinal knob but the batch size (0 where it does not apply)."""
+        params = self.params()
+        return {
+            k.name: math.log2(params[k.name]) if params.get(k.name) else 0.0
+            for k in self.KNOBS
+            if k.kind == "ordinal" and k.name != "batch_size"
+        }
+
+    @classmethod
+    def factor_order(cls, factor: str, levels: Sequence[str]) -> list[str]:
+        """The order of a factor's levels as model columns (first seen, unless an engine sorts)."""
+        return list(dict.fromkeys(levels))
+
+    @classmethod
+    def prior_means(cls, metric: str, prefix_share: float) -> dict[str, float]:
+        """Prior means of model weights the engine knows (feature name -> log effect); none by default."""
+        return {}
+
+    def groups(self) -> dict[str, tuple[Any, ...]]:
+        """Each unconditional knob with the conditional knobs under it: what "one setting" means."""
+        params = self.params()
+        out: dict[str, tuple[Any, ...]] = {}
+        for knob in self.KNOBS:
+            root = _root(self.KNOBS, knob.name)
+            out[root] = (*out.get(root, ()), params.get(knob.name))
+        return out
+
+    def classify(self, baseline: Candidate) -> tuple[str, str]:
+        """("exact", "lossy" or "checked", what makes it so) for the quality guard (see kvopt.quality).
+
+        By default from the knob table: a value listed in its knob's ``lossy`` set makes the
+        candidate lossy; anything else is exact. Engines with subtler rules override it.
+        """
+        lossy = [
+            f"{k.name}={self.params()[k.name]}"
+            for k in self.KNOBS
+            if k.name in self.params() and self.params()[k.name] in k.lossy
+        ]
+        if lossy:
+            return "lossy", ", ".join(lossy)
+        return "exact", "exact by construction: no setting that changes the outputs"
+
+    def changes_from(self, baseline: Candidate) -> int:
+        """How many of the baseline's parameters this candidate changes (or adds)."""
+        base = baseline.params()
+        return sum(1 for k, v in self.params().items() if base.get(k) != v)
+
+
+def _root(knobs: Sequence[Knob], name: str) -> str:
+    """The unconditional knob a conditional one hangs under."""
+    by_name = {k.name: k for k in knobs}
+    knob = by_name[name]
+    while knob.when is not None:
+        knob = by_name[knob.when[0]]
+    return knob.name
 
 
 @dataclass
 class SearchSpace:
-    """The choices left after probing, plus what was dropped and why."""
+    """The choices left after probing (each knob's kept values), plus what was dropped and why.
 
-    cache_implementation: list[str]
-    attn_implementation: list[str]
-    dtype: list[str]
-    batch_size: list[int]
+    Attributes:
+        knobs: the engine's knobs with the values this space keeps (a knob with no value
+            left is not sampled, and a value of its parent that needs it is gone too).
+        baseline: the untuned run; its values always stay.
+        candidate_type: the engine's :class:`Candidate` class.
+        prefix_share: the share of the trials' prompt every request shares (0: none).
+        dropped: ``"param=value"`` (a whole choice) or a candidate's label -> one-line reason
+            it is not measured here: it cannot run, cannot fit, or cannot be recommended.
+        excluded: candidates the study must never measure although their choices stay (some of a
+            choice's combinations fit, others not; or a stored study's distributions hold the
+            choice): candidate key -> reason. candidates() and size leave them out.
+    """
+
+    knobs: tuple[Knob, ...]
     baseline: Candidate
-    quantized_backends: list[str] = field(default_factory=lambda: ["fp8"])
-    quantized_nbits: list[int] = field(default_factory=lambda: [4])
-    static_compile: list[bool] = field(default_factory=lambda: [False])
-    # Dynamic cache: reuse the shared prefix off/on; [False] alone: the option is not offered.
-    prefix_reuse: list[bool] = field(default_factory=lambda: [False])
-    # The share of the trials' prompt that is the shared prefix (what reuse need not prefill).
+    candidate_type: type[Candidate]
     prefix_share: float = 0.0
-    # "param=value" (a whole choice) or a candidate's label -> one-line reason it is not
-    # measured here: it cannot run, cannot fit, or cannot be recommended.
     dropped: dict[str, str] = field(default_factory=dict)
-    # Candidates the study must never measure although their choices stay in the space
-    # (some of a choice's combinations fit, others not; or a stored study's distributions
-    # hold the choice): candidate key -> reason. candidates() and size leave them out.
     excluded: dict[CandidateKey, str] = field(default_factory=dict)
 
-    @classmethod
-    def from_config(
-        cls, cfg: SearchSpaceConfig, baseline: Candidate, dropped: dict[str, str], prefix_share: float = 0.0
-    ) -> SearchSpace:
-        """Keep the configured choices that run here; always keep the baseline's values.
+    @property
+    def engine(self) -> str:
+        """The engine whose candidates these are."""
+        return self.candidate_type.ENGINE
 
-        ``prefix_share``: the fraction of the trials' prompt that every request shares (0: no
-        shared prefix). Prefix reuse is offered only when it is above 0; otherwise
-        ``prefix_reuse=True`` is dropped with its reason.
-        """
-        dropped = dict(dropped)
-        if True in cfg.prefix_reuse and prefix_share <= 0:
-            dropped["prefix_reuse=True"] = "the profile's requests share no prefix (profile.shared_prefix_tokens: 0)"
-        reuse = [r for r in cfg.prefix_reuse if f"prefix_reuse={r}" not in dropped] or [False]
-        if True in reuse and baseline.cache_implementation == "dynamic":
-            # The baseline prefills every prompt whole: prefix_reuse=False, said in its params.
-            baseline = dataclasses.replace(baseline, prefix_reuse=False)
+    def knob(self, name: str) -> Knob:
+        """The knob called ``name``."""
+        for knob in self.knobs:
+            if knob.name == name:
+                return knob
+        raise KeyError(name)
 
-        def keep(param: str, values: tuple[Any, ...]) -> list[Any]:
-            kept = [v for v in values if f"{param}={v}" not in dropped]
-            base = getattr(baseline, param)
-            if base not in kept:
-                kept.insert(0, base)
-            return kept
+    def values(self, name: str) -> list[Any]:
+        """The values this space keeps for knob ``name`` (empty for a knob it does not have)."""
+        return next((list(k.values) for k in self.knobs if k.name == name), [])
 
-        backends = [b for b in cfg.quantized_backends if f"quantized_backend={b}" not in dropped]
-        caches = keep("cache_implementation", cfg.cache_implementation)
-        if not backends and "quantized" in caches:
-            caches.remove("quantized")
-        return cls(
-            cache_implementation=caches,
-            attn_implementation=keep("attn_implementation", cfg.attn_implementation),
-            dtype=keep("dtype", cfg.dtype),
-            batch_size=sorted(keep("batch_size", cfg.batch_size)),
-            baseline=baseline,
-            quantized_backends=backends,
-            quantized_nbits=list(cfg.quantized_nbits),
-            static_compile=list(cfg.static_compile),
-            prefix_reuse=reuse,
-            prefix_share=prefix_share if True in reuse else 0.0,
-            dropped=dropped,
-        )
+    def offers(self, name: str, value: Any) -> bool:
+        """Whether knob ``name`` keeps ``value`` and applies to some candidate of the space."""
+        return any(c.params().get(name, _ABSENT) == value for c in self.all_candidates())
 
     def choices(self) -> dict[str, list[Any]]:
-        """The four main parameters' choices."""
-        return {name: list(getattr(self, name)) for name in PARAM_NAMES}
-
-    def nbits_for(self, backend: str) -> list[int]:
-        """The configured nbits that ``backend`` takes (none for fp8)."""
-        return [n for n in self.quantized_nbits if n in BACKEND_NBITS[backend]]
+        """The unconditional knobs' choices."""
+        return {k.name: list(k.values) for k in self.knobs if k.when is None}
 
     def all_choices(self) -> dict[str, list[Any]]:
-        """Every parameter, conditional ones included (for the grid sampler and checks)."""
-        out = self.choices()
-        if "quantized" in self.cache_implementation:
-            out["quantized_backend"] = list(self.quantized_backends)
-            for backend in self.quantized_backends:
-                if self.nbits_for(backend):
-                    out[f"quantized_nbits_{backend}"] = self.nbits_for(backend)
-        if any(c in STATIC_CACHES for c in self.cache_implementation):
-            out["static_compile"] = list(self.static_compile)
-        if self.offers_prefix_reuse:
-            out["prefix_reuse"] = list(self.prefix_reuse)
-        return out
+        """Every knob that applies to some candidate, conditional ones included (the grid sampler, checks)."""
+        present = {name for c in self.all_candidates() for name in c.params()}
+        ordered = [k for k in self.knobs if k.when is None] + [k for k in self.knobs if k.when is not None]
+        return {k.name: list(k.values) for k in ordered if k.name in present}
 
-    @property
-    def offers_prefix_reuse(self) -> bool:
-        """Whether dynamic-cache candidates choose prefix reuse (the space lists it and the dynamic cache)."""
-        return True in self.prefix_reuse and "dynamic" in self.cache_implementation
-
-    def _cache_variants(self, cache: str) -> list[dict[str, Any]]:
-        """The conditional options one cache takes, one dict per distinct variant."""
-        if cache == "quantized":
-            variants = []
-            for backend in self.quantized_backends:
-                nbits: list[int | None] = [*self.nbits_for(backend)] or [None]  # None: the backend takes none
-                variants += [{"quantized_backend": backend, "quantized_nbits": n} for n in nbits]
-            return variants
-        if cache in STATIC_CACHES:
-            return [{"compile": compile_} for compile_ in self.static_compile]
-        if cache == "dynamic" and self.offers_prefix_reuse:
-            return [{"prefix_reuse": reuse} for reuse in self.prefix_reuse]
-        return [{}]
+    def _assignments(self, index: int, assigned: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every assignment of the knobs from ``index`` on, depth-first in table order."""
+        if index == len(self.knobs):
+            yield dict(assigned)
+            return
+        knob = self.knobs[index]
+        if not knob.active(assigned) or not knob.values:  # e.g. a backend that takes no nbits
+            yield from self._assignments(index + 1, assigned)
+            return
+        for value in knob.values:
+            assigned[knob.name] = value
+            yield from self._assignments(index + 1, assigned)
+            del assigned[knob.name]
 
     def all_candidates(self) -> list[Candidate]:
-        """Every combination of the space's choices (conditional options expanded), once each, excluded ones too."""
-        return [
-            Candidate(cache, attn, dtype, batch, **options)
-            for cache in self.cache_implementation
-            for options in self._cache_variants(cache)
-            for attn, dtype, batch in itertools.product(self.attn_implementation, self.dtype, self.batch_size)
-        ]
+        """Every combination of the space's choices (conditional knobs expanded), once each, excluded ones too."""
+        seen: dict[CandidateKey, Candidate] = {}
+        for params in self._assignments(0, {}):
+            candidate = self.candidate_type.from_params(params)
+            seen.setdefault(candidate_key(candidate.params()), candidate)
+        return list(seen.values())
 
     def candidates(self) -> list[Candidate]:
         """Every distinct candidate the study may measure: the combinations less the excluded ones."""
@@ -317,7 +269,7 @@ class SearchSpace:
     def drop(self, reasons: dict[Candidate, str]) -> SearchSpace:
         """This space without the candidates ``reasons`` names, each kept with its reason.
 
-        A value of a parameter none of whose candidates is left goes as a whole choice
+        A value of a knob none of whose candidates is left goes as a whole choice
         (``dropped["param=value"]``, out of the Optuna distributions), with the reason of
         its candidate nearest the baseline; the baseline's own values always stay. The other
         candidates are excluded one by one (``excluded``, ``dropped[label]``). The baseline
@@ -332,19 +284,21 @@ class SearchSpace:
         def gone(c: Candidate) -> bool:  # already out with a whole choice
             return any(f"{k}={v}" in whole for k, v in c.params().items())
 
-        # Main parameters first: a quantized backend whose cache is dropped needs no line of its own.
-        for param, name in _CHOICE_FIELDS.items():
-            for value in getattr(self, name):
-                with_value = [c for c in everything if c.params().get(param, _ABSENT) == value]
+        # Table order: a parent's value goes first, so its conditional knobs need no line of their own.
+        for knob in self.knobs:
+            if not knob.whole_choice:
+                continue
+            for value in knob.values:
+                with_value = [c for c in everything if c.params().get(knob.name, _ABSENT) == value]
                 if (
                     not with_value
-                    or value == self.baseline.params().get(param)
+                    or value == self.baseline.params().get(knob.name)
                     or any(candidate_key(c.params()) not in out for c in with_value)
                     or all(gone(c) for c in with_value)
                 ):
                     continue
-                nearest = min(with_value, key=lambda c: _changes_from(self.baseline, c))
-                whole[f"{param}={value}"] = out[candidate_key(nearest.params())][1]
+                nearest = min(with_value, key=lambda c: c.changes_from(self.baseline))
+                whole[f"{knob.name}={value}"] = out[candidate_key(nearest.params())][1]
         space = self.without_choices(whole)
         left = {candidate_key(c.params()) for c in space.all_candidates()}
         for key, (candidate, why) in out.items():
@@ -356,16 +310,16 @@ class SearchSpace:
     def without_choices(self, reasons: dict[str, str]) -> SearchSpace:
         """This space without whole choices, ``{"param=value": reason}``; the baseline's values stay."""
         base = {f"{k}={v}" for k, v in self.baseline.params().items()}
-        reasons = {k: why for k, why in reasons.items() if k.partition("=")[0] in _CHOICE_FIELDS and k not in base}
-        changes: dict[str, Any] = {}
-        for param, name in _CHOICE_FIELDS.items():
-            kept = [v for v in getattr(self, name) if f"{param}={v}" not in reasons]
-            if kept != getattr(self, name):
-                changes[name] = kept
-        space = dataclasses.replace(self, **changes, dropped={**self.dropped, **reasons}, excluded=dict(self.excluded))
-        if "quantized_backends" in changes and not space.quantized_backends:
-            space.cache_implementation = [c for c in space.cache_implementation if c != "quantized"]
-        return space
+        names = {k.name for k in self.knobs if k.whole_choice}
+        reasons = {k: why for k, why in reasons.items() if k.partition("=")[0] in names and k not in base}
+        knobs = tuple(
+            dataclasses.replace(k, values=tuple(v for v in k.values if f"{k.name}={v}" not in reasons))
+            for k in self.knobs
+        )
+        emptied = {new.name for old, new in zip(self.knobs, knobs) if old.values and not new.values}
+        return dataclasses.replace(
+            self, knobs=_prune_empty(knobs, emptied), dropped={**self.dropped, **reasons}, excluded=dict(self.excluded)
+        )
 
     def keep_stored_choice(self, param: str, stored: list[Any]) -> SearchSpace:
         """This space with ``param``'s choices as a stored study has them, its dropped values excluded.
@@ -375,13 +329,13 @@ class SearchSpace:
         distribution for a parameter throughout a study, so the value stays in the distribution
         and every candidate with it is excluded, with the reason it was dropped.
         """
-        name = _CHOICE_FIELDS[param]
-        space = dataclasses.replace(self, excluded=dict(self.excluded))
-        setattr(space, name, list(stored))
+        kept = self.values(param)
+        knobs = tuple(dataclasses.replace(k, values=tuple(stored)) if k.name == param else k for k in self.knobs)
+        space = dataclasses.replace(self, knobs=knobs, excluded=dict(self.excluded))
         for candidate in space.all_candidates():
             value = candidate.params().get(param)
             why = self.dropped.get(f"{param}={value}")
-            if value is not None and value not in getattr(self, name) and why is not None:
+            if value is not None and value not in kept and why is not None:
                 space.excluded[candidate_key(candidate.params())] = why
         return space
 
@@ -391,45 +345,37 @@ class SearchSpace:
             name: optuna.distributions.CategoricalDistribution(values) for name, values in self.all_choices().items()
         }
 
-    @staticmethod
-    def choice_param(param: str) -> bool:
+    def choice_param(self, param: str) -> bool:
         """Whether ``param`` is a choice a stored study's distribution can keep (see keep_stored_choice)."""
-        return param in _CHOICE_FIELDS
+        return any(k.name == param and k.whole_choice for k in self.knobs)
 
-    @staticmethod
-    def make_candidate(params: dict[str, Any]) -> Candidate:
-        """The candidate stored Optuna params describe (needs no space: callable on the class)."""
-        cache = params["cache_implementation"]
-        backend = params.get("quantized_backend") if cache == "quantized" else None
-        return Candidate(
-            cache_implementation=cache,
-            attn_implementation=params["attn_implementation"],
-            dtype=params["dtype"],
-            batch_size=int(params["batch_size"]),
-            quantized_backend=backend,
-            quantized_nbits=params.get(f"quantized_nbits_{backend}") if backend else None,
-            compile=params.get("static_compile") if cache in STATIC_CACHES else None,
-            prefix_reuse=params.get("prefix_reuse") if cache == "dynamic" else None,
-        )
+    def make_candidate(self, params: dict[str, Any]) -> Candidate:
+        """The candidate stored Optuna params describe (KeyError: params of another space)."""
+        return self.candidate_type.from_params(params)
 
     def suggest(self, trial: optuna.Trial) -> Candidate:
-        """Sample the main parameters, then the options of the chosen cache only."""
-        params = {name: trial.suggest_categorical(name, values) for name, values in self.choices().items()}
-        cache = params["cache_implementation"]
-        if cache == "quantized":
-            backend = trial.suggest_categorical("quantized_backend", self.quantized_backends)
-            params["quantized_backend"] = backend
-            if self.nbits_for(backend):
-                key = f"quantized_nbits_{backend}"
-                params[key] = trial.suggest_categorical(key, self.nbits_for(backend))
-        if cache in STATIC_CACHES:
-            params["static_compile"] = trial.suggest_categorical("static_compile", self.static_compile)
-        if cache == "dynamic" and self.offers_prefix_reuse:
-            params["prefix_reuse"] = trial.suggest_categorical("prefix_reuse", self.prefix_reuse)
+        """Sample the unconditional knobs in table order, then the conditional ones that apply."""
+        params: dict[str, Any] = {}
+        for knob in self.knobs:
+            if knob.when is None:
+                params[knob.name] = trial.suggest_categorical(knob.name, list(knob.values))
+        for knob in self.knobs:
+            if knob.when is not None and knob.values and knob.active(params):
+                params[knob.name] = trial.suggest_categorical(knob.name, list(knob.values))
         return self.make_candidate(params)
 
 
-def _changes_from(baseline: Candidate, candidate: Candidate) -> int:
-    """How many of the baseline's parameters ``candidate`` changes (or adds)."""
-    base = baseline.params()
-    return sum(1 for k, v in candidate.params().items() if base.get(k) != v)
+_ABSENT = object()  # a parameter the candidate does not take
+
+
+def _prune_empty(knobs: tuple[Knob, ...], emptied: set[str]) -> tuple[Knob, ...]:
+    """Drop a parent's value whose conditional knob ``emptied`` left without values (it could not be sampled)."""
+    out = list(knobs)
+    for knob in list(out):
+        if knob.when is None or knob.name not in emptied:
+            continue
+        parent, needs = knob.when
+        for j, p in enumerate(out):
+            if p.name == parent:
+                out[j] = dataclasses.replace(p, values=tuple(v for v in p.values if v not in needs))
+    return tuple(out)

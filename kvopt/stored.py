@@ -13,9 +13,10 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from kvopt.attrs import BASELINE_ATTR, REASON_ATTR
+from kvopt.attrs import BASELINE_ATTR, ENGINE_ATTR, REASON_ATTR
 from kvopt.config import StorageConfig, validate_profile
 from kvopt.confirm import confirmed_recommendation
+from kvopt.engines import DEFAULT_ENGINE
 from kvopt.errors import ConfigError, KvoptError, StorageError
 from kvopt.paths import conf_dir, sqlite_path
 from kvopt.select import Recommendation, Result, collect_results, pareto_front, recommend
@@ -57,6 +58,11 @@ class StoredStudy:
     def model(self) -> str:
         """The model's name as the study stored it (``?`` if missing)."""
         return str(self.attrs.get("model", "?"))
+
+    @property
+    def engine(self) -> str:
+        """The engine that ran the study (studies stored before engines had names: transformers)."""
+        return str(self.attrs.get(ENGINE_ATTR, DEFAULT_ENGINE))
 
     @property
     def profile(self) -> str:

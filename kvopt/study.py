@@ -137,7 +137,7 @@ def resume_space(storage: BaseStorage, name: str, space: SearchSpace) -> SearchS
     dropped_then: dict[str, str] = study.user_attrs.get("dropped_choices") or {}
     for param, then in stored.items():
         now = space.all_choices().get(param)
-        if now is None or now == then or not SearchSpace.choice_param(param):
+        if now is None or now == then or not space.choice_param(param):
             continue
         added = [v for v in now if v not in then]
         removed = [v for v in then if v not in now]

@@ -10,8 +10,8 @@ regression on features that carry that structure:
 - each other level of a setting adds a main effect; pairs of settings an interaction;
 - batch size enters as ``log2(batch)`` and its square (ordinal: batch 4 lies between 2
   and 8), with a slope per level of every setting (a static cache scales differently);
-- quantized nbits enter as ``log2(nbits)`` (ordinal too);
-- peak memory is modelled relative to kvopt's analytic prediction (``kvopt.predict``),
+- the other ordinal knobs (quantized nbits, threads) enter as ``log2(value)``;
+- peak memory is modelled relative to kvopt's analytic prediction (``kvopt.engines.transformers.predict``),
   which is already within about ±9%: the regression learns the small remainder;
 - observations from another study (a warm start) get their own intercept per objective,
   so what transfers is the ranking, not the other machine's absolute numbers.
@@ -60,7 +60,7 @@ _PRIOR_SD = {
     "batch2": 1.0,
     "batch_slope": 0.7,
     "pair": 0.5,
-    "nbits": 0.5,
+    "ordinal": 0.5,
     "source": 3.0,
 }
 # Prior means of the batch slope, log units per doubling of the batch: decode is bound by
@@ -88,17 +88,6 @@ def log_ci_half_width(stats: dict | None) -> float | None:
 def metric_signs() -> dict[str, float]:
     """+1 for objectives to maximise, -1 for those to minimise, by metric name."""
     return dict(zip(METRICS, (float(s) for s in _SIGNS)))
-
-
-def _cache_variant(candidate: Candidate) -> str:
-    """The cache and its categorical options (nbits left out: it is ordinal)."""
-    if candidate.cache_implementation == "quantized":
-        return f"quantized-{candidate.quantized_backend}"
-    if candidate.compile:
-        return f"{candidate.cache_implementation}+compile"
-    if candidate.prefix_reuse:
-        return f"{candidate.cache_implementation}+prefix"
-    return candidate.cache_implementation
 
 
 @dataclass
@@ -131,14 +120,24 @@ class CandidateEncoder:
         base = space.baseline
         # Every combination, excluded ones too: a stored study may hold measurements of them.
         candidates = space.all_candidates()
+        # The engine's categorical factors (each knob with its categorical options), baseline level left out.
+        kind = space.candidate_type
+        base_levels = base.levels()
+        seen = [c.levels() for c in candidates]
         self.factors: dict[str, list[str]] = {
-            "cache": sorted({_cache_variant(c) for c in candidates} - {_cache_variant(base)}),
-            "attn": [a for a in space.attn_implementation if a != base.attn_implementation],
-            "dtype": [d for d in space.dtype if d != base.dtype],
+            factor: [
+                level
+                for level in kind.factor_order(factor, [lv[factor] for lv in seen if factor in lv])
+                if level != base_levels[factor]
+            ]
+            for factor in base_levels
         }
+        self._ordinals = list(base.ordinals())
+        self._type = kind
         self._prefix_share = space.prefix_share
+        batches = space.values("batch_size")
         self._base_log2_batch = math.log2(base.batch_size)
-        self._log2_batch_span = max(math.log2(max(space.batch_size) / min(space.batch_size)), 1.0)
+        self._log2_batch_span = max(math.log2(max(batches) / min(batches)), 1.0)
         names: list[str] = ["intercept"]
         blocks: list[str] = ["intercept"]
         for factor, levels in self.factors.items():
@@ -155,8 +154,9 @@ class CandidateEncoder:
             for l1, l2 in itertools.product(l1s, l2s):
                 names.append(f"{f1}={l1}*{f2}={l2}")
                 blocks.append("pair")
-        names.append("log2_nbits")
-        blocks.append("nbits")
+        for name in self._ordinals:
+            names.append(f"log2_{name}")
+            blocks.append("ordinal")  # an ordinal knob besides the batch (quantized nbits, threads)
         names.append("source")
         blocks.append("source")
         self.names = names
@@ -169,14 +169,13 @@ class CandidateEncoder:
         """The prior mean of the weights of one objective's model (zero but the batch slope and prefix reuse)."""
         mean = np.zeros(len(self.names))
         mean[self.names.index("log2_batch")] = BATCH_PRIOR_PER_DOUBLING.get(metric, 0.0) * self._log2_batch_span
-        prefix = "cache=dynamic+prefix"
-        if metric == "ttft_ms" and prefix in self.names and 0 < self._prefix_share < 1:
-            # Reusing the prefix leaves only the rest of the prompt to prefill: TTFT in proportion.
-            mean[self.names.index(prefix)] = math.log(1.0 - self._prefix_share)
+        for feature, value in self._type.prior_means(metric, self._prefix_share).items():
+            if feature in self.names:  # effects the engine knows before measuring (prefix reuse's TTFT)
+                mean[self.names.index(feature)] = value
         return mean
 
     def levels(self, candidate: Candidate) -> dict[str, str]:
-        return {"cache": _cache_variant(candidate), "attn": candidate.attn_implementation, "dtype": candidate.dtype}
+        return candidate.levels()
 
     def encode(self, candidate: Candidate, source: int = 0) -> np.ndarray:
         """The feature vector of one candidate (memoised: a study asks for the same ones often)."""
@@ -197,7 +196,8 @@ class CandidateEncoder:
             row += [x if levels[factor] == level else 0.0 for level in options]
         for (f1, l1s), (f2, l2s) in itertools.combinations(self.factors.items(), 2):
             row += [1.0 if levels[f1] == l1 and levels[f2] == l2 else 0.0 for l1, l2 in itertools.product(l1s, l2s)]
-        row.append(math.log2(candidate.quantized_nbits) if candidate.quantized_nbits else 0.0)
+        ordinals = candidate.ordinals()
+        row += [ordinals.get(name, 0.0) for name in self._ordinals]
         row.append(float(source))
         return np.array(row)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from kvopt.attrs import (
@@ -32,19 +31,19 @@ from kvopt.attrs import (
     failure_kind,
 )
 from kvopt.config import MeasureConfig, QualityConfig, TrialConfig
-from kvopt.engine.loading import ModelLoader, free_device_memory
-from kvopt.engine.workload import Workload
+from kvopt.engines.base import Engine, Loader
 from kvopt.failures import failure_reason
 from kvopt.isolation import IsolatedFailure
+from kvopt.measure.memory import free_device_memory
 from kvopt.measurer import Measurer, make_measurer
 from kvopt.metrics import METRICS, OBJECTIVES
-from kvopt.predict import predict_memory
 from kvopt.protocol import SLOW_CALL_FACTOR
 from kvopt.quality import QUALITY, Fidelity, excess, plan_quality, quality_label, violations
 from kvopt.sampler import predict_call_seconds
 from kvopt.screen import over_budget
 from kvopt.select import Result, collect_results, pareto_front
 from kvopt.space import Candidate, SearchSpace
+from kvopt.workload import Workload
 
 __all__ = ["TrialOutcome", "Objective", "outcome_of", "slo_constraints", "RUNS", "QUALITY"]
 
@@ -109,9 +108,8 @@ class Objective:
     def __init__(
         self,
         space: SearchSpace,
-        loader: ModelLoader,
+        engine: Engine,
         workload: Workload,
-        device: torch.device,
         *,
         warmup: int,
         repetitions: int,
@@ -123,11 +121,14 @@ class Objective:
         dominance_pruning: bool = True,
         measurer: Measurer | None = None,
         quality: QualityConfig | None = None,
+        loader: Loader | None = None,
     ) -> None:
         self.space = space
-        self.loader = loader
+        self.engine = engine
+        # Kept loaded between trials that can share a model (the engine says which).
+        self.loader = loader or engine.loader()
         self.workload = workload
-        self.device = device
+        self.device = engine.device
         self.warmup = warmup
         self.repetitions = repetitions
         self.seed = seed
@@ -140,9 +141,9 @@ class Objective:
         # How candidates are measured: trial.isolation's choice unless one is given (replay).
         self.measurer = measurer or make_measurer(
             self.trial,
-            loader,
+            engine,
+            self.loader,
             workload,
-            device,
             warmup=warmup,
             repetitions=repetitions,
             seed=seed,
@@ -221,7 +222,7 @@ class Objective:
         """
         if self.quality is None:
             return 0.0
-        plan = plan_quality(candidate, self.space.baseline.dtype, self.loader.source.kind, self.quality)
+        plan = plan_quality(candidate, self.space.baseline, self.engine.weights.kind, self.quality)
         trial.set_user_attr(QUALITY_ATTR, plan.as_dict())
         if plan.blocked is not None:
             self._infeasible(trial, plan.blocked, Failure.QUALITY, {RUNS: 0.0, QUALITY: 1.0})
@@ -257,7 +258,7 @@ class Objective:
                 f"out of memory with the same settings in trial #{smaller.number}",
                 Failure.LARGER_THAN_OOM,
             )
-        prediction = predict_memory(self.loader.model_cfg, candidate, self.workload)
+        prediction = self.engine.predict_memory(candidate, self.workload)
         for key, value in prediction.as_dict().items():
             trial.set_user_attr(key, value)
         too_big = over_budget(prediction, self.memory_budget_bytes)
@@ -308,7 +309,7 @@ class Objective:
             {
                 "isolation": self.measurer.name,
                 "model_reused": measured.model_reused,
-                "weights": self.loader.source.kind,
+                "weights": self.engine.weights.kind,
                 "load_s": measured.load_s,
                 # Setup cost, kept apart from TTFT and throughput: load + first call (+ fidelity check).
                 "setup_s": measured.load_s + measurement.first_call_s + fidelity_s,

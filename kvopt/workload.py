@@ -1,6 +1,6 @@
 """The profile's mix of request shapes fit to the model, and the one shape every trial runs.
 
-Knowledge: lengths only, nothing is loaded. :mod:`kvopt.engine.workload` turns a workload
+Knowledge: lengths only, nothing is loaded. :mod:`kvopt.engines.transformers.workload` turns a workload
 into the synthetic prompts a model runs.
 
 - **Clamping.** A shape whose prompt + new tokens exceed the model's positions has its new
@@ -33,6 +33,8 @@ __all__ = [
     "make_workload",
     "max_positions",
     "representative",
+    "WindowPlacement",
+    "placement",
 ]
 
 # config.json fields that bound the sequence length, by architecture family.
@@ -252,3 +254,37 @@ def make_mix(profile: ProfileConfig, model_cfg: ModelConfig) -> WorkloadMix:
 def make_workload(profile: ProfileConfig, model_cfg: ModelConfig) -> Workload:
     """The shape every trial of the profile measures, fit to the model (:func:`make_mix`)."""
     return make_mix(profile, model_cfg).trial
+
+
+@dataclass(frozen=True)
+class WindowPlacement:
+    """Where the window sits: the cache holds ``context_tokens`` entries, then ``steps`` decode steps."""
+
+    context_tokens: int
+    steps: int
+
+    def mean_context(self) -> float:
+        """The mean number of positions a window step attends over.
+
+        The cache holds ``context_tokens``; the first generated token is prefilled at position
+        ``context_tokens`` and step ``j`` (1-based) attends over ``context_tokens + 1 + j`` positions.
+        """
+        return self.context_tokens + 1 + (self.steps + 1) / 2
+
+
+def placement(prompt_tokens: int, new_tokens: int, window: int) -> WindowPlacement:
+    """A window of at most ``window`` steps whose mean attended context is the full call's.
+
+    The full call's decode step ``j`` (1 … new_tokens − 1) attends over ``prompt + j``
+    positions: mean ``prompt + new_tokens / 2``. The window is shortened to the full call's
+    decode steps when those are fewer, and kept inside the full call's length (so a static
+    cache sized for the full call holds it).
+    """
+    if new_tokens < 2 or window < 1:
+        raise ValueError(f"a decode window needs new_tokens >= 2 and window >= 1 (got {new_tokens}, {window})")
+    steps = min(window, new_tokens - 1)
+    target = prompt_tokens + new_tokens / 2
+    context = round(target - 1 - (steps + 1) / 2)
+    # The window's last step writes position context + steps; the full call's last is prompt + new − 2.
+    context = max(1, min(context, prompt_tokens + new_tokens - 2 - steps))
+    return WindowPlacement(context_tokens=context, steps=steps)

@@ -32,22 +32,24 @@ MODES = {"fixed": ["measure.adaptive=false"], "adaptive": ["measure.adaptive=tru
 
 def worker(model: str, profile: str, overrides: list[str], device_spec: str = "cpu") -> dict:
     """One fresh process: load the model, measure the baseline candidate once."""
-    from kvopt.engine.loading import ModelLoader
-    from kvopt.engine.source import resolve_config
-    from kvopt.engine.workload import make_workload
+    from kvopt.engines.transformers.candidate import Candidate
+    from kvopt.engines.transformers.loading import ModelLoader
+    from kvopt.engines.transformers.source import resolve_config
+    from kvopt.engines.transformers.workload import make_workload
     from kvopt.machine import resolve_device
     from kvopt.protocol import measure_candidate
-    from kvopt.space import Candidate
 
     cfg, weights = resolve_config(compose_config(model, profile, overrides))
     device = resolve_device(device_spec)
     loader = ModelLoader(cfg.model, weights, device, cfg.seed)
     loaded, _ = loader.get("float32", "sdpa")
+    from kvopt.engines.transformers.engine import TransformersEngine
+
     m = measure_candidate(
+        TransformersEngine(cfg.model, weights, device, cfg.seed),
         loaded,
         Candidate("dynamic", "sdpa", "float32", 1),
         make_workload(cfg.profile, cfg.model),
-        device,
         warmup=cfg.profile.warmup,
         repetitions=cfg.profile.repetitions,
         seed=cfg.seed,
@@ -95,12 +97,12 @@ def paired_worker(
     of these across processes is what a user sees of kvopt's confirmed gains.
     """
     from kvopt.confirm import confirmed_gains
-    from kvopt.engine.generation import timed_generate
-    from kvopt.engine.loading import ModelLoader
-    from kvopt.engine.source import resolve_config
-    from kvopt.engine.workload import make_inputs, make_workload
+    from kvopt.engines.transformers.candidate import Candidate
+    from kvopt.engines.transformers.generation import timed_generate
+    from kvopt.engines.transformers.loading import ModelLoader
+    from kvopt.engines.transformers.source import resolve_config
+    from kvopt.engines.transformers.workload import make_inputs, make_workload
     from kvopt.machine import resolve_device
-    from kvopt.space import Candidate
 
     cfg, weights = resolve_config(compose_config(model, profile, overrides or []))
     device = resolve_device(device_spec)

@@ -1,6 +1,6 @@
 """The fidelity of each cache and dtype on the tiny trained model: the table in docs/quality.md.
 
-Runs kvopt's own fidelity measurement (kvopt.engine.fidelity) for each candidate against
+Runs kvopt's own fidelity measurement (kvopt.engines.transformers.fidelity) for each candidate against
 the baseline (dynamic cache, sdpa, float32) on the shipped text, at two prompt lengths,
 and prints a markdown table. CPU, a minute at most.
 
@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from kvopt.config import ModelConfig, QualityConfig
-from kvopt.engine.fidelity import FidelityMeter
-from kvopt.engine.loading import ModelLoader
-from kvopt.engine.source import resolve_model
+from kvopt.engines.transformers.candidate import Candidate
+from kvopt.engines.transformers.fidelity import TransformersFidelityMeter as FidelityMeter
+from kvopt.engines.transformers.loading import ModelLoader
+from kvopt.engines.transformers.source import resolve_model
 from kvopt.quality import classify, violations
-from kvopt.space import Candidate
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = Candidate("dynamic", "sdpa", "float32", 1)
@@ -57,7 +57,7 @@ def main() -> None:
         meter = FidelityMeter(loader, BASELINE, cfg, prompt_tokens, args.new_tokens)
         for candidate in CANDIDATES:
             f = meter.measure(candidate)
-            kind = classify(candidate, "float32")[0]
+            kind = classify(candidate, BASELINE)[0]
             top = (
                 "-"
                 if f.first_divergence is None

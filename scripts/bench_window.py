@@ -2,7 +2,7 @@
 
 For each model and each distinct shape the shipped profiles give it (after clamping), and
 for each candidate, the decode throughput of the split protocol's window
-(:mod:`kvopt.engine.window`, placed at the full call's mean context) is measured against
+(:mod:`kvopt.engines.transformers.window`, placed at the full call's mean context) is measured against
 whole ``generate`` calls, interleaved (window, whole, window, whole, …) after one warm-up of
 each. Reported: the median of each and their ratio (window / full − 1, in %), and the
 seconds one sample of each costs. Results go to benchmarks/window.json and a markdown table.
@@ -27,7 +27,7 @@ CANDIDATES = ("dynamic/sdpa/b1", "static/sdpa/b1", "dynamic/sdpa/b4")
 
 
 def _candidate(spec: str):  # type: ignore[no-untyped-def]
-    from kvopt.space import Candidate
+    from kvopt.engines.transformers.candidate import Candidate
 
     cache, attn, batch = spec.split("/")
     return Candidate(cache, attn, "float32", int(batch[1:]), compile=False if cache == "static" else None)
@@ -36,18 +36,17 @@ def _candidate(spec: str):  # type: ignore[no-untyped-def]
 def measure_shape(loaded, candidate, shape, samples: int, window: int) -> dict:  # type: ignore[no-untyped-def]
     import torch
 
-    from kvopt.engine.generation import timed_generate
-    from kvopt.engine.window import fill_window_context, placement
-    from kvopt.engine.workload import make_inputs
-    from kvopt.protocol import context_ids
+    from kvopt.engines.transformers.engine import TransformersSession
+    from kvopt.engines.transformers.generation import timed_generate
+    from kvopt.engines.transformers.workload import make_inputs
+    from kvopt.workload import placement
 
     cpu = torch.device("cpu")
     model = loaded.model
     vocab = model.config.vocab_size
     inputs = make_inputs(shape, candidate.batch_size, vocab, 0, cpu)
     where = placement(shape.prompt_tokens, shape.new_tokens, window)
-    ids = context_ids(shape, where, candidate.batch_size, vocab, 0, cpu)
-    win = fill_window_context(model, candidate, ids, where, shape.prompt_tokens + shape.new_tokens, cpu)
+    win = TransformersSession(model, candidate, shape, 0, cpu).window(where)
     timed_generate(model, inputs, candidate, shape.new_tokens, cpu)  # warm-up of each
     win.timed()
     windowed, whole, window_s, whole_s = [], [], [], []
@@ -88,8 +87,8 @@ def main() -> None:
 
     import torch
 
-    from kvopt.engine.loading import ModelLoader
-    from kvopt.engine.source import resolve_config
+    from kvopt.engines.transformers.loading import ModelLoader
+    from kvopt.engines.transformers.source import resolve_config
     from kvopt.machine import machine_info
     from kvopt.workload import make_mix
 

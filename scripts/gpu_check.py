@@ -13,7 +13,7 @@ SIGINT first: kvopt then marks the current trial failed and still writes its res
 2. ``study``       ``python -m kvopt model=gpt2 profile=chat-agent device=cuda`` (default space);
 3. ``study_full``  ``model=qwen2.5-0.5b profile=rag search_space=full``, random weights, a trial cap;
 4. ``memory``      gpt2 at two batch sizes: torch peak allocated, peak reserved and NVML's
-                   per-process figure, each against kvopt.predict's analytic prediction;
+                   per-process figure, each against kvopt.engines.transformers.predict's analytic prediction;
 5. ``noise``       scripts/bench_noise.py on the device: CV of the reported medians across fresh processes;
 6. ``oom``         a batch far beyond memory at the longest context: it must end as one PRUNED
                    trial with its reason, a larger batch must be pruned without running, and
@@ -597,15 +597,16 @@ def _vm_bytes() -> int:
 def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of the baseline candidate at two batch sizes, three ways, against the prediction."""
     from kvopt.api import compose_config
-    from kvopt.engine.loading import ModelLoader, free_device_memory
-    from kvopt.engine.source import resolve_config
-    from kvopt.engine.workload import make_workload
+    from kvopt.engines.transformers.candidate import Candidate
+    from kvopt.engines.transformers.engine import TransformersEngine
+    from kvopt.engines.transformers.loading import ModelLoader
+    from kvopt.engines.transformers.predict import predict_memory
+    from kvopt.engines.transformers.probe import default_attn_implementation
+    from kvopt.engines.transformers.source import resolve_config
+    from kvopt.engines.transformers.workload import make_workload
     from kvopt.machine import machine_info, resolve_device
-    from kvopt.measure.memory import MB
-    from kvopt.predict import predict_memory
-    from kvopt.probe import default_attn_implementation
+    from kvopt.measure.memory import MB, free_device_memory
     from kvopt.protocol import measure_candidate
-    from kvopt.space import Candidate
 
     cfg, weights = resolve_config(
         compose_config(
@@ -622,7 +623,15 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
         loaded, _ = loader.get(candidate.dtype, candidate.attn_implementation)
         free_device_memory(device)  # each batch starts from the same allocator state
         # What a trial does: first call, then the first timed run carries the memory probe (CUDA).
-        m = measure_candidate(loaded, candidate, workload, device, warmup=1, repetitions=1, seed=cfg.seed)
+        m = measure_candidate(
+            TransformersEngine(cfg.model, weights, device, cfg.seed),
+            loaded,
+            candidate,
+            workload,
+            warmup=1,
+            repetitions=1,
+            seed=cfg.seed,
+        )
         predicted = predict_memory(cfg.model, candidate, workload)
         d = m.memory.details
         measured: dict[str, float | None] = {"peak": m.memory.peak_bytes / MB}
@@ -659,7 +668,7 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_oom(spec: dict[str, Any]) -> dict[str, Any]:
     """A study whose trials are queued in order: baseline, batch B (out of memory), batch 2B, batch 1.
 
-    B is the smallest power of two that kvopt.predict says needs OOM_FACTOR times the device's
+    B is the smallest power of two that kvopt.engines.transformers.predict says needs OOM_FACTOR times the device's
     memory, with eager attention at the longest context (the profile's prompt, clamped to the
     model's positions). The memory budget is lifted so the prediction does not prune B before
     it runs: the point is the real failure and what the study learns from it.
@@ -670,11 +679,11 @@ def worker_oom(spec: dict[str, Any]) -> dict[str, Any]:
 
     from kvopt import runner
     from kvopt.api import compose_config
-    from kvopt.engine.workload import make_workload
+    from kvopt.engines.transformers.candidate import Candidate
+    from kvopt.engines.transformers.predict import predict_memory
+    from kvopt.engines.transformers.workload import make_workload
     from kvopt.machine import machine_info, resolve_device
     from kvopt.measure.memory import MB
-    from kvopt.predict import predict_memory
-    from kvopt.space import Candidate
     from kvopt.study import enqueue_baseline, open_study
 
     base = [

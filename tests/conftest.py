@@ -60,3 +60,12 @@ def run_cli(tmp_path: Path):
         )
 
     return run
+
+
+def transformers_engine(model: ModelConfig | str = "tiny-gpt2", kind: str = "random", device: str = "cpu"):
+    """The Transformers engine for ``model`` (a shipped option's name or a config) with ``kind`` weights."""
+    from kvopt.engines.base import WeightsSource
+    from kvopt.engines.transformers.engine import TransformersEngine
+
+    cfg = model_config(model) if isinstance(model, str) else model
+    return TransformersEngine(cfg, WeightsSource(kind, "test"), torch.device(device))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from kvopt.config import StorageConfig
-from kvopt.space import Candidate, SearchSpace
+from kvopt.engines.transformers.candidate import Candidate, transformers_space
 from kvopt.storage import open_storage, study_lock
 from kvopt.study import enqueue_baseline, open_study
 
@@ -15,7 +15,7 @@ def race_to_enqueue(kind: str, url: str, barrier) -> None:
     cfg = StorageConfig("journal", url) if kind == "journal" else StorageConfig("rdb", url)
     storage = open_storage(cfg)
     base = Candidate("dynamic", "sdpa", "float32", 1)
-    space = SearchSpace(
+    space = transformers_space(
         cache_implementation=["dynamic"], attn_implementation=["sdpa"], dtype=["float32"], batch_size=[1], baseline=base
     )
     barrier.wait()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import kvopt
+from kvopt.engines.transformers.candidate import Candidate
 from kvopt.errors import ConfigError, StorageError
 from kvopt.select import Recommendation, Result
-from kvopt.space import Candidate
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

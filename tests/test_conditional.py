@@ -7,14 +7,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from conftest import transformers_engine
 from kvopt.config import SearchSpaceConfig, validate
-from kvopt.engine.generation import timed_generate
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.workload import Workload, make_inputs
+from kvopt.engines.transformers.candidate import Candidate, space_from_config
+from kvopt.engines.transformers.generation import timed_generate
+from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.workload import Workload, make_inputs
 from kvopt.errors import ConfigError
 from kvopt.paths import conf_dir
 from kvopt.runner import prepare
-from kvopt.space import Candidate, SearchSpace
 
 CPU = torch.device("cpu")
 
@@ -43,7 +44,7 @@ def test_options_are_sampled_only_for_the_cache_that_takes_them():
         quantized_nbits=(2, 4),
         static_compile=(False, True),
     )
-    space = SearchSpace.from_config(cfg, Candidate("dynamic", "sdpa", "float32", 1), {})
+    space = space_from_config(cfg, Candidate("dynamic", "sdpa", "float32", 1), {})
     # dynamic 1 + static x2 compile + quantized (fp8 1 + quanto x2 nbits) = 6
     assert space.size == 6
     study = optuna.create_study(directions=["minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
@@ -102,15 +103,15 @@ def test_conflicting_options_are_refused():
 def test_the_full_space_keeps_what_runs_here():
     # Random weights: the quantized cache (lossy) stays only with allow_unverified (else dropped for quality).
     p = prepare(_cfg("search_space=full", "storage=memory", "quality.allow_unverified=true"))
-    assert "quantized" in p.space.cache_implementation and p.space.quantized_backends == ["fp8"]
+    assert "quantized" in p.space.values("cache_implementation") and p.space.quantized_backends == ["fp8"]
     assert p.space.static_compile == [False, True]
     assert "cache_implementation=offloaded_static" in p.space.dropped
-    assert "paged" in p.space.cache_implementation  # continuous batching runs on CPU
+    assert "paged" in p.space.values("cache_implementation")  # continuous batching runs on CPU
 
 
 def test_paged_cache_runs_continuous_batching_with_a_pool_sized_from_the_workload(tiny_llama):
-    from kvopt.engine.paged import PAGE_SIZE, paged_pool
-    from kvopt.predict import predict_memory
+    from kvopt.engines.transformers.paged import PAGE_SIZE, paged_pool
+    from kvopt.engines.transformers.predict import predict_memory
     from kvopt.protocol import measure_candidate
 
     loaded, _ = ModelLoader(tiny_llama, WeightsSource("random", "t"), CPU, seed=0).get("float32", "sdpa")
@@ -120,7 +121,7 @@ def test_paged_cache_runs_continuous_batching_with_a_pool_sized_from_the_workloa
     assert pool.num_blocks == 3 * -(-46 // PAGE_SIZE)  # whole pages of prompt + new tokens, per request
     config = pool.config()
     assert (config.num_blocks, config.max_batch_tokens, config.max_requests_per_batch) == (pool.num_blocks, 120, 3)
-    m = measure_candidate(loaded, paged, workload, CPU, warmup=1, repetitions=3, seed=0)
+    m = measure_candidate(transformers_engine(tiny_llama), loaded, paged, workload, warmup=1, repetitions=3, seed=0)
     assert len(m.ttft_ms) == 3 and all(t > 0 for t in m.ttft_ms) and all(d > 0 for d in m.decode_tok_s)
     # KV bytes read from the pool tensor match the analytic size of its pages exactly.
     assert m.kv_cache_bytes == predict_memory(tiny_llama, paged, workload).kv_bytes

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import profile_config
+from conftest import profile_config, transformers_engine
 from kvopt.config import validate
 from kvopt.confirm import confirmed_gains, decide, decision_is_clear, separation
-from kvopt.engine.workload import Workload
+from kvopt.engines.transformers.workload import Workload
 from kvopt.paths import conf_dir
 from kvopt.runner import tune
 from kvopt.select import Result
@@ -200,8 +200,8 @@ def test_the_budget_bounds_the_whole_command_and_says_how_it_was_spent(tmp_path,
 def test_peak_memory_on_another_shape_is_derived_only_where_the_memory_model_proved_itself():
     from conftest import model_config
     from kvopt.confirm import derived_peak_mb
-    from kvopt.predict import predict_memory
-    from kvopt.space import Candidate
+    from kvopt.engines.transformers.candidate import Candidate
+    from kvopt.engines.transformers.predict import predict_memory
 
     model = model_config("tiny-gpt2")
     trial, other = Workload(64, 40), Workload(40, 64)
@@ -217,13 +217,20 @@ def test_peak_memory_on_another_shape_is_derived_only_where_the_memory_model_pro
         )
 
     ratio = predict_memory(model, dynamic, other).total_bytes / predict_memory(model, dynamic, trial).total_bytes
-    assert derived_peak_mb(measured(1.5), dynamic, model, trial, other) == pytest.approx(10.0 * ratio)
-    assert derived_peak_mb(measured(-1.5), dynamic, model, trial, other) == pytest.approx(10.0 * ratio)
+    assert derived_peak_mb(measured(1.5), dynamic, transformers_engine(model), trial, other) == pytest.approx(
+        10.0 * ratio
+    )
+    assert derived_peak_mb(measured(-1.5), dynamic, transformers_engine(model), trial, other) == pytest.approx(
+        10.0 * ratio
+    )
     # Beyond the error the model showed on the trial's shape, it is measured instead.
-    assert derived_peak_mb(measured(2.5), dynamic, model, trial, other) is None
-    assert derived_peak_mb(Result(1, {}, "x", {"peak_mem_mb": 10.0}), dynamic, model, trial, other) is None
+    assert derived_peak_mb(measured(2.5), dynamic, transformers_engine(model), trial, other) is None
+    assert (
+        derived_peak_mb(Result(1, {}, "x", {"peak_mem_mb": 10.0}), dynamic, transformers_engine(model), trial, other)
+        is None
+    )
     paged = Candidate("paged", "sdpa", "float32", 2)
-    assert derived_peak_mb(measured(0.1, paged), paged, model, trial, other) is None
+    assert derived_peak_mb(measured(0.1, paged), paged, transformers_engine(model), trial, other) is None
 
 
 def test_beyond_the_tolerance_the_full_length_figure_counts():

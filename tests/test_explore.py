@@ -8,8 +8,9 @@ import optuna
 from optuna.trial import TrialState
 
 from kvopt.config import SearchSpaceConfig
+from kvopt.engines.transformers.candidate import Candidate, space_from_config
 from kvopt.explore import queue_unmeasured_after_repeat
-from kvopt.space import Candidate, SearchSpace
+from kvopt.space import SearchSpace
 
 BASELINE = Candidate("dynamic", "sdpa", "float32", 1)
 
@@ -24,7 +25,7 @@ def _space() -> SearchSpace:
         quantized_backends=("fp8",),
         static_compile=(False, True),
     )
-    return SearchSpace.from_config(cfg, BASELINE, {})
+    return space_from_config(cfg, BASELINE, {})
 
 
 def test_candidates_lists_every_distinct_candidate_once():

@@ -21,12 +21,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, CompileConfig, Dynami
 import kvopt
 from conftest import model_config
 from kvopt.config import METRICS
-from kvopt.engine.prefix import generate_cache_keyword
-from kvopt.engine.workload import Workload
-from kvopt.report.export import StudySettings, call_args, plain, settings_document, settings_script, write_settings
-from kvopt.report.terminal import paste_snippet
+from kvopt.engines.transformers.candidate import Candidate
+from kvopt.engines.transformers.export import call_args, paste_snippet, plain
+from kvopt.engines.transformers.prefix import generate_cache_keyword
+from kvopt.engines.transformers.workload import Workload
+from kvopt.report.export import StudySettings, settings_document, settings_script, write_settings
 from kvopt.select import Recommendation, Result
-from kvopt.space import Candidate, SearchSpace
 
 MODEL = "tiny-gpt2"
 
@@ -79,7 +79,7 @@ def test_yaml_holds_the_recommendation_as_measured(run_dir: Path):
     got = doc["recommended"]
     assert got["trial"] == rec["number"] and got["params"] == rec["params"]
     assert got["values"] == pytest.approx(rec["values"])
-    candidate = SearchSpace.make_candidate(rec["params"])
+    candidate = Candidate.from_params(rec["params"])
     assert got["model_kwargs"] == candidate.model_kwargs()
     assert got["generate_kwargs"] == plain(candidate.generate_kwargs(32, 8))
     assert got["batch_size"] == candidate.batch_size
@@ -106,7 +106,7 @@ def test_alternatives_are_the_fronts_extremes(run_dir: Path):
         alt = alternatives[name]
         assert alt["trial"] == best["number"] and alt["params"] == best["params"]
         assert alt["values"][metric] == pytest.approx(best["values"][metric])
-        assert alt["generate_kwargs"] == plain(SearchSpace.make_candidate(best["params"]).generate_kwargs())
+        assert alt["generate_kwargs"] == plain(Candidate.from_params(best["params"]).generate_kwargs())
 
 
 def _snippet(script: Path, *args: str) -> subprocess.CompletedProcess:
@@ -166,7 +166,7 @@ def test_the_same_settings_come_back_from_storage_alone(run_dir: Path):
 @pytest.mark.slow
 def test_terminal_snippet_uses_the_same_kwargs(run_dir: Path):
     doc = yaml.safe_load((run_dir / "recommended.yaml").read_text())
-    candidate = SearchSpace.make_candidate(doc["recommended"]["params"])
+    candidate = Candidate.from_params(doc["recommended"]["params"])
     snippet = paste_snippet(f"kvopt/{MODEL}", candidate)
     assert call_args(doc["recommended"]["model_kwargs"]) in snippet
     assert call_args(candidate.generate_kwargs()) in snippet

@@ -24,6 +24,10 @@ from pathlib import Path
 
 from conftest import REPO
 
+# The engine packages (kvopt/engines/<name>/) and the libraries only they may import.
+ENGINE_PACKAGES = ("transformers", "llamacpp")
+ENGINE_LIBRARIES = {"transformers", "llama_cpp", "gguf"}
+
 # Bottom first. A name covers the module and, for a package, everything inside it.
 # Names not (yet) in the tree are allowed: they reserve a module's place.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -40,6 +44,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kvopt.config",
             "kvopt.traffic",
             "kvopt.compose",
+            # The engine registry: finds an engine by name (imports none of them itself).
+            "kvopt.engines",
         ),
     ),
     # What is known or decided without running a model.
@@ -47,17 +53,21 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "knowledge",
         (
             "kvopt.space",
+            "kvopt.predict",
             "kvopt.workload",
             "kvopt.select",
-            "kvopt.predict",
             "kvopt.machine",
             "kvopt.surrogate",
             "kvopt.quality",
             "kvopt.screen",
         ),
     ),
-    # Loading and running models, and measuring them (the probe runs candidates too).
-    ("measurement", ("kvopt.engine", "kvopt.measure", "kvopt.probe", "kvopt.protocol", "kvopt.failures")),
+    # Clocks, memory readings and statistics (no model logic).
+    ("measurement", ("kvopt.measure", "kvopt.failures")),
+    # The engines: the interface, and each engine's loading, probing and timed calls.
+    ("engines", ("kvopt.engines.base", *(f"kvopt.engines.{name}" for name in ENGINE_PACKAGES))),
+    # The measurement protocol: drives any engine through its interface.
+    ("protocol", ("kvopt.protocol",)),
     # One trial and the Optuna study around it (sampler and converge: the search's own modules).
     (
         "trial machinery",
@@ -195,6 +205,74 @@ def layer_problems(root: Path, package: str, layers: Sequence[tuple[str, Sequenc
 def test_kvopt_imports_only_downward_and_has_no_cycle():
     problems = layer_problems(REPO, "kvopt", LAYERS)
     assert not problems, "\n".join(problems)
+
+
+def engine_problems(root: Path, package: str, engines: Sequence[str], libraries: set[str]) -> list[str]:
+    """Every import of an engine package or an engine's library from outside that engine, one line each.
+
+    The core uses engines only through ``<package>.engines.base`` and the registry; an engine
+    imports neither another engine nor the core above the engine layer (the layer check).
+    """
+    files = module_names(root, package)
+    modules = set(files)
+    problems = []
+    for name, path in sorted(files.items()):
+        own = next((e for e in engines if _inside(name, f"{package}.engines.{e}")), None)
+        for target in sorted(imports_of(name, path, modules, package)):
+            other = next((e for e in engines if _inside(target, f"{package}.engines.{e}")), None)
+            if other is not None and other != own:
+                problems.append(f"{name} imports {target}: only the {other} engine's own modules may")
+        if own is None:
+            for library in sorted(_third_party_imports(path) & libraries):
+                problems.append(f"{name} imports {library}: only an engine package may")
+    return problems
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """The top-level names of every absolute import in a file (lazy ones too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+# Outside the engines, one module still reads with an engine's library, and why.
+ENGINE_LIBRARY_EXCEPTIONS = {
+    # A traffic file's prompt text is counted in tokens with the model's Hugging Face tokenizer,
+    # while the config is validated (before any engine is chosen); GGUF traffic files give counts.
+    "kvopt.traffic imports transformers: only an engine package may",
+}
+
+
+def test_only_an_engine_imports_its_package_and_libraries():
+    problems = set(engine_problems(REPO, "kvopt", ENGINE_PACKAGES, ENGINE_LIBRARIES))
+    assert problems == ENGINE_LIBRARY_EXCEPTIONS, "\n".join(sorted(problems ^ ENGINE_LIBRARY_EXCEPTIONS))
+
+
+def test_the_engine_rule_catches_the_core_importing_an_engine(tmp_path: Path):
+    _write_package(
+        tmp_path,
+        {
+            "toy/__init__.py": "",
+            "toy/engines/__init__.py": "",
+            "toy/engines/base.py": "",
+            "toy/engines/a/__init__.py": "import heavy_lib\nfrom toy.engines import base\n",
+            "toy/engines/b/__init__.py": "from toy.engines.a import heavy_lib\n",
+            "toy/core.py": "def f():\n    import heavy_lib\n    from toy.engines.a import x\n",
+        },
+    )
+    assert engine_problems(tmp_path, "toy", ("a", "b"), {"heavy_lib"}) == [
+        "toy.core imports toy.engines.a: only the a engine's own modules may",
+        "toy.core imports heavy_lib: only an engine package may",
+        "toy.engines.b imports toy.engines.a: only the a engine's own modules may",
+    ]
 
 
 def test_every_layer_name_is_written_once():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.workload import Workload
+from conftest import transformers_engine
+from kvopt.engines.transformers.candidate import Candidate
+from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.workload import Workload
 from kvopt.measure.memory import MB, cache_bytes, measure_peak, weights_bytes
 from kvopt.protocol import measure_candidate
-from kvopt.space import Candidate
 
 CPU = torch.device("cpu")
 
@@ -17,7 +18,9 @@ CPU = torch.device("cpu")
 def _measure(model_cfg, candidate: Candidate, workload: Workload):
     loader = ModelLoader(model_cfg, WeightsSource("random", "test"), CPU, seed=0)
     loaded, _ = loader.get(candidate.dtype, candidate.attn_implementation)
-    return loaded, measure_candidate(loaded, candidate, workload, CPU, warmup=1, repetitions=2, seed=0)
+    return loaded, measure_candidate(
+        transformers_engine(model_cfg), loaded, candidate, workload, warmup=1, repetitions=2, seed=0
+    )
 
 
 def _analytic_kv_bytes(layers, kv_heads, head_dim, tokens, batch, bytes_per_element):
@@ -117,8 +120,8 @@ def test_nvml_figure_is_absent_without_a_gpu():
 def test_peak_read_in_the_first_call_equals_a_later_calls_peak(tiny_llama, candidate):
     # The CPU probe rides on the (untimed) first call instead of an extra run: valid only
     # if the first call's peak is what every later call reaches.
-    from kvopt.engine.generation import timed_generate
-    from kvopt.engine.workload import make_inputs
+    from kvopt.engines.transformers.generation import timed_generate
+    from kvopt.engines.transformers.workload import make_inputs
     from kvopt.measure.memory import storage_bytes
 
     workload = Workload(prompt_tokens=16, new_tokens=4)

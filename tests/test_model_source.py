@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, T5Config
 
 from conftest import model_config
 from kvopt.config import ModelConfig
-from kvopt.engine.loading import ModelLoader
-from kvopt.engine.source import resolve_model
+from kvopt.engines.transformers.loading import ModelLoader
+from kvopt.engines.transformers.source import resolve_model
 from kvopt.errors import KvoptError
 from kvopt.machine import resolve_device
 from kvopt.workload import max_positions

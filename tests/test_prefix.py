@@ -9,24 +9,25 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import model_config, profile_config
+from conftest import model_config, profile_config, transformers_engine
 from kvopt.config import SearchSpaceConfig, validate
-from kvopt.engine.generation import timed_generate
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.prefix import cache_argument, prefill_prefix, prepare_prefix
-from kvopt.engine.workload import Workload, make_inputs
+from kvopt.engines.transformers.candidate import Candidate, space_from_config, transformers_space
+from kvopt.engines.transformers.generation import timed_generate
+from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.predict import predict_memory
+from kvopt.engines.transformers.prefix import cache_argument, prefill_prefix, prepare_prefix
+from kvopt.engines.transformers.workload import Workload, make_inputs
 from kvopt.errors import ConfigError
 from kvopt.paths import conf_dir
-from kvopt.predict import predict_memory
 from kvopt.protocol import measure_candidate
 from kvopt.quality import EXACT, classify
-from kvopt.space import Candidate, SearchSpace
 from kvopt.workload import make_mix
 
 CPU = torch.device("cpu")
 BASE = Candidate("dynamic", "sdpa", "float32", 1)
 REUSE = Candidate("dynamic", "sdpa", "float32", 2, prefix_reuse=True)
 SHAPE = Workload(24, 6, shared_prefix_tokens=16)
+ENGINE = transformers_engine()
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,9 @@ def test_a_timed_call_starts_from_the_prefix_and_keeps_it(model):
 def test_a_measured_prefix_candidate_counts_the_kept_cache_and_records_the_prefill(model):
     loader = ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), CPU, 0)
     loaded = loader.get("float32", "sdpa")[0]
-    reuse = measure_candidate(loaded, REUSE, SHAPE, CPU, warmup=1, repetitions=2, seed=0)
+    reuse = measure_candidate(ENGINE, loaded, REUSE, SHAPE, warmup=1, repetitions=2, seed=0)
     plain = measure_candidate(
-        loaded, Candidate("dynamic", "sdpa", "float32", 2), SHAPE, CPU, warmup=1, repetitions=2, seed=0
+        ENGINE, loaded, Candidate("dynamic", "sdpa", "float32", 2), SHAPE, warmup=1, repetitions=2, seed=0
     )
     attrs = reuse.to_attrs()
     assert attrs["prefix_tokens"] == 16 and attrs["prefix_cache_mb"] > 0 and attrs["prefix_prefill_s"] > 0
@@ -87,22 +88,27 @@ def test_the_space_offers_prefix_reuse_only_where_requests_share_a_prefix():
         batch_size=(1, 2),
         prefix_reuse=(False, True),
     )
-    without = SearchSpace.from_config(cfg, BASE, {}, prefix_share=0.0)
-    assert not without.offers_prefix_reuse and "prefix_reuse" not in without.all_choices()
+    without = space_from_config(cfg, BASE, {}, prefix_share=0.0)
+    assert not without.offers("prefix_reuse", True) and "prefix_reuse" not in without.all_choices()
     assert "share no prefix" in without.dropped["prefix_reuse=True"]
     assert without.size == 4 and without.baseline.params() == BASE.params()  # as before the option existed
 
-    space = SearchSpace.from_config(cfg, BASE, {}, prefix_share=500 / 768)
-    assert space.offers_prefix_reuse and space.size == 6  # dynamic x {reuse, not} + static, x 2 batches
+    space = space_from_config(cfg, BASE, {}, prefix_share=500 / 768)
+    assert space.offers("prefix_reuse", True) and space.size == 6  # dynamic x {reuse, not} + static, x 2 batches
     assert space.baseline.prefix_reuse is False and space.baseline.params()["prefix_reuse"] is False
     labels = {c.label for c in space.candidates()}
     assert "dynamic+prefix/sdpa/float32/b2" in labels and "static/sdpa/float32/b1" in labels
     for c in space.candidates():
-        assert SearchSpace.make_candidate(c.params()) == c
+        assert Candidate.from_params(c.params()) == c
     study = optuna.create_study(sampler=optuna.samplers.GridSampler(space.all_choices(), seed=0))
     seen = {space.suggest(study.ask()).label for _ in range(12)}
     assert "dynamic+prefix/sdpa/float32/b1" in seen
-    assert classify(Candidate("dynamic", "sdpa", "float32", 1, prefix_reuse=True), "float32")[0] == EXACT
+    assert (
+        classify(
+            Candidate("dynamic", "sdpa", "float32", 1, prefix_reuse=True), Candidate("dynamic", "sdpa", "float32", 1)
+        )[0]
+        == EXACT
+    )
 
 
 def test_the_mix_gives_every_shape_one_prefix_ending_before_its_shortest_prompt():
@@ -144,7 +150,7 @@ def test_the_search_tries_prefix_reuse_early_where_the_prefix_is_most_of_the_pro
     from kvopt.surrogate import CandidateEncoder
 
     base = Candidate("dynamic", "sdpa", "float32", 1, prefix_reuse=False)
-    space = SearchSpace(
+    space = transformers_space(
         cache_implementation=["dynamic", "static"],
         attn_implementation=["sdpa", "eager"],
         dtype=["float32"],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from kvopt.config import SearchSpaceConfig
-from kvopt.probe import default_attn_implementation, probe
-from kvopt.space import Candidate, SearchSpace
+from kvopt.engines.transformers.candidate import Candidate, space_from_config
+from kvopt.engines.transformers.probe import default_attn_implementation, probe
 
 CPU = torch.device("cpu")
 
@@ -40,9 +40,9 @@ def test_space_keeps_the_baseline_values_and_drops_the_rest():
         batch_size=(4, 2),
     )
     baseline = Candidate("dynamic", "sdpa", "float32", 1)
-    space = SearchSpace.from_config(cfg, baseline, {"cache_implementation=offloaded": "needs CUDA"})
-    assert space.cache_implementation == ["dynamic", "static"]
-    assert space.attn_implementation == ["sdpa", "eager"]
-    assert space.dtype == ["float32", "bfloat16"]
-    assert space.batch_size == [1, 2, 4]
+    space = space_from_config(cfg, baseline, {"cache_implementation=offloaded": "needs CUDA"})
+    assert space.values("cache_implementation") == ["dynamic", "static"]
+    assert space.values("attn_implementation") == ["sdpa", "eager"]
+    assert space.values("dtype") == ["float32", "bfloat16"]
+    assert space.values("batch_size") == [1, 2, 4]
     assert space.size == 2 * 2 * 2 * 3

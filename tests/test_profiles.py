@@ -11,15 +11,15 @@ from hydra import compose, initialize_config_dir
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from conftest import REPO
+from conftest import REPO, transformers_engine
 from kvopt.commands.profiles import profiles_command
 from kvopt.config import validate
 from kvopt.confirm import MIN_ROUNDS, paired_scores
+from kvopt.engines.transformers.candidate import Candidate, space_from_config
 from kvopt.errors import ConfigError
 from kvopt.measure.adaptive import median_ci
 from kvopt.paths import conf_dir
 from kvopt.runner import _mix_lines, tune
-from kvopt.space import Candidate, SearchSpace
 from kvopt.traffic import BINS, shapes_from_requests
 from kvopt.workload import make_mix, make_workload
 from kvopt_bench.common import compose_config
@@ -126,8 +126,8 @@ def test_a_clamped_mix_keeps_the_prefix_share_of_the_profile(capsys):
     assert mix.describe_prefix() == said
     assert any(n.startswith("shared prefix scaled from 500 to 47 tokens: its 6.1% share") for n in mix.notes)
     assert mix.as_dict()["shared_prefix_tokens"] == 47 and mix.as_dict()["profile_shared_prefix_tokens"] == 500
-    space = SearchSpace.from_config(rag.search_space, Candidate("dynamic", "sdpa", "float32", 1), {}, 47 / 768)
-    assert ("shared prefix", f"{said}; {_REUSE}") in _mix_lines(mix, space)
+    space = space_from_config(rag.search_space, Candidate("dynamic", "sdpa", "float32", 1), {}, 47 / 768)
+    assert ("shared prefix", f"{said}; {_REUSE}") in _mix_lines(mix, transformers_engine(), space)
     assert profiles_command(["model=gpt2", "profile=rag"]) == 0
     assert f"  shared prefix on gpt2: {said}\n" in capsys.readouterr().out
     # At least one token when the share rounds to nothing, and always below the shortest prompt.

@@ -7,14 +7,16 @@ import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import model_config
+from conftest import model_config, transformers_engine
 from kvopt.config import StorageConfig
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.workload import Workload
+from kvopt.engines.transformers.candidate import Candidate, transformers_space
+from kvopt.engines.transformers.engine import TransformersLoader
+from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.predict import predict_memory
+from kvopt.engines.transformers.workload import Workload
 from kvopt.measure.adaptive import StopRule, repeat_until_precise
-from kvopt.predict import predict_memory
 from kvopt.select import Result, can_win_check, dominated_by
-from kvopt.space import Candidate, SearchSpace
+from kvopt.space import SearchSpace
 from kvopt.storage import open_storage
 from kvopt.study import open_study
 from kvopt.trial import Objective, outcome_of, slo_constraints
@@ -23,7 +25,7 @@ CPU = torch.device("cpu")
 
 
 def _space(batches=(1, 4, 8)) -> SearchSpace:
-    return SearchSpace(
+    return transformers_space(
         cache_implementation=["dynamic"],
         attn_implementation=["sdpa"],
         dtype=["float32"],
@@ -36,7 +38,16 @@ def _objective(tmp_path, space, **kwargs):
     storage = open_storage(StorageConfig("rdb", f"sqlite:///{tmp_path / 's.db'}"))
     study = open_study(storage, "t", optuna.samplers.RandomSampler(seed=0), {})
     loader = ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), CPU, seed=0)
-    objective = Objective(space, loader, Workload(16, 4), CPU, warmup=1, repetitions=3, seed=0, **kwargs)
+    objective = Objective(
+        space,
+        transformers_engine(),
+        Workload(16, 4),
+        loader=TransformersLoader(loader),
+        warmup=1,
+        repetitions=3,
+        seed=0,
+        **kwargs,
+    )
     return study, loader, objective
 
 

@@ -17,16 +17,17 @@ from rich.console import Console
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import kvopt
-from conftest import REPO, model_config
+from conftest import REPO, model_config, transformers_engine
 from kvopt.attrs import FIDELITY_ATTR, QUALITY_ATTR, Failure
 from kvopt.config import QualityConfig
-from kvopt.engine.fidelity import FidelityMeter, Reference, compare, fidelity_prompts
-from kvopt.engine.loading import ModelLoader
-from kvopt.engine.source import resolve_model
+from kvopt.engines.transformers.candidate import Candidate, transformers_space
+from kvopt.engines.transformers.fidelity import Reference, compare, fidelity_prompts
+from kvopt.engines.transformers.fidelity import TransformersFidelityMeter as FidelityMeter
+from kvopt.engines.transformers.loading import ModelLoader
+from kvopt.engines.transformers.source import resolve_model
 from kvopt.errors import ConfigError
 from kvopt.quality import CHECKED, EXACT, LOSSY, QUALITY, UNVERIFIED, Fidelity, excess, plan_quality, violations
 from kvopt.sampler import read_study
-from kvopt.space import Candidate, SearchSpace
 
 TRAINED = REPO / "tests" / "data" / "tiny-shakespeare"
 BASE = Candidate("dynamic", "sdpa", "float32", 1)
@@ -49,26 +50,31 @@ def meter() -> FidelityMeter:
 def test_exact_lossy_and_checked_candidates_are_told_apart():
     cfg = QualityConfig()
     static_eager = Candidate("static", "eager", "float32", 4)
-    assert plan_quality(static_eager, "float32", "pretrained", cfg).kind == EXACT
-    assert not plan_quality(static_eager, "float32", "pretrained", cfg).measure
-    assert plan_quality(FP8, "float32", "pretrained", cfg).kind == LOSSY
-    assert plan_quality(Candidate("dynamic", "sdpa", "bfloat16", 1), "float32", "pretrained", cfg).measure
+    assert plan_quality(static_eager, BASE, "pretrained", cfg).kind == EXACT
+    assert not plan_quality(static_eager, BASE, "pretrained", cfg).measure
+    assert plan_quality(FP8, BASE, "pretrained", cfg).kind == LOSSY
+    assert plan_quality(Candidate("dynamic", "sdpa", "bfloat16", 1), BASE, "pretrained", cfg).measure
     compiled = Candidate("static", "sdpa", "float32", 1, compile=True)
-    assert plan_quality(compiled, "float32", "pretrained", cfg).kind == CHECKED
+    assert plan_quality(compiled, BASE, "pretrained", cfg).kind == CHECKED
     # An upcast is a different numeric path, not a lossy one.
-    assert plan_quality(Candidate("dynamic", "sdpa", "float32", 1), "bfloat16", "pretrained", cfg).kind == CHECKED
+    assert (
+        plan_quality(
+            Candidate("dynamic", "sdpa", "float32", 1), Candidate("dynamic", "sdpa", "bfloat16", 1), "pretrained", cfg
+        ).kind
+        == CHECKED
+    )
 
 
 def test_random_weights_block_lossy_candidates_unless_allowed():
-    blocked = plan_quality(FP8, "float32", "random", QualityConfig())
+    blocked = plan_quality(FP8, BASE, "random", QualityConfig())
     assert blocked.kind == UNVERIFIED and not blocked.measure
     assert blocked.blocked is not None and blocked.blocked.startswith("quality not measured: random weights")
     assert "quality.allow_unverified=true" in blocked.blocked
-    allowed = plan_quality(FP8, "float32", "random", QualityConfig(allow_unverified=True))
+    allowed = plan_quality(FP8, BASE, "random", QualityConfig(allow_unverified=True))
     assert allowed.blocked is None and not allowed.measure and "allow_unverified" in allowed.note
     # Not lossy by design: unverified, but never blocked.
     compiled = Candidate("static", "sdpa", "float32", 1, compile=True)
-    assert plan_quality(compiled, "float32", "random", QualityConfig()).blocked is None
+    assert plan_quality(compiled, BASE, "random", QualityConfig()).blocked is None
 
 
 def test_bounds_give_reasons_and_a_constraint_value():
@@ -132,7 +138,7 @@ class _ZeroHalfTheKeys(DynamicCache):
 
 @torch.inference_mode()
 def _run_with_cache(model, prompts: torch.Tensor, new_tokens: int, force: torch.Tensor | None) -> Reference:
-    from kvopt.engine.fidelity import _ForceTokens  # the same forcing the meter uses
+    from kvopt.engines.transformers.fidelity import _ForceTokens  # the same forcing the meter uses
 
     processors = [_ForceTokens(force, prompts.shape[1])] if force is not None else []
     out = model.generate(
@@ -212,7 +218,7 @@ def test_a_study_times_what_is_within_the_bound_and_rejects_the_rest(tmp_path: P
         assert FIDELITY_ATTR in t.user_attrs and "ttft_ms_stats" not in t.user_attrs  # never timed
         assert f"#{t.number} {t.user_attrs['candidate']}: pruned: over the quality bounds" in out
     assert {r.label for r in result.results} == {"dynamic/sdpa/float32/b1", "quantized-fp8/sdpa/float32/b1"}
-    space = SearchSpace(["dynamic", "quantized"], ["sdpa"], ["float32", "bfloat16"], [1], baseline=BASE)
+    space = transformers_space(["dynamic", "quantized"], ["sdpa"], ["float32", "bfloat16"], [1], baseline=BASE)
     assert len(read_study(study, space).cannot_run) == 2  # kvopt's sampler never proposes them again
 
     # Within the bound: timed, with its fidelity (the same as measured outside) beside its speed.
@@ -269,7 +275,9 @@ def test_random_weights_say_so_and_lossy_needs_allow_unverified(tmp_path: Path):
 def test_an_isolated_trial_measures_fidelity_in_its_own_process(meter: FidelityMeter):
     from kvopt.isolation import FidelityJob, run_fidelity_isolated
 
-    job = FidelityJob(meter.loader.model_cfg, meter.loader.source, "cpu", FP8, BASE, QualityConfig(), 32, 16, 0)
+    job = FidelityJob(
+        transformers_engine(meter.loader.model_cfg, meter.loader.source.kind), FP8, BASE, QualityConfig(), 32, 16, 0
+    )
     isolated = run_fidelity_isolated(job, timeout_s=300)
     # Another process may pick other kernels and thread counts (reduction order): measured
     # 2026-12, fp8's mean KL moved up to 1.0% between ATen's AVX-512, AVX2 and plain kernels

@@ -29,10 +29,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from conftest import transformers_engine
 from kvopt.config import ScaleConfig, StorageConfig
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.workload import Workload
-from kvopt.space import Candidate, SearchSpace
+from kvopt.engines.transformers.candidate import Candidate, transformers_space
+from kvopt.engines.transformers.engine import TransformersLoader
+from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.workload import Workload
 from kvopt.storage import open_storage
 from kvopt.study import open_study
 from kvopt.trial import Objective
@@ -168,7 +170,7 @@ def test_two_workers_sampling_the_same_candidate_measure_it_once(tmp_path, tiny_
     # have) pick up the same queued candidate at the same moment, on separate devices.
     path = tmp_path / "twins.journal"
     base = Candidate("dynamic", "sdpa", "float32", 1)
-    space = SearchSpace(
+    space = transformers_space(
         cache_implementation=["dynamic", "static"],
         attn_implementation=["sdpa"],
         dtype=["float32"],
@@ -187,7 +189,15 @@ def test_two_workers_sampling_the_same_candidate_measure_it_once(tmp_path, tiny_
         try:
             study = optuna.load_study(study_name="twins", storage=_journal(path))
             loader = ModelLoader(tiny_gpt2, WeightsSource("random", "test"), torch.device("cpu"), seed=0)
-            inner = Objective(space, loader, Workload(16, 8), torch.device("cpu"), warmup=1, repetitions=40, seed=0)
+            inner = Objective(
+                space,
+                transformers_engine(tiny_gpt2),
+                Workload(16, 8),
+                loader=TransformersLoader(loader),
+                warmup=1,
+                repetitions=40,
+                seed=0,
+            )
             me = worker_identity(index, torch.device("cpu"))
             wrapped = WorkerObjective(inner, space, me, scale, None, Requeue(1), wait_timeout_s=120)
             start.wait()

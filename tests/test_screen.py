@@ -15,17 +15,19 @@ from optuna.trial import TrialState, create_trial
 from rich.console import Console
 
 import kvopt
-from conftest import REPO, model_config
+from conftest import REPO, model_config, transformers_engine
 from kvopt.attrs import FAILURE_ATTR, Failure
 from kvopt.config import QualityConfig, StorageConfig, validate
-from kvopt.engine.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.candidate import Candidate, transformers_space
+from kvopt.engines.transformers.engine import TransformersLoader
+from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.predict import predict_memory
 from kvopt.explore import remaining_candidates
 from kvopt.metrics import MB
 from kvopt.paths import conf_dir
-from kvopt.predict import predict_memory
 from kvopt.sampler import ProfileSampler
 from kvopt.screen import refusals, screen
-from kvopt.space import Candidate, SearchSpace, candidate_key
+from kvopt.space import SearchSpace, candidate_key
 from kvopt.storage import open_storage
 from kvopt.study import check_compatible, open_study, resume_space
 from kvopt.trial import Objective, outcome_of
@@ -68,13 +70,13 @@ def _space(**choices) -> SearchSpace:
         "batch_size": [1, 2, 4, 8],
         **choices,
     }
-    return SearchSpace(**fields, baseline=BASE)
+    return transformers_space(**fields, baseline=BASE)
 
 
 def test_random_weights_drop_lossy_choices_before_the_study_with_their_reasons(tmp_path):
     p = _prepare("storage=memory")
     assert p.weights.kind == "random"
-    assert p.space.dtype == ["float32"] and p.space.cache_implementation == ["dynamic"]
+    assert p.space.values("dtype") == ["float32"] and p.space.values("cache_implementation") == ["dynamic"]
     assert p.space.dropped["dtype=bfloat16"] == (
         f"quality not measured: random weights (bfloat16 instead of the model's float32); {LOSSY}"
     )
@@ -96,12 +98,12 @@ def test_random_weights_drop_lossy_choices_before_the_study_with_their_reasons(t
 
 def test_lossy_choices_stay_with_allow_unverified_or_pretrained_weights():
     allowed = _prepare("storage=memory", "quality.allow_unverified=true")
-    assert allowed.space.dtype == ["float32", "bfloat16", "float16"]
-    assert "quantized" in allowed.space.cache_implementation and not _lossy_dropped(allowed.space)
+    assert allowed.space.values("dtype") == ["float32", "bfloat16", "float16"]
+    assert "quantized" in allowed.space.values("cache_implementation") and not _lossy_dropped(allowed.space)
     trained = _prepare("storage=memory", f"model.hub_id={TRAINED}", "model.weights=pretrained")
     assert trained.weights.kind == "pretrained"  # a folder written by save_pretrained: fidelity is measured
-    assert trained.space.dtype == ["float32", "bfloat16", "float16"]
-    assert "quantized" in trained.space.cache_implementation and not _lossy_dropped(trained.space)
+    assert trained.space.values("dtype") == ["float32", "bfloat16", "float16"]
+    assert "quantized" in trained.space.values("cache_implementation") and not _lossy_dropped(trained.space)
 
 
 def _lossy_dropped(space: SearchSpace) -> list[str]:
@@ -115,8 +117,15 @@ def test_a_choice_over_the_budget_everywhere_goes_whole_and_single_combinations_
     budget = int((_mb(eager_b4) + _mb(sdpa_b4)) / 2)  # eager/b4 is over, sdpa/b4 fits; every b8 is over
     assert _mb(Candidate("dynamic", "sdpa", "float32", 8)) > budget
     cfg = model_config("tiny-gpt2")
-    screened = screen(space, cfg, WORKLOAD, weights="random", quality=QualityConfig(), memory_budget_bytes=budget)
-    assert screened.batch_size == [1, 2, 4]  # batch 8 is out of the Optuna distributions
+    screened = screen(
+        space,
+        transformers_engine(cfg).predict_memory,
+        WORKLOAD,
+        weights="random",
+        quality=QualityConfig(),
+        memory_budget_bytes=budget,
+    )
+    assert screened.values("batch_size") == [1, 2, 4]  # batch 8 is out of the Optuna distributions
     assert screened.dropped["batch_size=8"].startswith("predicted ")
     assert f"> memory budget {budget / MB:.3g} MB (pruning.memory_budget_mb)" in screened.dropped["batch_size=8"]
     assert screened.dropped[eager_b4.label].startswith("predicted ")
@@ -147,7 +156,14 @@ def test_memory_comes_before_quality_before_the_study_and_inside_a_trial(tmp_pat
     budget = int((_mb(BASE) + _mb(big_bf16)) / 2)  # the baseline fits, bfloat16 at batch 8 does not
     assert _mb(big_bf16) > budget > _mb(small_bf16)
     cfg = model_config("tiny-gpt2")
-    why = refusals(space, cfg, WORKLOAD, weights="random", quality=QualityConfig(), memory_budget_bytes=budget)
+    why = refusals(
+        space,
+        transformers_engine(cfg).predict_memory,
+        WORKLOAD,
+        weights="random",
+        quality=QualityConfig(),
+        memory_budget_bytes=budget,
+    )
     assert why[big_bf16].startswith("predicted ")  # can it fit: asked before can it be recommended
     assert why[small_bf16].startswith("quality not measured: random weights")
     # Inside a trial (a space not screened, as a replay uses): the memory refusal comes first too.
@@ -156,9 +172,9 @@ def test_memory_comes_before_quality_before_the_study_and_inside_a_trial(tmp_pat
     loader = ModelLoader(cfg, WeightsSource("random", "test"), CPU, seed=0)
     objective = Objective(
         space,
-        loader,
+        transformers_engine(cfg),
         WORKLOAD,
-        CPU,
+        loader=TransformersLoader(loader),
         warmup=1,
         repetitions=3,
         seed=0,
@@ -177,14 +193,16 @@ def test_a_sampler_that_cannot_be_steered_never_measures_a_dropped_candidate(tmp
     space = _space(attn_implementation=["sdpa"], batch_size=[1, 2])
     b2 = Candidate("dynamic", "sdpa", "float32", 2)
     screened = space.drop({b2: "cannot fit (test)"})
-    assert screened.batch_size == [1] and screened.dropped == {"batch_size=2": "cannot fit (test)"}
+    assert screened.values("batch_size") == [1] and screened.dropped == {"batch_size=2": "cannot fit (test)"}
     # A combination, not a whole choice: the distributions keep batch 2, random sampling can draw it.
     screened = _space(attn_implementation=["sdpa", "eager"], batch_size=[1, 2]).drop({b2: "cannot fit (test)"})
-    assert screened.batch_size == [1, 2] and screened.excluded_reason(b2) == "cannot fit (test)"
+    assert screened.values("batch_size") == [1, 2] and screened.excluded_reason(b2) == "cannot fit (test)"
     storage = open_storage(StorageConfig("rdb", f"sqlite:///{tmp_path / 's.db'}"))
     study = open_study(storage, "t", optuna.samplers.RandomSampler(seed=0), {})
     loader = ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), CPU, seed=0)
-    objective = Objective(screened, loader, WORKLOAD, CPU, warmup=1, repetitions=3, seed=0)
+    objective = Objective(
+        screened, transformers_engine(), WORKLOAD, loader=TransformersLoader(loader), warmup=1, repetitions=3, seed=0
+    )
     study.enqueue_trial(b2.params())
     study.optimize(objective, n_trials=1)
     outcome = outcome_of(study.get_trials()[-1], screened)
@@ -225,9 +243,14 @@ def test_a_study_stored_with_a_dropped_choice_still_opens_and_never_measures_it(
     _stored_study(storage, "old", ["float32", "bfloat16"])
     space = _space(attn_implementation=["sdpa"], dtype=["float32", "bfloat16"], batch_size=[1, 2])
     screened = screen(
-        space, model_config("tiny-gpt2"), WORKLOAD, weights="random", quality=QualityConfig(), memory_budget_bytes=None
+        space,
+        transformers_engine().predict_memory,
+        WORKLOAD,
+        weights="random",
+        quality=QualityConfig(),
+        memory_budget_bytes=None,
     )
-    assert screened.dtype == ["float32"]
+    assert screened.values("dtype") == ["float32"]
     with pytest.raises(Exception, match="other choices for dtype"):
         check_compatible(storage, "old", screened)  # what Optuna itself would refuse mid-study
     resumed = resume_space(storage, "old", screened)
@@ -240,13 +263,13 @@ def test_a_study_stored_with_a_dropped_choice_still_opens_and_never_measures_it(
     _stored_study(storage, "small", ["float32"], dropped={"dtype=bfloat16": "too slow here (test)"})
     allowed = _space(attn_implementation=["sdpa"], dtype=["float32", "bfloat16"], batch_size=[1, 2])
     again = resume_space(storage, "small", allowed)
-    assert again.dtype == ["float32"] and check_compatible(storage, "small", again) == 1
+    assert again.values("dtype") == ["float32"] and check_compatible(storage, "small", again) == 1
     assert again.dropped["dtype=bfloat16"] == "dropped when the study was made: too slow here (test)"
     # prepare() does the same for a stored study of its own name.
     url = f"sqlite:///{tmp_path / 'k.db'}"
     _stored_study(open_storage(StorageConfig("rdb", url)), "tiny-gpt2-ci-micro-cpu", ["float32", "bfloat16", "float16"])
     p = _prepare(f"storage.url={url}", f"scale.lock_dir={tmp_path}")
-    assert p.existing_trials == 1 and p.space.dtype == ["float32", "bfloat16", "float16"]
+    assert p.existing_trials == 1 and p.space.values("dtype") == ["float32", "bfloat16", "float16"]
     assert {c.dtype for c in p.space.candidates()} == {"float32"} and "dtype=bfloat16" in p.space.dropped
     # Any other difference is still refused.
     other = _space(attn_implementation=["sdpa"], dtype=["float32", "float16"], batch_size=[1, 2])

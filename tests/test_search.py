@@ -13,11 +13,12 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from conftest import model_config, profile_config
+from conftest import model_config, profile_config, transformers_engine
 from kvopt.config import MeasureConfig
 from kvopt.confirm import choose_finalists
+from kvopt.engines.transformers.candidate import Candidate, transformers_space
+from kvopt.engines.transformers.probe import dtype_slowdown
 from kvopt.failures import CallTooSlow, failure_reason
-from kvopt.probe import dtype_slowdown
 from kvopt.protocol import _refuse_if_too_slow, measure_candidate
 from kvopt.sampler import (
     ProfileSampler,
@@ -28,7 +29,7 @@ from kvopt.sampler import (
     read_study,
 )
 from kvopt.select import Result
-from kvopt.space import Candidate, SearchSpace, candidate_key
+from kvopt.space import SearchSpace, candidate_key
 from kvopt.surrogate import CandidateEncoder, Observation
 
 BASE = Candidate("dynamic", "sdpa", "float32", 1)
@@ -44,7 +45,7 @@ def space(**kw) -> SearchSpace:
         baseline=BASE,
     )
     args.update(kw)
-    return SearchSpace(**args)
+    return transformers_space(**args)
 
 
 def truth(c: Candidate) -> tuple[float, float, float]:
@@ -216,15 +217,13 @@ def test_a_call_predicted_far_past_the_budget_is_skipped_with_its_reason() -> No
     add_complete(study, sp, BASE, values=slow, baseline=True)
     low, typical, n = predict_call_seconds(study, sp, Candidate("dynamic", "sdpa", "float32", 8), new_tokens=8)
     assert n == 1 and low > 60.0 and typical >= low
-    from kvopt.engine.loading import ModelLoader, WeightsSource
-    from kvopt.engine.workload import Workload
+    from kvopt.engines.transformers.workload import Workload
     from kvopt.trial import Objective
 
     objective = Objective(
         sp,
-        ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), torch.device("cpu"), 0),
+        transformers_engine(),
         Workload(32, 8),
-        torch.device("cpu"),
         warmup=1,
         repetitions=3,
         seed=0,
@@ -248,13 +247,13 @@ def test_a_call_predicted_far_past_the_budget_is_skipped_with_its_reason() -> No
 def test_the_baseline_is_measured_however_slow_its_first_call() -> None:
     # A budget no call can meet: any candidate is refused after its first call, but the
     # baseline (bounded=False) is measured, or the study would have no gain to report.
-    from kvopt.engine.loading import ModelLoader, WeightsSource
-    from kvopt.engine.workload import Workload
+    from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+    from kvopt.engines.transformers.workload import Workload
 
     loader = ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), torch.device("cpu"), 0)
     loaded, _ = loader.get("float32", "sdpa")
     budget = MeasureConfig(max_seconds=1e-9, max_repetitions=3)
-    args = (loaded, BASE, Workload(16, 4), torch.device("cpu"))
+    args = (transformers_engine(), loaded, BASE, Workload(16, 4))
     with pytest.raises(CallTooSlow) as info:
         measure_candidate(*args, warmup=1, repetitions=3, seed=0, measure=budget)
     # The refused candidate's first call was cut at the limit, right after its first token.
@@ -264,9 +263,9 @@ def test_the_baseline_is_measured_however_slow_its_first_call() -> None:
 
 
 def test_a_deadline_ends_a_generate_call_early_and_says_so() -> None:
-    from kvopt.engine.generation import timed_generate
-    from kvopt.engine.loading import ModelLoader, WeightsSource
-    from kvopt.engine.workload import Workload, make_inputs
+    from kvopt.engines.transformers.generation import timed_generate
+    from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+    from kvopt.engines.transformers.workload import Workload, make_inputs
 
     loader = ModelLoader(model_config("tiny-gpt2"), WeightsSource("random", "test"), torch.device("cpu"), 0)
     model = loader.get("float32", "sdpa")[0].model

@@ -8,12 +8,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
+from conftest import transformers_engine
 from kvopt.config import StorageConfig, validate
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.workload import Workload
+from kvopt.engines.transformers.candidate import Candidate, transformers_space
+from kvopt.engines.transformers.engine import TransformersLoader
+from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.workload import Workload
 from kvopt.paths import conf_dir
 from kvopt.runner import tune
-from kvopt.space import Candidate, SearchSpace
+from kvopt.space import SearchSpace
 from kvopt.storage import open_storage
 from kvopt.study import enqueue_baseline, open_study
 from kvopt.trial import Objective, outcome_of
@@ -23,7 +26,7 @@ CPU = torch.device("cpu")
 
 def _space(**choices) -> SearchSpace:
     base = Candidate("dynamic", "sdpa", "float32", 1)
-    return SearchSpace(
+    return transformers_space(
         cache_implementation=choices.get("cache", ["dynamic"]),
         attn_implementation=["sdpa"],
         dtype=["float32"],
@@ -48,7 +51,15 @@ def _runner(tmp_path, model_cfg, space):
     storage = open_storage(StorageConfig("rdb", f"sqlite:///{tmp_path / 'study.db'}"))
     study = open_study(storage, "t", optuna.samplers.RandomSampler(seed=0), {})
     loader = ModelLoader(model_cfg, WeightsSource("random", "test"), CPU, seed=0)
-    objective = Objective(space, loader, Workload(16, 4), CPU, warmup=1, repetitions=2, seed=0)
+    objective = Objective(
+        space,
+        transformers_engine(model_cfg),
+        Workload(16, 4),
+        loader=TransformersLoader(loader),
+        warmup=1,
+        repetitions=2,
+        seed=0,
+    )
     return study, _Runner(study, objective, space)
 
 
@@ -163,8 +174,8 @@ def test_pretrained_weights_are_loaded_when_present_locally(tmp_path, tiny_gpt2)
 
     from transformers import AutoModelForCausalLM
 
-    from kvopt.engine.loading import build_config
-    from kvopt.engine.source import resolve_model
+    from kvopt.engines.transformers.loading import build_config
+    from kvopt.engines.transformers.source import resolve_model
 
     saved = tmp_path / "tiny-gpt2"
     AutoModelForCausalLM.from_config(build_config(tiny_gpt2)).save_pretrained(saved)
@@ -178,7 +189,7 @@ def test_pretrained_weights_are_loaded_when_present_locally(tmp_path, tiny_gpt2)
 def test_random_weights_when_a_shipped_model_cannot_be_had(tiny_gpt2):
     from dataclasses import replace
 
-    from kvopt.engine.source import resolve_model
+    from kvopt.engines.transformers.source import resolve_model
     from kvopt.errors import KvoptError
 
     # The shipped YAML's own hub id: its architecture stands in, offline (HF_HUB_OFFLINE=1 in tests).

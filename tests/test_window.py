@@ -7,19 +7,20 @@ import statistics
 import pytest
 import torch
 
-from conftest import model_config
+from conftest import model_config, transformers_engine
 from kvopt.config import MeasureConfig
-from kvopt.engine.generation import timed_generate
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.window import fill_window_context, placement
-from kvopt.engine.workload import Workload, make_inputs
-from kvopt.protocol import context_ids, full_length_reason, measure_candidate
-from kvopt.space import Candidate
+from kvopt.engines.transformers.candidate import Candidate
+from kvopt.engines.transformers.generation import timed_generate
+from kvopt.engines.transformers.loading import ModelLoader, WeightsSource
+from kvopt.engines.transformers.workload import Workload, make_inputs
+from kvopt.protocol import full_length_reason, measure_candidate
+from kvopt.workload import placement
 
 CPU = torch.device("cpu")
 SHAPE = Workload(64, 40)
 DYNAMIC = Candidate("dynamic", "sdpa", "float32", 2)
 STATIC = Candidate("static", "sdpa", "float32", 2, compile=False)
+ENGINE = transformers_engine()
 WINDOW = MeasureConfig(decode_window=8, max_seconds=5.0, max_repetitions=8)
 
 
@@ -49,9 +50,7 @@ def test_the_window_decodes_from_a_copy_and_agrees_with_a_full_length_call(loade
     """Per-step rate of the window vs a whole call's decode rate, medians of five each (tiny model)."""
     model = loaded.model
     where = placement(SHAPE.prompt_tokens, SHAPE.new_tokens, 8)
-    window = fill_window_context(
-        model, candidate, context_ids(SHAPE, where, 2, model.config.vocab_size, 0, CPU), where, 104, CPU
-    )
+    window = ENGINE.session(loaded, candidate, SHAPE, 0).window(where)  # its cache sized for 64 + 40 tokens
     assert window.cache.get_seq_length() == where.context_tokens
     inputs = make_inputs(SHAPE, 2, model.config.vocab_size, 0, CPU)
     timed_generate(model, inputs, candidate, SHAPE.new_tokens, CPU)  # warm
@@ -72,9 +71,11 @@ def test_the_window_decodes_from_a_copy_and_agrees_with_a_full_length_call(loade
 
 
 def test_which_candidates_are_timed_whole_and_why():
-    assert full_length_reason(DYNAMIC, SHAPE, WINDOW) is None
-    assert full_length_reason(STATIC, SHAPE, WINDOW) is None
-    assert full_length_reason(Candidate("dynamic", "sdpa", "float32", 1, prefix_reuse=True), SHAPE, WINDOW) is None
+    assert full_length_reason(ENGINE, DYNAMIC, SHAPE, WINDOW) is None
+    assert full_length_reason(ENGINE, STATIC, SHAPE, WINDOW) is None
+    assert (
+        full_length_reason(ENGINE, Candidate("dynamic", "sdpa", "float32", 1, prefix_reuse=True), SHAPE, WINDOW) is None
+    )
     reasons = {
         "paged": Candidate("paged", "sdpa", "float32", 1),
         "compile": Candidate("static", "sdpa", "float32", 1, compile=True),
@@ -82,17 +83,17 @@ def test_which_candidates_are_timed_whole_and_why():
         "prefetched": Candidate("offloaded", "sdpa", "float32", 1),
     }
     for word, candidate in reasons.items():
-        assert word in str(full_length_reason(candidate, SHAPE, WINDOW))
-    assert "decode_window=0" in str(full_length_reason(DYNAMIC, SHAPE, MeasureConfig(decode_window=0)))
+        assert word in str(full_length_reason(ENGINE, candidate, SHAPE, WINDOW))
+    assert "decode_window=0" in str(full_length_reason(ENGINE, DYNAMIC, SHAPE, MeasureConfig(decode_window=0)))
     # A short call (fewer than twice the window's steps) is cheaper timed whole.
-    assert "new tokens" in str(full_length_reason(DYNAMIC, Workload(64, 16), WINDOW))
-    assert full_length_reason(DYNAMIC, SHAPE, None) is not None
+    assert "new tokens" in str(full_length_reason(ENGINE, DYNAMIC, Workload(64, 16), WINDOW))
+    assert full_length_reason(ENGINE, DYNAMIC, SHAPE, None) is not None
 
 
 def test_a_split_trial_times_prefill_and_window_apart_and_reads_memory_at_full_length(loaded):
-    split = measure_candidate(loaded, DYNAMIC, SHAPE, CPU, warmup=1, repetitions=6, seed=0, measure=WINDOW)
+    split = measure_candidate(ENGINE, loaded, DYNAMIC, SHAPE, warmup=1, repetitions=6, seed=0, measure=WINDOW)
     whole = measure_candidate(
-        loaded, DYNAMIC, SHAPE, CPU, warmup=1, repetitions=6, seed=0, measure=MeasureConfig(decode_window=0)
+        ENGINE, loaded, DYNAMIC, SHAPE, warmup=1, repetitions=6, seed=0, measure=MeasureConfig(decode_window=0)
     )
     attrs = split.to_attrs()
     assert attrs["protocol"] == "split" and attrs["decode_window_steps"] == 8

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from kvopt.compose import compose_config, unknown_group_options
 from kvopt.config import ProfileConfig
-from kvopt.engine.source import resolve_config
+from kvopt.engines import engine_class
 from kvopt.errors import ConfigError, KvoptError, print_error
 from kvopt.paths import conf_dir
 from kvopt.workload import make_mix
@@ -51,7 +51,7 @@ def profiles_command(args: list[str]) -> int:
         try:
             cfg = compose_config([f"profile={name}", *rest])
             if fit:  # the model's own positions (its config.json), as a run fits the mix
-                cfg = resolve_config(cfg)[0]
+                cfg = engine_class(cfg.engine.name).resolve(cfg)[0]
         except ConfigError as exc:
             if name == "traffic" and any("profile.traffic_file: got None" in p for p in exc.problems):
                 lines += [f"{name}: shapes from profile.traffic_file=FILE (quartiles of prompt length)", ""]

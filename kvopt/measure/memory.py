@@ -16,6 +16,7 @@ held by torch tensors at any moment of one ``generate`` call, weights included.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 from kvopt.metrics import MB  # the unit of every memory figure; named here for memory code
 
 __all__ = [
+    "free_device_memory",
     "MB",
     "MemoryReading",
     "storage_bytes",
@@ -213,3 +215,12 @@ def measure_peak(fn: Callable[[], T], device: torch.device, resident_bytes: int)
             "allocation_events": n_events,
         },
     )
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Collect garbage and return the device's cached blocks, so the next trial starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()

@@ -5,12 +5,11 @@ from kvopt.report.dashboard import artifact_dir, publish_report, publish_study
 from kvopt.report.files import ReportFiles, write_report
 from kvopt.report.html import render_html
 from kvopt.report.markdown import render_markdown, study_note
-from kvopt.report.terminal import StudyProgress, format_gains, paste_snippet, print_plan, print_summary
+from kvopt.report.terminal import StudyProgress, format_gains, print_plan, print_summary
 
 __all__ = [
     "StudyProgress",
     "format_gains",
-    "paste_snippet",
     "print_plan",
     "print_summary",
     "Importance",

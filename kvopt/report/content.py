@@ -12,6 +12,7 @@ import optuna
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from kvopt.attrs import CONSTRAINTS_ATTR, NOISY_ATTR, QUALITY_ATTR, REUSED_FROM_ATTR
+from kvopt.engines import engine_class
 from kvopt.metrics import METRIC_BY_NAME, METRICS, OBJECTIVES
 from kvopt.quality import quality_label
 from kvopt.report.shapes import confirmed_shape_rows, pct_cell
@@ -258,15 +259,13 @@ def noise_rows(s: StoredStudy) -> list[tuple[str, str, str]]:
 
 def settings_snippet(s: StoredStudy) -> str | None:
     """The recommended settings as code to paste (same text the terminal prints)."""
-    from kvopt.report.terminal import paste_snippet  # terminal imports rich: only when used
+    from kvopt.report.export import StudySettings
 
     rec = s.recommendation
     if rec is None:
         return None
-    workload = s.attrs.get("workload") or {}
-    return paste_snippet(
-        str(_cfg(s, "model", "hub_id")), rec.candidate(), workload.get("prompt_tokens"), workload.get("new_tokens")
-    )
+    src = StudySettings.from_stored(s)
+    return str(engine_class(s.engine).paste_snippet(src.model, rec.candidate(), src.workload))
 
 
 def _lower_is_better(index: int, metric: str) -> Callable[[optuna.trial.FrozenTrial], float]:

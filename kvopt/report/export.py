@@ -1,37 +1,35 @@
 """Settings ready to paste: ``recommended.yaml`` (machine-readable) and ``recommended.py``.
 
-Both come from :meth:`Candidate.model_kwargs` / :meth:`Candidate.generate_kwargs`, the same
-source as the terminal's snippet, so what a user pastes is what kvopt measured.
-``recommended.py`` needs only torch and transformers: it must run where kvopt is not installed.
+The engine that ran the study writes both (:meth:`kvopt.engines.base.Engine.settings_entry`
+and ``settings_script``), the same source as the terminal's snippet, so what a user pastes
+is what kvopt measured. ``recommended.py`` needs only the engine's own libraries: it must
+run where kvopt is not installed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import pprint
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from transformers import CompileConfig, ContinuousBatchingConfig
 
 from kvopt.config import ModelConfig
+from kvopt.engines import DEFAULT_ENGINE, engine_class
+from kvopt.engines.base import ScriptContext
 from kvopt.metrics import METRICS
 from kvopt.paths import write_text_atomic
 from kvopt.quality import quality_summary
 from kvopt.select import Recommendation, Result, gains_pct
-from kvopt.space import Candidate, SearchSpace
+from kvopt.workload import Workload
 
-if TYPE_CHECKING:  # kvopt.engine loads the generation stack: too heavy for the terminal's import
-    from kvopt.engine.workload import Workload
+if TYPE_CHECKING:
     from kvopt.stored import StoredStudy
 
 __all__ = [
     "StudySettings",
     "plain",
-    "call_args",
     "alternatives",
     "settings_document",
     "settings_script",
@@ -46,23 +44,8 @@ _EXTREMES = {
 }
 
 
-def _changed_fields(config: ContinuousBatchingConfig) -> dict[str, Any]:
-    """The fields kvopt set on a continuous-batching config (the rest stay Transformers' defaults)."""
-    default = ContinuousBatchingConfig()
-    return {
-        f.name: getattr(config, f.name)
-        for f in dataclasses.fields(config)
-        if getattr(config, f.name) != getattr(default, f.name)
-    }
-
-
 def plain(value: Any) -> Any:
-    """Plain YAML/JSON types: a CompileConfig or ContinuousBatchingConfig becomes the mapping
-    its constructor takes."""
-    if isinstance(value, CompileConfig):
-        return plain(value.to_dict())
-    if isinstance(value, ContinuousBatchingConfig):
-        return plain(_changed_fields(value))
+    """Plain YAML/JSON types (mappings, lists and scalars)."""
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -70,32 +53,15 @@ def plain(value: Any) -> Any:
     return value
 
 
-def call_args(kwargs: Mapping[str, Any]) -> str:
-    """``k=v, ...`` as a user types it (a CompileConfig by its non-default fields)."""
-    parts = []
-    for key, value in kwargs.items():
-        if isinstance(value, CompileConfig):
-            default = CompileConfig().to_dict()
-            changed = {k: v for k, v in value.to_dict().items() if v != default[k]} or {"fullgraph": False}
-            value_text = "CompileConfig(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
-        elif isinstance(value, ContinuousBatchingConfig):
-            fields = _changed_fields(value)
-            value_text = "ContinuousBatchingConfig(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
-        else:
-            value_text = repr(value)
-        parts.append(f"{key}={value_text}")
-    return ", ".join(parts)
-
-
 def _settings(result: Result, baseline: Result | None, workload: Workload) -> dict[str, Any]:
-    candidate = SearchSpace.make_candidate(result.params)
+    engine = engine_class(result.engine)
+    candidate = engine.candidate_type.from_params(result.params)
     out: dict[str, Any] = {
         "trial": result.number,
         "candidate": result.label,
         "params": plain(result.params),
         "batch_size": candidate.batch_size,
-        "model_kwargs": plain(candidate.model_kwargs()),
-        "generate_kwargs": plain(candidate.generate_kwargs(workload.prompt_tokens, workload.new_tokens)),
+        **engine.settings_entry(candidate, workload),
         "values": {m: float(result.values[m]) for m in METRICS},
         # Beside the speed, what it costs in fidelity (kvopt.quality; None: run without the guard).
         "quality": plain(quality_summary(result.user_attrs)),
@@ -136,14 +102,15 @@ class StudySettings:
     weights: str = "pretrained"
     # The confirmation's per-shape figures (kvopt.confirm), for a profile of several shapes.
     shapes: list[dict[str, Any]] = field(default_factory=list)
+    # The engine that ran the study (kvopt.engines).
+    engine: str = DEFAULT_ENGINE
 
     @classmethod
     def from_stored(cls, stored: StoredStudy) -> StudySettings:
         """The same inputs rebuilt from a stored study's attrs (``kvopt report`` needs no config)."""
-        from kvopt.engine.workload import Workload
-
         config, workload = stored.attrs["config"], stored.attrs["workload"]
-        model = {k: config["model"][k] for k in ModelConfig.__dataclass_fields__}
+        # Fields a study stored before they existed (model.gguf) keep their defaults.
+        model = {k: config["model"][k] for k in ModelConfig.__dataclass_fields__ if k in config["model"]}
         return cls(
             study=stored.name,
             model=ModelConfig(**model),
@@ -160,6 +127,7 @@ class StudySettings:
             baseline=stored.baseline,
             weights=str(stored.attrs.get("weights", "pretrained")),
             shapes=list((stored.confirmation or {}).get("shapes") or []),
+            engine=stored.engine,
         )
 
 
@@ -181,6 +149,7 @@ def settings_document(src: StudySettings) -> dict[str, Any]:
     )
     return {
         "study": src.study,
+        "engine": src.engine,
         "model": {"name": model.name, "hub_id": model.hub_id, "revision": model.revision, "weights": src.weights},
         "profile": src.profile,
         "slo": dict(src.slo),
@@ -216,206 +185,25 @@ def _shapes(shapes: list[dict[str, Any]], rec: Recommendation) -> list[dict[str,
     ]
 
 
-_SCRIPT = '''"""kvopt's recommended settings for {hub_id} on {device} (profile {profile}, study {study}).
-
-Measured by kvopt: {label}: TTFT {ttft:.1f} ms, decode {tput:.1f} tok/s, peak memory {mem:.1f} MB,
-with {weights} weights. Needs only torch and transformers. Run it as is:
-
-    python recommended.py                      # what the study measured ({weights} weights)
-    python recommended.py --pretrained         # the model's own weights (download if not cached)
-    python recommended.py --model HUB_ID_OR_FOLDER
-    python recommended.py --random-weights     # its architecture with random weights, offline
-
-Each generate call gets a cache of its own (a new one from cache_implementation, or, where
-SHARED_PREFIX_TOKENS is set, a copy of the shared prefix's cache filled once), so no call sees
-another's stale keys and values.
-"""
-
-from __future__ import annotations
-
-import argparse
-import copy
-import inspect
-import os
-import sys
-import time
-
-import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    CompileConfig,
-    ContinuousBatchingConfig,
-    DynamicCache,
-)
-
-MODEL_ID = {hub_id!r}  # a hub id, or the folder the study loaded
-REVISION = {revision!r}  # the commit the study loaded, when one was known
-# What the study measured: "pretrained" weights of MODEL_ID, or "random" weights of ARCHITECTURE.
-WEIGHTS = {weights!r}
-TRUST_REMOTE_CODE = {trust_remote_code!r}
-DEVICE = {device!r}
-MODEL_KWARGS = {model_kwargs}
-GENERATE_KWARGS = {generate_kwargs}
-BATCH_SIZE = {batch_size!r}
-PROMPT_TOKENS = {prompt_tokens!r}
-NEW_TOKENS = {new_tokens!r}
-# Leading prompt tokens every request shares (a system prompt): filled into a cache once, and
-# each call starts from a copy of it (0: every call prefills its whole prompt).
-SHARED_PREFIX_TOKENS = {shared_prefix_tokens!r}
-# The model's config.json fields: --random-weights builds it without a download.
-ARCHITECTURE = {architecture}
-
-
-def fail(what: str, exc: Exception) -> None:
-    """One clear line and exit status 2, never a traceback."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    print(f"recommended.py: error: cannot load {{what}} ({{reason}}); --random-weights times the "
-          "measured architecture with random weights, offline", file=sys.stderr)
-    sys.exit(2)
-
-
-def load_model(model: str, random_weights: bool, device: str) -> torch.nn.Module:
-    if random_weights:
-        fields = dict(ARCHITECTURE)
-        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-        model_obj = AutoModelForCausalLM.from_config(config, **MODEL_KWARGS)
-    else:
-        revision = REVISION if model == MODEL_ID else None
-        try:
-            model_obj = AutoModelForCausalLM.from_pretrained(
-                model, revision=revision, trust_remote_code=TRUST_REMOTE_CODE, **MODEL_KWARGS
-            )
-        except (OSError, ValueError) as exc:  # not cached and offline, no such folder or model
-            fail(repr(model), exc)
-    return model_obj.to(device).eval()
-
-
-def make_inputs(model: torch.nn.Module, source: str, prompt: str | None, device: str) -> dict:
-    if prompt is None:
-        # The workload kvopt measured: BATCH_SIZE rows of PROMPT_TOKENS token ids, no padding.
-        vocab = model.get_input_embeddings().num_embeddings
-        ids = torch.randint(1, vocab, (BATCH_SIZE, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
-        ids[:, :SHARED_PREFIX_TOKENS] = ids[0, :SHARED_PREFIX_TOKENS].clone()  # the prefix every request shares
-    else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=TRUST_REMOTE_CODE)
-        except (OSError, ValueError) as exc:
-            fail(f"the tokenizer of {{source!r}} for --prompt", exc)
-        ids = tokenizer([prompt] * BATCH_SIZE, return_tensors="pt").input_ids
-    return {{"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}}
-
-
-def generate_kwargs(exact_length: bool) -> dict:
-    kwargs = dict(GENERATE_KWARGS, max_new_tokens=NEW_TOKENS)
-    if "compile_config" in kwargs:
-        config = CompileConfig(**kwargs["compile_config"])
-        # As kvopt measured it: Transformers compiles static caches on CUDA only unless told.
-        config._compile_all_devices = True
-        kwargs["compile_config"] = config
-    if "continuous_batching_config" in kwargs:
-        # paged: the page pool kvopt measured, sized for BATCH_SIZE x (PROMPT_TOKENS + NEW_TOKENS).
-        kwargs["continuous_batching_config"] = ContinuousBatchingConfig(**kwargs["continuous_batching_config"])
-    if exact_length:
-        kwargs["min_new_tokens"] = NEW_TOKENS  # EOS cannot end a call early: kvopt's fixed work
-    return kwargs
-
-
-def cache_argument(model: torch.nn.Module) -> str:
-    # Decided where this script runs, which may have another Transformers than kvopt's: 5.25 renamed
-    # past_key_values to cache (the old name warns); older versions know only the first.
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-
-
-def fill_prefix(model: torch.nn.Module, input_ids: torch.Tensor) -> DynamicCache | None:
-    """The shared prefix's cache, filled once (None when the settings do not reuse a prefix)."""
-    tokens = min(SHARED_PREFIX_TOKENS, input_ids.shape[1] - 1)  # generate must prefill a token
-    if tokens <= 0:
-        return None
-    prefix = DynamicCache(config=model.config)
-    model(input_ids=input_ids[:1, :tokens], use_cache=True, **{{cache_argument(model): prefix}})
-    return prefix
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.environ.get("KVOPT_MODEL", MODEL_ID),
-                        help="hub id or local folder (default: $KVOPT_MODEL, else %(default)s)")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--random-weights", action="store_true",
-                         help="build the architecture with random weights (no download; timing only)")
-    weights.add_argument("--pretrained", action="store_true",
-                         help="load the model's weights even when the study measured random ones")
-    parser.add_argument("--device", default=DEVICE, help="default: %(default)s, where kvopt measured")
-    parser.add_argument("--prompt", help="text to complete (default: random ids of the measured length)")
-    parser.add_argument("--calls", type=int, default=2, help="generate calls, each with a new cache")
-    parser.add_argument("--exact-length", action="store_true",
-                        help="always generate NEW_TOKENS tokens, as kvopt measured")
-    args = parser.parse_args()
-
-    # As the study ran: random weights of its architecture when it measured those.
-    random_weights = args.random_weights or (WEIGHTS == "random" and args.model == MODEL_ID and not args.pretrained)
-    model = load_model(args.model, random_weights, args.device)
-    print(f"loaded {{args.model}}: dtype {{model.dtype}}, attention {{model.config._attn_implementation}}")
-    inputs = make_inputs(model, args.model, args.prompt, args.device)
-    # no_grad, not inference_mode: under inference_mode Transformers 5.17's paged generate fails
-    # every request (its worker thread updates tensors made here) and returns no new tokens.
-    with torch.no_grad():
-        prefix = fill_prefix(model, inputs["input_ids"])
-        for call in range(1, args.calls + 1):
-            start = time.perf_counter()
-            kwargs = generate_kwargs(args.exact_length)
-            if prefix is not None:  # generate appends to the cache it is given: a copy per call
-                cache = copy.deepcopy(prefix)
-                cache.batch_repeat_interleave(inputs["input_ids"].shape[0])
-                kwargs[cache_argument(model)] = cache
-            out = model.generate(**inputs, **kwargs)
-            elapsed_ms = (time.perf_counter() - start) * 1000
-            if out.dim() == 3:  # paged: generate returns [1, batch, length]
-                out = out[0]
-            new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
-            print(f"call {{call}}: {{out.shape[0]}} x {{new_tokens}} new tokens in {{elapsed_ms:.1f}} ms")
-
-
-if __name__ == "__main__":
-    main()
-'''
-
-
-def _literal(value: Any) -> str:
-    """A Python literal of plain data, indented to sit after ``NAME = ``."""
-    return pprint.pformat(value, width=88, sort_dicts=False)
-
-
 def settings_script(src: StudySettings, result: Result | None = None) -> str:
-    """The text of ``recommended.py`` for ``result`` (default: the recommendation)."""
+    """The text of ``recommended.py`` for ``result`` (default: the recommendation), by the study's engine."""
     if result is None:
         if src.recommendation is None:
             raise ValueError("no recommendation: there are no settings to write")
         result = src.recommendation.result
-    candidate: Candidate = SearchSpace.make_candidate(result.params)
-    model, workload = src.model, src.workload
-    return _SCRIPT.format(
-        hub_id=model.hub_id,
-        revision=model.revision,
+    engine = engine_class(src.engine)
+    context = ScriptContext(
+        candidate=engine.candidate_type.from_params(result.params),
+        label=result.label,
+        values=dict(result.values),
+        model=src.model,
+        workload=src.workload,
         weights=src.weights,
-        trust_remote_code=model.trust_remote_code,
         device=src.device,
         profile=src.profile,
         study=src.study,
-        label=result.label,
-        ttft=result.values["ttft_ms"],
-        tput=result.values["decode_tok_s"],
-        mem=result.values["peak_mem_mb"],
-        model_kwargs=_literal(plain(candidate.model_kwargs())),
-        generate_kwargs=_literal(plain(candidate.generate_kwargs(workload.prompt_tokens, workload.new_tokens))),
-        batch_size=candidate.batch_size,
-        prompt_tokens=workload.prompt_tokens,
-        new_tokens=workload.new_tokens,
-        shared_prefix_tokens=workload.shared_prefix_tokens if candidate.prefix_reuse else 0,
-        architecture=_literal(plain(model.architecture)),
     )
+    return str(engine.settings_script(context))
 
 
 def write_settings(output_dir: Path, src: StudySettings) -> list[Path]:
@@ -424,8 +212,8 @@ def write_settings(output_dir: Path, src: StudySettings) -> list[Path]:
         return []
     header = (
         f"# kvopt: recommended settings for {src.model.hub_id} on {src.device}, profile {src.profile}.\n"
-        "# recommended.model_kwargs -> from_pretrained, recommended.generate_kwargs -> generate;\n"
-        "# alternatives: the Pareto front's extremes, measured in the same study.\n"
+        + engine_class(src.engine).YAML_HINT
+        + "# alternatives: the Pareto front's extremes, measured in the same study.\n"
     )
     yaml_path, py_path = output_dir / "recommended.yaml", output_dir / "recommended.py"
     write_text_atomic(yaml_path, header + yaml.safe_dump(settings_document(src), sort_keys=False, allow_unicode=True))

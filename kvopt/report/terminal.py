@@ -21,10 +21,8 @@ from rich.table import Table
 from kvopt.attrs import QUALITY_ATTR
 from kvopt.metrics import OBJECTIVES
 from kvopt.quality import quality_label
-from kvopt.report.export import call_args
 from kvopt.report.shapes import SHAPE_HEADER, confirmed_shape_rows
 from kvopt.select import Recommendation, Result
-from kvopt.space import Candidate
 
 __all__ = [
     "PIPED_WIDTH",
@@ -34,7 +32,6 @@ __all__ = [
     "print_summary",
     "print_confirmation",
     "format_gains",
-    "paste_snippet",
 ]
 
 _GAIN_LABELS = {m.name: m.label for m in OBJECTIVES}
@@ -205,32 +202,6 @@ def _values_row(r: Result) -> list[str]:
         f"{r.values['decode_tok_s']:.1f}",
         f"{r.values['peak_mem_mb']:.1f}",
     ]
-
-
-def paste_snippet(
-    model_id: str, candidate: Candidate, prompt_tokens: int | None = None, new_tokens: int | None = None
-) -> str:
-    """Lines to paste: the same kwargs recommended.py and recommended.yaml carry."""
-    generate = candidate.generate_kwargs(prompt_tokens, new_tokens)
-    load = f"model = AutoModelForCausalLM.from_pretrained({model_id!r}, {call_args(candidate.model_kwargs())})\n"
-    if candidate.prefix_reuse:  # recommended.py has the whole recipe (kvopt.engine.prefix)
-        # The generation stack loads only for this snippet; the name is the installed Transformers'.
-        from kvopt.engine.prefix import generate_cache_keyword
-
-        cache = generate_cache_keyword()
-        rows = "system_ids" if candidate.batch_size == 1 else f"system_ids.expand({candidate.batch_size}, -1)"
-        return (
-            load + "prefix = DynamicCache(config=model.config)\n"
-            # no_grad: a cache filled while autograd records cannot be deep-copied.
-            "with torch.no_grad():  # once: the prompt prefix every request shares\n"
-            f"    model(input_ids={rows}, {cache}=prefix)\n"
-            f"out = model.generate(**inputs, {cache}=copy.deepcopy(prefix))"
-            f"  # inputs: {candidate.batch_size} prompt(s) per batch, each starting with system_ids"
-        )
-    return (
-        load + f"out = model.generate(**inputs, {call_args(generate)})"
-        f"  # inputs: {candidate.batch_size} prompt(s) per batch"
-    )
 
 
 def print_summary(

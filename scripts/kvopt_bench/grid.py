@@ -8,6 +8,7 @@ cannot run, the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 import time
@@ -15,6 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from kvopt.config import KvoptConfig
+from kvopt.engines import DEFAULT_ENGINE, candidate_type
+from kvopt.engines.base import Engine
+from kvopt.engines.transformers.candidate import Candidate as TransformersCandidate
+from kvopt.engines.transformers.candidate import transformers_space
 from kvopt.select import Result
 from kvopt.space import Candidate, SearchSpace
 from kvopt_bench.common import load_average, provenance
@@ -22,13 +27,14 @@ from kvopt_bench.common import load_average, provenance
 __all__ = ["record_grid", "space_from_grid", "grid_rows_ok", "grid_results", "median_values", "untimed_seconds"]
 
 
-def _measurement_order(candidates: list[Candidate], seed: int) -> list[Candidate]:
+def _measurement_order(engine: Engine, candidates: list[Candidate], seed: int) -> list[Candidate]:
     """Shuffled, so drift of the shared machine does not line up with any setting; grouped
-    by (dtype, attention) so each model is loaded once (load time is not measured anyway)."""
+    by the model each loads (Transformers: dtype and attention) so each is loaded once (load
+    time is not measured anyway)."""
     rng = random.Random(seed)
-    groups: dict[tuple[str, str], list[Candidate]] = {}
+    groups: dict[tuple[Any, ...], list[Candidate]] = {}
     for cand in candidates:
-        groups.setdefault((cand.dtype, cand.attn_implementation), []).append(cand)
+        groups.setdefault(engine.model_key(cand), []).append(cand)
     keys = list(groups)
     rng.shuffle(keys)
     order = []
@@ -38,19 +44,19 @@ def _measurement_order(candidates: list[Candidate], seed: int) -> list[Candidate
     return order
 
 
-def _measure_row(loader: Any, cand: Candidate, cfg: KvoptConfig, workload: Any, device: Any) -> dict[str, Any]:
+def _measure_row(engine: Any, loader: Any, cand: Candidate, cfg: KvoptConfig, workload: Any) -> dict[str, Any]:
     from kvopt.failures import failure_reason
     from kvopt.protocol import measure_candidate
 
     row: dict[str, Any] = {"load_1min_before": load_average()}
     start = time.perf_counter()
     try:
-        loaded, reused = loader.get(cand.dtype, cand.attn_implementation)
+        loaded, reused = loader.get(cand)
         m = measure_candidate(
+            engine,
             loaded,
             cand,
             workload,
-            device,
             warmup=cfg.profile.warmup,
             repetitions=cfg.profile.repetitions,
             seed=cfg.seed,
@@ -91,14 +97,13 @@ def record_grid(
     on_row: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every candidate of the probed search space ``cfg`` describes, once each."""
-    from kvopt.engine.loading import ModelLoader
     from kvopt.runner import prepare
 
     p = prepare(cfg)
     cfg = p.cfg  # the resolved model
     space = p.space
-    order = _measurement_order(space.candidates(), order_seed)
-    loader = ModelLoader(cfg.model, p.weights, p.device, cfg.seed)
+    order = _measurement_order(p.engine, space.candidates(), order_seed)
+    loader = p.engine.loader()
     rows = []
     load_before = load_average()
     start = time.perf_counter()
@@ -108,7 +113,7 @@ def record_grid(
             "params": cand.params(),
             "settings": cand.as_dict(),
             "baseline": cand == space.baseline,
-            **_measure_row(loader, cand, cfg, p.workload, p.device),
+            **_measure_row(p.engine, loader, cand, cfg, p.workload),
         }
         rows.append(row)
         if on_row is not None:
@@ -117,6 +122,7 @@ def record_grid(
     loader.release()
     return {
         **provenance(),
+        "engine": p.engine.name,
         "model": cfg.model.name,
         "profile": cfg.profile.name,
         "overrides": overrides,
@@ -132,14 +138,9 @@ def record_grid(
         "measure": cfg.raw["measure"],
         "seed": cfg.seed,
         "space": {
-            "cache_implementation": space.cache_implementation,
-            "attn_implementation": space.attn_implementation,
-            "dtype": space.dtype,
-            "batch_size": space.batch_size,
-            "quantized_backends": space.quantized_backends,
-            "quantized_nbits": space.quantized_nbits,
-            "static_compile": space.static_compile,
-            "prefix_reuse": space.prefix_reuse,
+            # Each knob's values as the study sampled them (a grid of any engine).
+            "knobs": {k.name: list(k.values) for k in space.knobs},
+            "baseline_params": space.baseline.params(),
             "prefix_share": space.prefix_share,
             "baseline": space.baseline.as_dict(),
             "dropped": space.dropped,
@@ -156,14 +157,28 @@ def record_grid(
 
 
 def space_from_grid(grid: dict[str, Any]) -> SearchSpace:
-    """The search space a grid was recorded on, as a study would sample it."""
+    """The search space a grid was recorded on, as a study would sample it.
+
+    A grid lists each knob's values (``space.knobs``); grids recorded before engines had
+    names list the Transformers engine's choices field by field.
+    """
     s = grid["space"]
-    return SearchSpace(
+    if "knobs" in s:
+        kind = candidate_type(grid.get("engine", DEFAULT_ENGINE))
+        values = s["knobs"]
+        return SearchSpace(
+            knobs=tuple(dataclasses.replace(k, values=tuple(values.get(k.name, ()))) for k in kind.KNOBS),
+            baseline=kind.from_params(s["baseline_params"]),
+            candidate_type=kind,
+            prefix_share=float(s.get("prefix_share", 0.0)),
+            dropped=dict(s["dropped"]),
+        )
+    return transformers_space(
         cache_implementation=list(s["cache_implementation"]),
         attn_implementation=list(s["attn_implementation"]),
         dtype=list(s["dtype"]),
         batch_size=list(s["batch_size"]),
-        baseline=Candidate(**s["baseline"]),
+        baseline=TransformersCandidate(**s["baseline"]),
         quantized_backends=list(s["quantized_backends"]),
         quantized_nbits=list(s["quantized_nbits"]),
         static_compile=list(s["static_compile"]),

@@ -25,15 +25,15 @@ from optuna.trial import TrialState
 from kvopt.attrs import Failure, failure_kind
 from kvopt.config import KvoptConfig, MeasureConfig
 from kvopt.confirm import score_interval
-from kvopt.engine.loading import ModelLoader, WeightsSource
-from kvopt.engine.workload import make_workload
+from kvopt.engines import DEFAULT_ENGINE, engine_class
+from kvopt.engines.base import WeightsSource
+from kvopt.engines.transformers.workload import make_workload
 from kvopt.errors import ConfigError
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.measure.adaptive import repeat_fixed, repeat_until_precise
 from kvopt.measure.memory import MemoryReading
 from kvopt.measurer import Measured, Measurer
 from kvopt.metrics import DIRECTIONS, MB
-from kvopt.predict import memory_prior
 from kvopt.protocol import Measurement, stop_rule
 from kvopt.sampler import WarmStart, check_converged, warm_start_from
 from kvopt.select import Result, can_win_check, collect_results, dominated_by, pareto_front, profile_score, recommend
@@ -60,6 +60,7 @@ class ReplayTable:
     def __init__(self, grid: dict[str, Any]) -> None:
         self.grid = grid
         self.space: SearchSpace = space_from_grid(grid)
+        self.engine = str(grid.get("engine", DEFAULT_ENGINE))
         self.rows = {candidate_key(r["params"]): r for r in grid["rows"]}
         missing = [c.label for c in self.space.candidates() if candidate_key(c.params()) not in self.rows]
         if missing:
@@ -251,12 +252,13 @@ def replay_study(
     """
     space = table.space
     workload = make_workload(cfg.profile, cfg.model)
-    loader = ModelLoader(cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed)
+    engine = engine_class(table.engine)(
+        cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed
+    )
     objective = Objective(
         space,
-        loader,
+        engine,
         workload,
-        torch.device("cpu"),
         warmup=cfg.profile.warmup,
         repetitions=cfg.profile.repetitions,
         seed=seed,
@@ -266,7 +268,7 @@ def replay_study(
         dominance_pruning=pruning,
         measurer=ReplayMeasurer(table, random.Random(seed), cfg.measure, cfg.profile.repetitions),
     )
-    prior = memory_prior(cfg.model, workload)
+    prior = engine.memory_prior(workload)
     warm = warm_start or WarmStart()
     sampler = make_sampler(
         cfg.sampler,

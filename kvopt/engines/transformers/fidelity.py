@@ -23,11 +23,13 @@ import torch
 from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from kvopt.config import ModelConfig, QualityConfig
-from kvopt.engine.generation import generate_kwargs
-from kvopt.engine.loading import ModelLoader
+from kvopt.engines.base import FidelityMeter
+from kvopt.engines.transformers.candidate import Candidate
+from kvopt.engines.transformers.generation import generate_kwargs
+from kvopt.engines.transformers.loading import ModelLoader
 from kvopt.errors import KvoptError
 from kvopt.quality import SHIPPED_TEXT, Fidelity
-from kvopt.space import Candidate
+from kvopt.space import Candidate as AnyCandidate
 
 __all__ = ["Reference", "fidelity_prompts", "run_outputs", "compare", "FidelityMeter"]
 
@@ -136,7 +138,7 @@ def compare(baseline: Reference, free: Reference, forced: Reference) -> Fidelity
     )
 
 
-class FidelityMeter:
+class TransformersFidelityMeter(FidelityMeter):
     """Measures candidates' fidelity with one loader; the baseline's reference is run once and kept.
 
     Args:
@@ -160,8 +162,10 @@ class FidelityMeter:
     def reference(self) -> Reference:
         """The baseline's outputs on the prompts (run at the first call, then kept)."""
         if self._reference is None:
-            loaded, _ = self.loader.get(self.baseline.dtype, self.baseline.attn_implementation)
-            self._reference = run_outputs(loaded.model, self.baseline, self.prompts(), self.new_tokens, None)
+            baseline = self.baseline
+            assert isinstance(baseline, Candidate)
+            loaded, _ = self.loader.get(baseline.dtype, baseline.attn_implementation)
+            self._reference = run_outputs(loaded.model, baseline, self.prompts(), self.new_tokens, None)
         return self._reference
 
     def prompts(self) -> torch.Tensor:
@@ -171,8 +175,9 @@ class FidelityMeter:
             self._prompts = fidelity_prompts(self.loader.model_cfg, self.cfg, self.prompt_tokens, source.local_only)
         return self._prompts
 
-    def measure(self, candidate: Candidate) -> Fidelity:
+    def measure(self, candidate: AnyCandidate) -> Fidelity:
         """The candidate's fidelity, its seconds included (the reference's too, the first time)."""
+        assert isinstance(candidate, Candidate)
         start = time.perf_counter()
         reference = self.reference()
         loaded, _ = self.loader.get(candidate.dtype, candidate.attn_implementation)

@@ -20,10 +20,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kvopt.config import ModelConfig
-from kvopt.engine.generation import timed_generate
-from kvopt.engine.loading import build_config
+from kvopt.engines.transformers.candidate import PARAM_NAMES, Candidate
+from kvopt.engines.transformers.generation import timed_generate
+from kvopt.engines.transformers.loading import build_config
 from kvopt.measure.timing import synchronize
-from kvopt.space import PARAM_NAMES, Candidate
 
 __all__ = [
     "ProbeResult",

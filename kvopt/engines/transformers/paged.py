@@ -26,11 +26,10 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from kvopt.measure.memory import storage_bytes
-
 # The pool's size is knowledge about the candidate (its generate kwargs carry it): defined
 # in kvopt.space, named here too for code that runs paged generation.
-from kvopt.space import PAGE_SIZE, PagedPool, paged_pool
+from kvopt.engines.transformers.candidate import PAGE_SIZE, PagedPool, paged_pool
+from kvopt.measure.memory import storage_bytes
 
 __all__ = ["PAGE_SIZE", "PagedPool", "paged_pool", "paged_generate", "PagedRun"]
 

@@ -1,6 +1,6 @@
 """Loading a model: pretrained weights when they can be had, random weights otherwise.
 
-Which of the two, and from where, is decided once by :mod:`kvopt.engine.source`.
+Which of the two, and from where, is decided once by :mod:`kvopt.engines.transformers.source`.
 
 Random weights are valid for timing because kvopt always generates a fixed number of
 tokens (``min_new_tokens == max_new_tokens``): the work done does not depend on values.
@@ -8,7 +8,6 @@ tokens (``min_new_tokens == max_new_tokens``): the work done does not depend on 
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from kvopt.config import ModelConfig
+from kvopt.engines.base import WeightsSource
+from kvopt.measure.memory import free_device_memory
 
 __all__ = [
     "WeightsSource",
@@ -28,15 +29,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Which weights trials load (``pretrained`` or ``random``) and why, in one line for the plan."""
-
-    kind: str  # "pretrained" | "random"
-    reason: str
-    local_only: bool = True
 
 
 @dataclass
@@ -58,15 +50,6 @@ def build_config(model_cfg: ModelConfig, **overrides: Any) -> PretrainedConfig:
     fields = {**model_cfg.architecture, **overrides}
     model_type = fields.pop("model_type")
     return AutoConfig.for_model(model_type, **fields)
-
-
-def free_device_memory(device: torch.device) -> None:
-    """Collect garbage and return the device's cached blocks, so the next trial starts clean."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 class ModelLoader:

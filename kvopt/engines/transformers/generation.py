@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, StoppingCriteria, StoppingCriteriaList
 
-from kvopt.engine.paged import paged_generate
-from kvopt.engine.prefix import PrefixCache, cache_argument
+from kvopt.engines.transformers.candidate import Candidate
+from kvopt.engines.transformers.paged import paged_generate
+from kvopt.engines.transformers.prefix import PrefixCache, cache_argument
 from kvopt.interrupt import raise_if_interrupted
 from kvopt.measure.memory import cache_bytes
 from kvopt.measure.timing import synchronize
-from kvopt.space import Candidate
 
 __all__ = ["GenerateRun", "timed_generate", "generate_kwargs", "returned_cache"]
 
@@ -117,7 +117,7 @@ def timed_generate(
     ``deadline_s``: end the call at the first token after this many seconds (then the run
     has ``cut_by_deadline`` set and fewer tokens; the paged path ignores it). ``prefix``:
     the shared prefix's filled cache, required by a ``prefix_reuse`` candidate; its copy for
-    this call is made inside the timed span (:mod:`kvopt.engine.prefix`). Raises
+    this call is made inside the timed span (:mod:`kvopt.engines.transformers.prefix`). Raises
     KeyboardInterrupt first if a Ctrl-C came during the previous call (see :mod:`kvopt.interrupt`).
     """
     raise_if_interrupted()  # a Ctrl-C swallowed during the last run stops here, cleanly

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 
+from kvopt.engines.transformers.candidate import Candidate
 from kvopt.measure.memory import MB, cache_bytes
 from kvopt.measure.timing import synchronize
-from kvopt.space import Candidate
 from kvopt.workload import Workload
 
 __all__ = ["PrefixCache", "prefill_prefix", "prepare_prefix", "cache_argument", "generate_cache_keyword"]

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from kvopt.compose import model_name, shipped_models
 from kvopt.config import DTYPES, KvoptConfig, ModelConfig
-from kvopt.engine.loading import WeightsSource
+from kvopt.engines.transformers.loading import WeightsSource
 from kvopt.errors import KvoptError
 
 __all__ = ["ModelSource", "resolve_model", "resolve_config"]
