@@ -34,14 +34,18 @@ def shipped_models() -> dict[str, dict[str, Any]]:
     }
 
 
-def model_name(name: str, hub_id: str) -> str:
+def model_name(name: str, hub_id: str, gguf: str | None = None) -> str:
     """The name a model's studies and output folders go by.
+
+    A GGUF file (``model.gguf``, engine=llamacpp) is named after the file (``./q4.gguf`` -> ``q4``).
 
     A ``model`` option keeps its name for its own hub id. Given another ``model.hub_id``, the
     model is named after it: a shipped option with that hub id by that option's name, else
     the hub id's last part (``Qwen/Qwen2.5-7B-Instruct`` -> ``Qwen2.5-7B-Instruct``) or the
     folder's name (``./ckpt`` -> ``ckpt``). A name the user set (no shipped option) stays.
     """
+    if gguf:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(gguf).stem).strip("-") or "model"
     options = shipped_models()
     if name not in options or options[name].get("hub_id") == hub_id:
         return name

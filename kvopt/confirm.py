@@ -534,6 +534,8 @@ def confirm(
                 stopped = f"the decision is clear and its gains are known to ±{GAIN_PRECISION_PP:g} points"
                 break
             stopped = f"the decision is clear; its gains not yet known to ±{GAIN_PRECISION_PP:g} points"
+    for shape_calls in calls.values():
+        shape_calls.session.close()
     for loader in loaders.values():
         loader.release()
     notes.append(f"rounds stopped after {rounds.count}: {stopped}")

@@ -205,6 +205,24 @@ def measure_candidate(
     the baseline is measured unbounded.
     """
     session = engine.session(loaded, candidate, workload, seed)
+    try:
+        return _measure(engine, session, candidate, workload, warmup, repetitions, measure, can_win, bounded)
+    finally:
+        session.close()
+
+
+def _measure(
+    engine: Engine,
+    session: Session,
+    candidate: Candidate,
+    workload: Workload,
+    warmup: int,
+    repetitions: int,
+    measure: MeasureConfig | None,
+    can_win: Callable[[dict[str, list[float]], float], str | None] | None,
+    bounded: bool,
+) -> Measurement:
+    """The protocol on one open session (:func:`measure_candidate`)."""
     full_reason = full_length_reason(engine, candidate, workload, measure)
     # A bounded first call is cut at the slow-call limit: past it the candidate is refused
     # anyway, and running it to the end would only spend the wall time.

@@ -223,7 +223,7 @@ class SearchSpace:
 
     def choices(self) -> dict[str, list[Any]]:
         """The unconditional knobs' choices."""
-        return {k.name: list(k.values) for k in self.knobs if k.when is None}
+        return {k.name: list(k.values) for k in self.knobs if k.when is None and k.values}
 
     def all_choices(self) -> dict[str, list[Any]]:
         """Every knob that applies to some candidate, conditional ones included (the grid sampler, checks)."""
@@ -357,7 +357,7 @@ class SearchSpace:
         """Sample the unconditional knobs in table order, then the conditional ones that apply."""
         params: dict[str, Any] = {}
         for knob in self.knobs:
-            if knob.when is None:
+            if knob.when is None and knob.values:  # a knob with no value left is not the space's
                 params[knob.name] = trial.suggest_categorical(knob.name, list(knob.values))
         for knob in self.knobs:
             if knob.when is not None and knob.values and knob.active(params):

@@ -103,8 +103,8 @@ def test_conflicting_options_are_refused():
 def test_the_full_space_keeps_what_runs_here():
     # Random weights: the quantized cache (lossy) stays only with allow_unverified (else dropped for quality).
     p = prepare(_cfg("search_space=full", "storage=memory", "quality.allow_unverified=true"))
-    assert "quantized" in p.space.values("cache_implementation") and p.space.quantized_backends == ["fp8"]
-    assert p.space.static_compile == [False, True]
+    assert "quantized" in p.space.values("cache_implementation") and p.space.values("quantized_backend") == ["fp8"]
+    assert p.space.values("static_compile") == [False, True]
     assert "cache_implementation=offloaded_static" in p.space.dropped
     assert "paged" in p.space.values("cache_implementation")  # continuous batching runs on CPU
 

@@ -21,11 +21,12 @@ from conftest import REPO, model_config, transformers_engine
 from kvopt.attrs import FIDELITY_ATTR, QUALITY_ATTR, Failure
 from kvopt.config import QualityConfig
 from kvopt.engines.transformers.candidate import Candidate, transformers_space
-from kvopt.engines.transformers.fidelity import Reference, compare, fidelity_prompts
 from kvopt.engines.transformers.fidelity import TransformersFidelityMeter as FidelityMeter
+from kvopt.engines.transformers.fidelity import fidelity_prompts
 from kvopt.engines.transformers.loading import ModelLoader
 from kvopt.engines.transformers.source import resolve_model
 from kvopt.errors import ConfigError
+from kvopt.measure.fidelity import Reference, compare
 from kvopt.quality import CHECKED, EXACT, LOSSY, QUALITY, UNVERIFIED, Fidelity, excess, plan_quality, violations
 from kvopt.sampler import read_study
 

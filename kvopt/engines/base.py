@@ -113,6 +113,10 @@ class Session(ABC):
         """What the session set up, for the trial's attrs (a shared prefix's cache, …)."""
         return {}
 
+    def close(self) -> None:
+        """Free what the session holds beyond the loaded model (a batched context); the default holds nothing."""
+        return None
+
 
 @dataclass
 class Loaded:

@@ -402,6 +402,18 @@ class LlamaSession:
         self._window = (context_tokens, _argmax(self._logits()))
         return time.perf_counter() - start
 
+    def save_window(self) -> tuple[Any, tuple[int, int]]:
+        """The filled window context (KV cache and position), kept to restore after other calls clear it."""
+        if self._window is None:
+            raise RuntimeError("fill_window first")
+        return self.llm.save_state(), self._window
+
+    def restore_window(self, saved: tuple[Any, tuple[int, int]]) -> None:
+        """Put back a context :meth:`save_window` kept (a copy into llama.cpp's cache: untimed set-up)."""
+        state, window = saved
+        self.llm.load_state(state)
+        self._window = window
+
     def window(self, steps: int) -> list[float]:
         """Per-step decode latencies (seconds) of ``steps`` greedy steps from the filled context.
 

@@ -16,7 +16,6 @@ The verdict is :mod:`kvopt.quality`'s; this module only measures.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,25 +26,15 @@ from kvopt.engines.base import FidelityMeter
 from kvopt.engines.transformers.candidate import Candidate
 from kvopt.engines.transformers.generation import generate_kwargs
 from kvopt.engines.transformers.loading import ModelLoader
-from kvopt.errors import KvoptError
+from kvopt.measure.fidelity import Reference, compare, prompt_windows
 from kvopt.quality import SHIPPED_TEXT, Fidelity
 from kvopt.space import Candidate as AnyCandidate
 
-__all__ = ["Reference", "fidelity_prompts", "run_outputs", "compare", "FidelityMeter"]
-
-_TOP = 5  # the vLLM test-suite's "close enough": each side's token in the other's top-5
-
-
-@dataclass(frozen=True)
-class Reference:
-    """One run's outputs on the fidelity prompts: greedy tokens (batch, new) and raw logits (batch, new, vocab)."""
-
-    tokens: torch.Tensor
-    logits: torch.Tensor
+__all__ = ["fidelity_prompts", "run_outputs", "TransformersFidelityMeter"]
 
 
 def fidelity_prompts(model_cfg: ModelConfig, cfg: QualityConfig, prompt_tokens: int, local_only: bool) -> torch.Tensor:
-    """``cfg.n_prompts`` windows of ``prompt_tokens`` tokens, evenly spaced over the text.
+    """``cfg.n_prompts`` windows of ``prompt_tokens`` tokens, evenly spaced over the text, tokenized by the model.
 
     Raises:
         KvoptError: the text is shorter than one prompt.
@@ -58,15 +47,7 @@ def fidelity_prompts(model_cfg: ModelConfig, cfg: QualityConfig, prompt_tokens: 
         local_files_only=local_only,
     )
     ids = tokenizer(path.read_text(encoding="utf-8"), return_tensors="pt")["input_ids"][0]
-    room = len(ids) - prompt_tokens
-    if room < 0:
-        raise KvoptError(
-            f"quality.prompts: got {str(path)!r}, {len(ids)} tokens; allowed: a text of at least "
-            f"{prompt_tokens} tokens (the profile's prompt length)"
-        )
-    n = cfg.n_prompts
-    starts = [room * i // max(1, n - 1) for i in range(n)]
-    return torch.stack([ids[s : s + prompt_tokens] for s in starts])
+    return prompt_windows(ids.tolist(), prompt_tokens, cfg.n_prompts, path)
 
 
 class _ForceTokens(LogitsProcessor):
@@ -103,39 +84,6 @@ def run_outputs(
     tokens = out.sequences[:, ids.shape[1] :].cpu()
     logits = torch.stack([step.float().cpu() for step in out.logits], dim=1)
     return Reference(tokens=tokens, logits=logits)
-
-
-def compare(baseline: Reference, free: Reference, forced: Reference) -> Fidelity:
-    """The fidelity measures of a candidate's free and forced runs against the baseline's run."""
-    same = baseline.tokens == free.tokens
-    diverged = (~same).any(dim=0).nonzero()
-    first = int(diverged[0]) if len(diverged) else None
-    base_in_top = cand_in_top = None
-    if first is not None:
-        row = int((~same[:, first]).nonzero()[0])  # the first prompt that diverges there
-        cand_top = free.logits[row, first].topk(_TOP).indices
-        base_top = baseline.logits[row, first].topk(_TOP).indices
-        base_in_top = bool((cand_top == baseline.tokens[row, first]).any())
-        cand_in_top = bool((base_top == free.tokens[row, first]).any())
-    log_p = torch.log_softmax(baseline.logits, dim=-1)
-    log_q = torch.log_softmax(forced.logits, dim=-1)
-    # KL(P || Q) per position: tokens P gives no mass add nothing; where Q has none (or is
-    # not a number: an overflow in a low dtype) it is infinite, as it should be.
-    p = log_p.exp()
-    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
-    kl = terms.nan_to_num(nan=float("inf")).sum(dim=-1).clamp(min=0.0).flatten()
-    batch, new = baseline.tokens.shape
-    return Fidelity(
-        token_agreement=float(same.float().mean()),
-        first_divergence=first,
-        baseline_in_candidate_top5=base_in_top,
-        candidate_in_baseline_top5=cand_in_top,
-        mean_kl=float(kl.mean()),
-        p99_kl=float(torch.quantile(kl.double(), 0.99)),
-        prompts=batch,
-        prompt_tokens=0,
-        new_tokens=new,
-    )
 
 
 class TransformersFidelityMeter(FidelityMeter):
