@@ -125,7 +125,9 @@ def _row(job: Path) -> dict[str, Any]:
     row.update(
         job=job.name,
         model=model_name(  # the model the user gave, as the study and its folder are named
-            str(OmegaConf.select(cfg, "model.name", default="")), str(OmegaConf.select(cfg, "model.hub_id", default=""))
+            str(OmegaConf.select(cfg, "model.name", default="")),
+            str(OmegaConf.select(cfg, "model.hub_id", default="")),
+            OmegaConf.select(cfg, "model.gguf", default=None),
         ),
         profile=OmegaConf.select(cfg, "profile.name", default=""),
         worker=OmegaConf.select(cfg, "worker", default=0, throw_on_resolution_failure=False),

@@ -15,6 +15,15 @@ noise — cold, and warm-started from each ``--warm-from`` grid. The recorded ru
 replayed through the pruning rule alone in random orders.
 
     python scripts/bench_search.py --grid benchmarks/grid_gpt2.json --seeds 20
+
+With ``--weightings``, each grid is replayed instead under every shipped profile's weights
+(``conf/profile/*.yaml``) and ``--random-weightings`` random ones (Dirichlet, fixed seed):
+per grid, the median and the worst weighting of the measurements to within 2% of the
+weighting's best and to 95% hypervolume, for the profile sampler, random and the grid
+order (pruning on), and how often the convergence stop fires before the best is measured
+(``kvopt_bench.weightings``; written to ``benchmarks/weightings_<grid name>.json``):
+
+    python scripts/bench_search.py --weightings --grid benchmarks/grid_tiny-llama-large.json --seeds 20
 """
 
 from __future__ import annotations
@@ -39,9 +48,11 @@ from kvopt_bench.replay import (
     replay_study,
     warm_start_from_grid,
 )
+from kvopt_bench.weightings import evaluate_grid, random_weightings, shipped_weightings, targets
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLERS = ("profile", "tpe", "gp", "nsga2", "random", "grid")
+WEIGHTING_SAMPLERS = ("profile", "random", "grid")
 LEVELS = (0.95, 0.99)
 
 
@@ -159,12 +170,23 @@ def _stop_runs(table: ReplayTable, cfg: Any, seeds: int, size: int, warm: Any, l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", type=Path, required=True, help="a table written by scripts/record_grid.py")
+    parser.add_argument(
+        "--grid", type=Path, nargs="+", required=True, help="tables written by scripts/record_grid.py (one or more)"
+    )
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--gp-seeds", type=int, help="fewer seeds for gp, whose fits are slow (default: --seeds)")
-    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
+    parser.add_argument(
+        "--samplers",
+        nargs="+",
+        choices=SAMPLERS,
+        help=f"default: {' '.join(SAMPLERS)}; with --weightings: {' '.join(WEIGHTING_SAMPLERS)}",
+    )
     parser.add_argument("--margin", type=float, default=0.05, help="margin of the random-order pruning replay")
-    parser.add_argument("--out", type=Path, help="default: benchmarks/search_<grid name>.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="with one grid; default: benchmarks/search_<grid name>.json (--weightings: weightings_<grid name>.json)",
+    )
     parser.add_argument(
         "--no-pruning-off",
         action="store_true",
@@ -177,10 +199,21 @@ def main() -> None:
         default=[],
         help="other grids of the same space: also replay the profile sampler warm-started from each",
     )
+    parser.add_argument(
+        "--weightings",
+        action="store_true",
+        help="replay under every shipped profile's weights and random ones instead (see above)",
+    )
+    parser.add_argument("--random-weightings", type=int, default=8, help="with --weightings: how many random ones")
+    parser.add_argument("--weighting-seed", type=int, default=0, help="with --weightings: seed of the random ones")
     args = parser.parse_args()
     if args.seeds < 1 or (args.gp_seeds is not None and args.gp_seeds < 1):
         parser.error(f"--seeds/--gp-seeds: got {args.seeds}/{args.gp_seeds}; allowed: integers >= 1")
-    for path in (args.grid, *args.warm_from):
+    if args.random_weightings < 0:
+        parser.error(f"--random-weightings: got {args.random_weightings}; allowed: integers >= 0")
+    if args.out is not None and len(args.grid) > 1:
+        parser.error(f"--out: got one path for {len(args.grid)} grids; allowed: --out with a single --grid")
+    for path in (*args.grid, *args.warm_from):
         if not path.is_file():
             raise ConfigError(
                 [
@@ -188,7 +221,92 @@ def main() -> None:
                     "allowed: a grid JSON from record_grid.py"
                 ]
             )
-    grid = json.loads(args.grid.read_text())
+    if args.weightings:
+        weighting_runs(args)
+        return
+    args.samplers = args.samplers or list(SAMPLERS)
+    for path in args.grid:
+        search_run(args, path)
+
+
+def weighting_runs(args: argparse.Namespace) -> None:
+    """``--weightings``: every grid under every shipped and random weighting (kvopt_bench.weightings)."""
+    samplers = args.samplers or list(WEIGHTING_SAMPLERS)
+    weightings = [
+        *shipped_weightings(REPO / "conf"),
+        *random_weightings(args.random_weightings, args.weighting_seed),
+    ]
+    early = runs = 0
+    for path in args.grid:
+        grid = json.loads(path.read_text())
+        print(
+            f"grid {path.name}: {grid['model']}, {len(weightings)} weightings (TTFT/decode/memory), {args.seeds} "
+            f"seeds, pruning on; measurements, median [IQR] over seeds",
+            flush=True,
+        )
+        print(
+            "| weighting | weights | its best | sampler | measurements to within 2% of the best | "
+            "measurements to 95% hypervolume | convergence stop: measurements; runs it fired in, before the best |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        start = time.process_time()
+        result = evaluate_grid(
+            grid, weightings, seeds=args.seeds, samplers=samplers, log=lambda line: print(line, flush=True)
+        )
+        size = result["space_size"]
+        summary = result["summary"]
+        report: dict[str, Any] = {
+            **provenance(),
+            "grid": str(path),
+            "model": grid["model"],
+            "workload": grid["workload"],
+            "recorded_weights": grid["profile_config"]["weights"],
+            "pruning": True,
+            "weighting_seed": args.weighting_seed,
+            **result,
+            "targets": targets(summary, result["weightings"], size) if "profile" in samplers else None,
+            "replay_cpu_s": time.process_time() - start,
+        }
+        for name in samplers:
+            for figure, label in (
+                ("measurements_to_best_within_2pct", "within 2% of the best"),
+                ("measurements_to_95", "95% hypervolume"),
+            ):
+                f = summary[name][figure]
+                print(
+                    f"  {name}: measurements to {label}: median over weightings {_one(f['median_over_weightings'])} "
+                    f"({_share(f['median_over_weightings_share'])} of {size}), worst {_one(f['worst'])} "
+                    f"({_share(f['worst_share'])}, {f['worst_weighting']})"
+                )
+        if "convergence_stop" in summary:
+            stop = summary["convergence_stop"]
+            early, runs = early + stop["early"], runs + stop["runs"]
+            print(
+                f"  convergence stop: fired in {stop['fired']}/{stop['runs']} runs, before a candidate within 2% of "
+                f"the best was measured in {stop['early']} ({stop['early_share']:.1%}); recommended within 2% in "
+                f"{stop['recommended_within_2pct']}"
+            )
+        if report["targets"] is not None:
+            print(f"  targets: {report['targets']}")
+        print(f"  replay CPU {report['replay_cpu_s']:.0f} s")
+        out = args.out or REPO / "benchmarks" / f"weightings_{path.stem.removeprefix('grid_')}.json"
+        write_json(out, report)
+        print(f"written: {out}", flush=True)
+    if runs and len(args.grid) > 1:
+        print(f"convergence stop before the best, all grids: {early}/{runs} runs ({early / runs:.1%})")
+
+
+def _one(v: float | None) -> str:
+    return "never" if v is None else f"{v:.3g}"
+
+
+def _share(v: float | None) -> str:
+    return "never" if v is None else f"{v:.0%}"
+
+
+def search_run(args: argparse.Namespace, path: Path) -> None:
+    """One grid: every sampler replayed, as the module doc says."""
+    grid = json.loads(path.read_text())
     table = ReplayTable(grid)
     size = table.space.size
     # Seconds an exhaustive grid spends measuring (no pruning, every repetition recorded).
@@ -196,7 +314,7 @@ def main() -> None:
     full_seconds = sum(untimed_seconds(r) + r.get("timed_runs_s", 0) for r in ok)
     report: dict[str, Any] = {
         **provenance(),
-        "grid": str(args.grid),
+        "grid": str(path),
         "model": grid["model"],
         "workload": grid["workload"],
         "space_size": size,
@@ -206,7 +324,7 @@ def main() -> None:
         "samplers": {},
     }
     print(
-        f"grid {args.grid.name}: {grid['model']}, workload {grid['workload']['prompt_tokens']}+"
+        f"grid {path.name}: {grid['model']}, workload {grid['workload']['prompt_tokens']}+"
         f"{grid['workload']['new_tokens']} tokens, {size} candidates ({grid['failed']} failed), true front "
         f"{len(table.front_keys)}, {sum(r['noisy'] for r in ok)} flagged noisy, recorded in "
         f"{grid['grid_wall_s']:.0f} s ({full_seconds:.0f} s measuring), load average "
@@ -258,7 +376,7 @@ def main() -> None:
                 )
         report["samplers"][name] = entry
     report["pruning_rule_random_orders"] = replay_pruning_rule(grid, args.seeds, args.margin)
-    out = args.out or REPO / "benchmarks" / f"search_{args.grid.stem.removeprefix('grid_')}.json"
+    out = args.out or REPO / "benchmarks" / f"search_{path.stem.removeprefix('grid_')}.json"
     write_json(out, report)
     print(f"written: {out}")
 

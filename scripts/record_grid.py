@@ -11,6 +11,9 @@ bench_gain) answer from these tables.
     python scripts/record_grid.py --model gpt2 --name gpt2-short --space gpt2    # 48 candidates
     python scripts/record_grid.py --model tiny-llama --profile ci-micro --space large \
         --name tiny-llama-large                                                  # 144 candidates
+    python scripts/make_tiny_gguf.py benchmarks/tiny.gguf
+    python scripts/record_grid.py --space llamacpp --name llamacpp-tiny-chat-agent \
+        model.gguf=benchmarks/tiny.gguf                                          # 96 candidates
 
 Overrides after ``--`` are kvopt config overrides (as on kvopt's command line).
 """
@@ -50,6 +53,18 @@ SPACES = {
         "search_space.dtype=[float32,bfloat16,float16]",
         "search_space.batch_size=[1,2,4,8,16,32]",
         "search_space.max_dtype_slowdown=null",
+    ],
+    # The llama.cpp engine (issue 23): cache types, flash attention, micro-batch, threads: 96 candidates.
+    # Give the GGUF as an override: model.gguf=PATH (scripts/make_tiny_gguf.py writes a tiny one).
+    "llamacpp": [
+        "engine=llamacpp",
+        "engine.knobs.type_k=[f16,q8_0,q4_0]",
+        "engine.knobs.type_v=[f16,q8_0,q4_0]",
+        "engine.knobs.flash_attn=[false,true]",
+        "engine.knobs.n_batch=[512]",
+        "engine.knobs.n_ubatch=[128,512]",
+        "engine.knobs.n_threads=[1,2]",
+        "engine.knobs.n_threads_batch=[1,2]",
     ],
     "default": [],
 }

@@ -69,3 +69,13 @@ def transformers_engine(model: ModelConfig | str = "tiny-gpt2", kind: str = "ran
 
     cfg = model_config(model) if isinstance(model, str) else model
     return TransformersEngine(cfg, WeightsSource(kind, "test"), torch.device(device))
+
+
+def needs_llamacpp() -> pytest.MarkDecorator:
+    """Skip a llama.cpp test where llama-cpp-python is not installed; fail instead under KVOPT_REQUIRE_LLAMACPP (CI)."""
+    from kvopt.engines.llamacpp.build import missing
+
+    why = missing()
+    if why is not None and os.environ.get("KVOPT_REQUIRE_LLAMACPP"):
+        raise RuntimeError(f"KVOPT_REQUIRE_LLAMACPP is set but {why}")
+    return pytest.mark.skipif(why is not None, reason=f"the llama.cpp engine needs llama-cpp-python: {why}")

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kvopt.engines.llamacpp.build import missing
+from conftest import needs_llamacpp
 
-pytestmark = pytest.mark.skipif(
-    missing() is not None, reason=f"llama.cpp engine tests need llama-cpp-python: {missing()}"
-)
+pytestmark = needs_llamacpp()
 
 from kvopt.engines.llamacpp.build import build_info, supported_cache_types  # noqa: E402
 from kvopt.engines.llamacpp.export import cli_flags, python_snippet  # noqa: E402

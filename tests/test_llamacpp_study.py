@@ -16,11 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvopt.engines.llamacpp.build import missing
+from conftest import needs_llamacpp
 
-if missing() is not None and os.environ.get("KVOPT_REQUIRE_LLAMACPP"):
-    raise RuntimeError(f"KVOPT_REQUIRE_LLAMACPP is set but {missing()}")
-pytestmark = pytest.mark.skipif(missing() is not None, reason=f"the llama.cpp engine needs: {missing()}")
+pytestmark = needs_llamacpp()
 
 # A small space on the tiny model, and a short protocol: the whole study in well under a minute.
 SMALL = [

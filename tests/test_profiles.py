@@ -186,16 +186,25 @@ def test_finalists_are_confirmed_on_every_shape(tmp_path, monkeypatch):
     # Count the confirmation's generate calls per (candidate, shape): a memory-reading first
     # call on a new shape is its first warm-up call, as in a trial, not one more beside them.
     import kvopt.confirm
+    import kvopt.engines.transformers.engine as transformers_engine_module
 
     calls: dict[tuple[str, int], int] = {}
-    real = kvopt.confirm.timed_generate
+    real = transformers_engine_module.timed_generate
+    confirming = []  # set once the confirmation sets up its first calls (trials use the same engine)
+    real_setup = kvopt.confirm._ShapeCalls.__init__
+
+    def setup(self, *args, **kwargs):
+        confirming.append(True)
+        real_setup(self, *args, **kwargs)
 
     def counting(model, inputs, cand, new_tokens, device, **kwargs):
-        key = (cand.label, inputs["input_ids"].shape[1])
-        calls[key] = calls.get(key, 0) + 1
+        if confirming:
+            key = (cand.label, inputs["input_ids"].shape[1])
+            calls[key] = calls.get(key, 0) + 1
         return real(model, inputs, cand, new_tokens, device, **kwargs)
 
-    monkeypatch.setattr(kvopt.confirm, "timed_generate", counting)
+    monkeypatch.setattr(kvopt.confirm._ShapeCalls, "__init__", setup)
+    monkeypatch.setattr(transformers_engine_module, "timed_generate", counting)
     # A finalist besides the baseline on every machine: the profile counts memory alone, and
     # bfloat16 holds half of float32's bytes (weights and cache), however fast either runs here.
     # (Timed objectives would let a machine measure the baseline best: then nothing is confirmed.)

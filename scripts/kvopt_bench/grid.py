@@ -124,6 +124,8 @@ def record_grid(
         **provenance(),
         "engine": p.engine.name,
         "model": cfg.model.name,
+        # The model as resolved (a GGUF's figures): what a replay's memory model needs.
+        "model_config": dataclasses.asdict(cfg.model),
         "profile": cfg.profile.name,
         "overrides": overrides,
         "weights": p.weights.kind,

@@ -12,6 +12,7 @@ Whole studies then run in seconds through the real sampler construction
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
@@ -23,7 +24,7 @@ import torch
 from optuna.trial import TrialState
 
 from kvopt.attrs import Failure, failure_kind
-from kvopt.config import KvoptConfig, MeasureConfig
+from kvopt.config import KvoptConfig, MeasureConfig, ModelConfig
 from kvopt.confirm import score_interval
 from kvopt.engines import DEFAULT_ENGINE, engine_class
 from kvopt.engines.base import WeightsSource
@@ -251,6 +252,8 @@ def replay_study(
     where; ``warm_start``: start from another study, as ``study.warm_start`` does.
     """
     space = table.space
+    if "model_config" in table.grid:  # the model as the recording resolved it (a GGUF's own figures)
+        cfg = dataclasses.replace(cfg, model=ModelConfig(**table.grid["model_config"]))
     workload = make_workload(cfg.profile, cfg.model)
     engine = engine_class(table.engine)(
         cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed
