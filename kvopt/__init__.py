@@ -1,10 +1,11 @@
-"""kvopt: find the fastest KV-cache and inference settings for a Transformers model.
+"""kvopt: find the fastest KV-cache and inference settings for a Transformers model or a GGUF model (llama.cpp).
 
-Typical use is the command line (``python -m kvopt model=gpt2 profile=rag``); the same
-study runs from Python: ``kvopt.tune(model="gpt2", profile="rag")`` (or a dict, a list of
-overrides, or a validated :class:`KvoptConfig`), and ``kvopt.load(study_name, storage)``
-reads a stored one back. ``recommendation.model_kwargs()`` / ``.generate_kwargs()`` apply
-the result in your own code.
+Typical use is the command line (``python -m kvopt model=gpt2 profile=rag``, or
+``python -m kvopt engine=llamacpp model.gguf=PATH``); the same study runs from Python:
+``kvopt.tune(model="gpt2", profile="rag")`` (or a dict, a list of overrides, or a validated
+:class:`KvoptConfig`), and ``kvopt.load(study_name, storage)`` reads a stored one back.
+``recommendation.model_kwargs()`` / ``.generate_kwargs()`` apply a Transformers result in your
+own code; ``recommendation.candidate()`` is any engine's chosen settings.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ _EXPORTS = {
     "Recommendation": "kvopt.select",
     "Result": "kvopt.select",
     "Candidate": "kvopt.space",
+    "Knob": "kvopt.space",
+    "SearchSpace": "kvopt.space",
     "KvoptError": "kvopt.errors",
     "ConfigError": "kvopt.errors",
     "StorageError": "kvopt.errors",

@@ -9,6 +9,7 @@ no such file, not a GGUF file, metadata that cannot be parsed - into one
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,21 @@ def _value(reader: Any, key: str) -> Any:
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GgufModel:
-    """Read a GGUF file's model figures; raise ConfigError naming ``model.gguf`` when it cannot."""
+    """Read a GGUF file's model figures; raise ConfigError naming ``model.gguf`` when it cannot.
+
+    Read once per file version (its path, size and modification time): the metadata of a
+    multi-GB model is parsed once per process, not once per trial.
+    """
     path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise _problem(path, f"{what}; allowed: the path of a .gguf model file")
+    stat = path.stat()
+    return _read_gguf(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_gguf(path: Path, size: int, mtime_ns: int) -> GgufModel:
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise _problem(path, f"{what}; allowed: the path of a .gguf model file")
