@@ -580,7 +580,9 @@ def predict_call_seconds(
     if state.baseline is None:
         return None
     model = fit_model(space, state.observations)
-    means, sds = model.predict([candidate])
+    # The most likely prior scale's band, not the mixture's: with the baseline alone measured,
+    # the mixture spans every scale and its lower end would excuse any call.
+    means, sds = model.predict([candidate], average=False)
     ttft, tput = METRICS.index("ttft_ms"), METRICS.index("decode_tok_s")
     tokens = candidate.batch_size * max(new_tokens - 1, 0)
 

@@ -9,18 +9,20 @@ regression on features that carry that structure:
 - the baseline's level of every setting is the reference (the intercept is the baseline);
 - each other level of a setting adds a main effect; pairs of settings an interaction;
 - batch size enters as ``log2(batch)`` and its square (ordinal: batch 4 lies between 2
-  and 8), with a slope per level of every setting (a static cache scales differently);
+  and 8), with a slope per level of every setting, the baseline's level included (a
+  static cache scales differently; float32 need not scale as bfloat16 did);
 - the other ordinal knobs (quantized nbits, threads) enter as ``log2(value)``;
 - peak memory is modelled relative to kvopt's analytic prediction (``kvopt.engines.transformers.predict``),
   which is already within about ±9%: the regression learns the small remainder;
 - observations from another study (a warm start) get their own intercept per objective,
   so what transfers is the ranking, not the other machine's absolute numbers.
 
-The prior on each weight is a zero-mean Gaussian, and its scale and the model's misfit
-(how far the truth strays from a linear model) are chosen per fit by marginal likelihood
-over a small grid: with few observations the model stays uncertain, with many it trusts
-its fit only as much as the fit earns. Pure numpy; a fit of a few hundred candidates
-takes milliseconds.
+The prior on each weight is a Gaussian (zero mean but for what the engine knows), and
+its scale and the model's misfit (how far the truth strays from a linear model) are
+weighed per fit by marginal likelihood over a small grid — a mixture of the posteriors,
+not the best pair alone: with few observations the model stays uncertain, with many it
+trusts its fit only as much as the fit earns. Pure numpy, in weight space (features x
+features); a fit of a few hundred candidates takes milliseconds.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ _PRIOR_SD = {
 # The data overrule them within a few trials; they only decide what is worth trying first.
 BATCH_PRIOR_PER_DOUBLING = {"ttft_ms": 0.35, "decode_tok_s": 0.5, "peak_mem_mb": 0.0}
 _SCALE_GRID = (0.25, 0.5, 1.0, 2.0)
+# Hyperparameter pairs whose marginal-likelihood weight is below this are left out of the mixture.
+_MIN_COMPONENT = 1e-3
 # Extra noise of a warm-start observation (log units): another machine, model or version
 # ranks alike only roughly, so this study's own measurements soon outweigh it.
 _TRANSFER_SD = 0.25
@@ -132,6 +136,13 @@ class CandidateEncoder:
             ]
             for factor in base_levels
         }
+        # Batch slopes are per level of every setting, the baseline's level included: each
+        # level's slope is the shared slope plus its own deviation, so batches measured at one
+        # level (bfloat16) inform the baseline's (float32) only as far as the levels agree.
+        # (A setting with one level only has no slope of its own: the shared slope is its slope.)
+        self.slope_levels: dict[str, list[str]] = {
+            factor: [base_levels[factor], *levels] for factor, levels in self.factors.items() if levels
+        }
         self._ordinals = list(base.ordinals())
         self._type = kind
         self._prefix_share = space.prefix_share
@@ -146,7 +157,7 @@ class CandidateEncoder:
                 blocks.append("main")
         names += ["log2_batch", "log2_batch^2"]
         blocks += ["batch", "batch2"]
-        for factor, levels in self.factors.items():
+        for factor, levels in self.slope_levels.items():
             for level in levels:
                 names.append(f"log2_batch*{factor}={level}")
                 blocks.append("batch_slope")
@@ -160,10 +171,23 @@ class CandidateEncoder:
         names.append("source")
         blocks.append("source")
         self.names = names
+        self.blocks = blocks
+        self._hyper: tuple[np.ndarray, np.ndarray] | None = None
         self._memo: dict[tuple[Candidate, int], np.ndarray] = {}
         self.prior_sd = np.array([_PRIOR_SD[b] for b in blocks])
         # Which weights the fitted prior multiplier scales (not the free intercepts).
         self.scaled = np.array([b not in ("intercept", "source") for b in blocks])
+
+    def hyper_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (prior scale, misfit) pair the fit weighs: prior sds (G, p) and misfits (G,), scale-major."""
+        if self._hyper is None:
+            scales = np.array(_SCALE_GRID)[:, None]
+            prior_sd = np.where(self.scaled[None, :], self.prior_sd * scales, self.prior_sd)
+            self._hyper = (
+                np.repeat(prior_sd, len(_MISFIT_GRID), axis=0),
+                np.tile(np.array(_MISFIT_GRID), len(_SCALE_GRID)),
+            )
+        return self._hyper
 
     def prior_mean(self, metric: str) -> np.ndarray:
         """The prior mean of the weights of one objective's model (zero but the batch slope and prefix reuse)."""
@@ -192,7 +216,7 @@ class CandidateEncoder:
         for factor, options in self.factors.items():
             row += [1.0 if levels[factor] == level else 0.0 for level in options]
         row += [x, x * x]
-        for factor, options in self.factors.items():
+        for factor, options in self.slope_levels.items():
             row += [x if levels[factor] == level else 0.0 for level in options]
         for (f1, l1s), (f2, l2s) in itertools.combinations(self.factors.items(), 2):
             row += [1.0 if levels[f1] == l1 and levels[f2] == l2 else 0.0 for l1, l2 in itertools.product(l1s, l2s)]
@@ -220,9 +244,29 @@ def encoder_for(space: SearchSpace) -> CandidateEncoder:
 
 @dataclass
 class _Fit:
-    mean: np.ndarray  # posterior mean of the weights
-    cov: np.ndarray  # posterior covariance
-    misfit_sd: float  # how far the truth strays from the linear model (log units)
+    """The posterior of one objective's weights: a mixture over the (prior scale, misfit) grid.
+
+    Each component is the posterior under one pair; its weight is that pair's marginal
+    likelihood (a flat prior over the grid), components below ``_MIN_COMPONENT`` dropped.
+    """
+
+    weights: np.ndarray  # (K,) summing to 1
+    means: np.ndarray  # (K, p) posterior means of the weights
+    covs: np.ndarray  # (K, p, p) posterior covariances
+    misfit_sd: np.ndarray  # (K,) how far the truth strays from the linear model (log units)
+    log_ml: np.ndarray  # (K,) each pair's log marginal likelihood
+
+    def predict(self, X: np.ndarray, average: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the true value at each row of ``X``: the mixture's
+        moments, or (``average=False``) the most likely pair's alone (ties: the smallest prior scale)."""
+        keep = slice(None) if average else [int(np.argmax(np.round(self.log_ml, 9)))]
+        weights = self.weights[keep] / self.weights[keep].sum()
+        mu = X @ self.means[keep].T  # (N, K)
+        quad = np.stack([((X @ c) * X).sum(axis=1) for c in self.covs[keep]], axis=1)  # (N, K)
+        var = quad + self.misfit_sd[keep][None, :] ** 2
+        mean = mu @ weights
+        second = (var + mu**2) @ weights
+        return mean, np.sqrt(np.maximum(second - mean**2, 1e-12))
 
 
 @dataclass
@@ -269,19 +313,23 @@ class PerformanceModel:
         return self
 
     def _fit_one(self, X: np.ndarray, y: np.ndarray, noise: np.ndarray, prior_mean: np.ndarray) -> _Fit:
-        """Posterior of the weights, prior scale and misfit chosen by marginal likelihood.
+        """Posterior of the weights, averaged over the (prior scale, misfit) grid by marginal likelihood.
 
         Marginal likelihood of y under y = Xw + e, e ~ N(0, D), w ~ N(m, P) (D, P diagonal),
         in weight space (features x features, however many observations): with the
         posterior precision A = X' D⁻¹ X + P⁻¹, b = X' D⁻¹ r and r = y − Xm,
         r' K⁻¹ r = r' D⁻¹ r − b' A⁻¹ b and log|K| = log|A| + log|D| + log|P|. Every
-        (prior scale, misfit) pair of the grid at once; the first best pair wins.
+        (prior scale, misfit) pair of the grid at once.
+
+        The pairs are averaged, weighted by their marginal likelihood, rather than the best
+        one kept: with few measurements the data cannot tell a small prior scale from a large
+        one, and keeping only the best (often the smallest) made the model sure of effects it
+        had not seen — a batch slope learned at one dtype carried to another, "nothing left
+        to gain" and the convergence stop after a handful of trials (issue 24's replays).
         """
         residual = y - X @ prior_mean
-        scales = np.array(_SCALE_GRID)[:, None]
-        prior_sd = np.where(self.encoder.scaled[None, :], self.encoder.prior_sd * scales, self.encoder.prior_sd)
-        prior_var = np.repeat(prior_sd**2, len(_MISFIT_GRID), axis=0)  # (G, p), scale-major
-        misfit = np.tile(np.array(_MISFIT_GRID), len(_SCALE_GRID))  # (G,)
+        prior_sd, misfit = self.encoder.hyper_grid()
+        prior_var = prior_sd**2
         obs_var = noise[None, :] ** 2 + misfit[:, None] ** 2  # (G, n)
         Xd = X[None, :, :] / obs_var[:, :, None]  # (G, n, p)
         XdT = Xd.transpose(0, 2, 1)  # (G, p, n)
@@ -297,19 +345,24 @@ class PerformanceModel:
             + np.log(obs_var).sum(axis=1)
             + np.log(prior_var).sum(axis=1)
         )
-        # Pairs the data cannot tell apart (with only the baseline measured every prior scale fits
-        # alike) tie exactly; rounding keeps float noise from breaking the tie: the first pair wins.
-        g = int(np.argmax(np.round(-0.5 * quad - 0.5 * log_det, 9)))
-        L_inv = np.linalg.inv(L[g])
-        cov = L_inv.T @ L_inv
-        return _Fit(prior_mean + cov @ b[g], cov, float(misfit[g]))
+        log_ml = -0.5 * quad - 0.5 * log_det
+        w = np.exp(log_ml - log_ml.max())
+        w /= w.sum()
+        keep = np.flatnonzero(w >= _MIN_COMPONENT)
+        w = w[keep] / w[keep].sum()
+        L_inv = np.linalg.inv(L[keep])
+        covs = L_inv.transpose(0, 2, 1) @ L_inv
+        means = prior_mean[None, :] + (covs @ b[keep][:, :, None])[:, :, 0]
+        return _Fit(w, means, covs, misfit[keep], log_ml[keep])
 
-    def predict(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, candidates: Sequence[Candidate], *, average: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Log-scale means and standard deviations, shape (len(candidates), 3), METRICS order.
 
         The deviation is of the candidate's true value (weights' uncertainty plus the
         model's misfit), not of one noisy measurement. A metric never observed gets a
-        mean of 0 and a huge deviation.
+        mean of 0 and a huge deviation. ``average=False``: under the most likely (prior
+        scale, misfit) pair alone, not the mixture — narrower while few candidates are
+        measured (every scale fits a lone baseline alike, and the mixture spans them all).
         """
         X = self.encoder.encode_many(candidates)
         means = np.zeros((len(candidates), len(METRICS)))
@@ -319,9 +372,9 @@ class PerformanceModel:
             if fit is None:
                 continue
             offsets = np.array([self._offset(metric, c) for c in candidates])
-            means[:, j] = X @ fit.mean + offsets
-            var = np.einsum("ij,jk,ik->i", X, fit.cov, X) + fit.misfit_sd**2
-            sds[:, j] = np.sqrt(np.maximum(var, 1e-12))
+            mean, sd = fit.predict(X, average)
+            means[:, j] = mean + offsets
+            sds[:, j] = sd
         return means, sds
 
 

@@ -48,7 +48,7 @@ from kvopt_bench.replay import (
     replay_study,
     warm_start_from_grid,
 )
-from kvopt_bench.weightings import evaluate_grid, random_weightings, shipped_weightings, targets
+from kvopt_bench.weightings import evaluate_grid, random_weightings, shipped_weightings, targets, with_recorded
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLERS = ("profile", "tpe", "gp", "nsga2", "random", "grid")
@@ -239,8 +239,9 @@ def weighting_runs(args: argparse.Namespace) -> None:
     early = runs = 0
     for path in args.grid:
         grid = json.loads(path.read_text())
+        ours = with_recorded(grid, weightings)
         print(
-            f"grid {path.name}: {grid['model']}, {len(weightings)} weightings (TTFT/decode/memory), {args.seeds} "
+            f"grid {path.name}: {grid['model']}, {len(ours)} weightings (TTFT/decode/memory), {args.seeds} "
             f"seeds, pruning on; measurements, median [IQR] over seeds",
             flush=True,
         )
@@ -251,7 +252,7 @@ def weighting_runs(args: argparse.Namespace) -> None:
         print("|---|---|---|---|---|---|---|")
         start = time.process_time()
         result = evaluate_grid(
-            grid, weightings, seeds=args.seeds, samplers=samplers, log=lambda line: print(line, flush=True)
+            grid, ours, seeds=args.seeds, samplers=samplers, log=lambda line: print(line, flush=True)
         )
         size = result["space_size"]
         summary = result["summary"]

@@ -11,9 +11,9 @@ bench_gain) answer from these tables.
     python scripts/record_grid.py --model gpt2 --name gpt2-short --space gpt2    # 48 candidates
     python scripts/record_grid.py --model tiny-llama --profile ci-micro --space large \
         --name tiny-llama-large                                                  # 144 candidates
-    python scripts/make_tiny_gguf.py benchmarks/tiny.gguf
+    python scripts/make_tiny_gguf.py /tmp/tiny.gguf
     python scripts/record_grid.py --space llamacpp --name llamacpp-tiny-chat-agent \
-        model.gguf=benchmarks/tiny.gguf                                          # 96 candidates
+        model.gguf=/tmp/tiny.gguf measure.max_seconds=6                          # 48 candidates
 
 Overrides after ``--`` are kvopt config overrides (as on kvopt's command line).
 """
@@ -54,14 +54,25 @@ SPACES = {
         "search_space.batch_size=[1,2,4,8,16,32]",
         "search_space.max_dtype_slowdown=null",
     ],
-    # The llama.cpp engine (issue 23): cache types, flash attention, micro-batch, threads: 96 candidates.
-    # Give the GGUF as an override: model.gguf=PATH (scripts/make_tiny_gguf.py writes a tiny one).
+    # The llama.cpp engine (issue 23): cache types with flash attention, batch and micro-batch, one
+    # thread each (48 candidates; llamacpp-threads adds 2 threads: 192). Give the GGUF as an
+    # override: model.gguf=PATH (scripts/make_tiny_gguf.py writes a tiny one).
     "llamacpp": [
         "engine=llamacpp",
         "engine.knobs.type_k=[f16,q8_0,q4_0]",
         "engine.knobs.type_v=[f16,q8_0,q4_0]",
         "engine.knobs.flash_attn=[false,true]",
-        "engine.knobs.n_batch=[512]",
+        "engine.knobs.n_batch=[512,2048]",
+        "engine.knobs.n_ubatch=[128,512]",
+        "engine.knobs.n_threads=[1]",
+        "engine.knobs.n_threads_batch=[1]",
+    ],
+    "llamacpp-threads": [
+        "engine=llamacpp",
+        "engine.knobs.type_k=[f16,q8_0,q4_0]",
+        "engine.knobs.type_v=[f16,q8_0,q4_0]",
+        "engine.knobs.flash_attn=[false,true]",
+        "engine.knobs.n_batch=[512,2048]",
         "engine.knobs.n_ubatch=[128,512]",
         "engine.knobs.n_threads=[1,2]",
         "engine.knobs.n_threads_batch=[1,2]",

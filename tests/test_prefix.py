@@ -172,5 +172,16 @@ def test_the_search_tries_prefix_reuse_early_where_the_prefix_is_most_of_the_pro
             user_attrs={"baseline": True},
         )
     )
-    choice = ProfileSampler(space, profile_config("rag"), seed=0).choose(study, 1)
-    assert choice is not None and choice[0].prefix_reuse is True, choice
+    # Early: among the first three proposals, each other one measured as no better than the baseline.
+    sampler = ProfileSampler(space, profile_config("rag"), seed=0)
+    proposed = []
+    for number in range(1, 4):
+        choice = sampler.choose(study, number)
+        assert choice is not None
+        proposed.append(choice[0])
+        if choice[0].prefix_reuse:
+            break
+        params = choice[0].params()
+        distributions = {k: v for k, v in space.distributions().items() if k in params}
+        study.add_trial(create_trial(params=params, distributions=distributions, values=[1000.0, 15.0, 580.0]))
+    assert proposed[-1].prefix_reuse is True, [c.label for c in proposed]

@@ -30,7 +30,7 @@ from kvopt.sampler import (
 )
 from kvopt.select import Result
 from kvopt.space import SearchSpace, candidate_key
-from kvopt.surrogate import CandidateEncoder, Observation
+from kvopt.surrogate import CandidateEncoder, Observation, PerformanceModel
 
 BASE = Candidate("dynamic", "sdpa", "float32", 1)
 PROFILE = profile_config("ci-micro")
@@ -91,6 +91,65 @@ def test_batch_size_and_nbits_are_ordinal_features() -> None:
     ]
     means, _ = fit_model(sp, obs).predict([Candidate("dynamic", "sdpa", "float32", b) for b in (1, 2, 4, 8)])
     assert list(means[:, 0]) == sorted(means[:, 0])
+
+
+def test_a_batch_slope_seen_at_one_dtype_stays_uncertain_at_another() -> None:
+    # Every level has its own batch slope (the baseline's too): batches measured at bfloat16
+    # say little about float32's, so float32 at batch 8 stays uncertain, worth measuring.
+    sp = space(cache_implementation=["dynamic"], attn_implementation=["sdpa"], dtype=["float32", "bfloat16"])
+    enc = CandidateEncoder(sp)
+    assert {"log2_batch*dtype=float32", "log2_batch*dtype=bfloat16"} <= set(enc.names)
+    assert "log2_batch*cache=dynamic" not in enc.names  # a setting with one level: the shared slope is its own
+
+    def obs(dtype: str, b: int, ttft: float) -> Observation:
+        return Observation(Candidate("dynamic", "sdpa", dtype, b), {"ttft_ms": math.log(ttft)}, {"ttft_ms": 0.02})
+
+    seen = [obs("float32", 1, 10.0)] + [obs("bfloat16", b, 10.0 * b) for b in (1, 2, 4, 8)]
+    at8 = [Candidate("dynamic", "sdpa", d, 8) for d in ("float32", "bfloat16")]
+    _, sds = fit_model(sp, seen).predict(at8)
+    assert sds[0, 0] > 4 * sds[1, 0]
+    # Once float32 at batch 8 is measured (flat), batch 4 is placed by float32's own slope.
+    means, _ = fit_model(sp, [*seen, obs("float32", 8, 10.0)]).predict([Candidate("dynamic", "sdpa", "float32", 4)])
+    assert abs(means[0, 0] - math.log(10.0)) < 0.2
+
+
+def test_the_fit_averages_the_exact_posteriors_by_marginal_likelihood() -> None:
+    # Weight space (features x features) gives the same marginal likelihood and posterior as
+    # the observation-space formulas, and every (prior scale, misfit) pair weighs by it.
+    sp = space()
+    model = PerformanceModel(sp)
+    enc = model.encoder
+    rng = np.random.default_rng(0)
+    cands = sp.candidates()
+    X = enc.encode_many(cands[:9])
+    y = rng.normal(size=9)
+    noise = rng.uniform(0.02, 0.1, size=9)
+    prior = enc.prior_mean("ttft_ms")
+    fit = model._fit_one(X, y, noise, prior)
+    prior_sd, misfit = enc.hyper_grid()
+    log_ml, posts = [], []
+    for sd, m in zip(prior_sd, misfit):
+        K = (X * sd**2) @ X.T + np.diag(noise**2 + m**2)
+        r = y - X @ prior
+        _, logdet = np.linalg.slogdet(K)
+        log_ml.append(-0.5 * r @ np.linalg.solve(K, r) - 0.5 * logdet)
+        gain = (X * sd**2).T @ np.linalg.inv(K)
+        posts.append(prior + gain @ r)
+    w = np.exp(np.array(log_ml) - max(log_ml))
+    w /= w.sum()
+    assert len(fit.weights) > 1 and fit.weights.sum() == pytest.approx(1.0)
+    kept = np.flatnonzero(w >= 1e-3)
+    assert fit.weights == pytest.approx(w[kept] / w[kept].sum(), rel=1e-6)
+    assert fit.means == pytest.approx(np.array(posts)[kept], abs=1e-8)
+    # The prediction is the mixture's (its mean, and a spread no narrower than its narrowest
+    # component's); average=False is the most likely pair's alone.
+    mean, sd = fit.predict(X[:1])
+    assert mean[0] == pytest.approx(float(fit.weights @ (fit.means @ X[0])))
+    sds = [math.sqrt(X[0] @ c @ X[0] + m**2) for c, m in zip(fit.covs, fit.misfit_sd)]
+    assert sd[0] >= min(sds) - 1e-12
+    top = int(np.argmax(fit.weights))
+    mean, sd = fit.predict(X[:1], average=False)
+    assert mean[0] == pytest.approx(float(fit.means[top] @ X[0])) and sd[0] == pytest.approx(sds[top])
 
 
 def test_the_sampler_drives_a_real_study_and_never_repeats() -> None:
@@ -180,6 +239,10 @@ def test_convergence_stops_only_when_no_candidate_can_still_win() -> None:
     for c in sp.candidates():
         if c.batch_size >= 4 and c.attn_implementation == "sdpa":
             add_complete(study, sp, c)
+    # Eager measured at batch 1 only: how it scales with batch is unknown, static/eager/b8 can still win.
+    stop = check_converged(study, sp, PROFILE)
+    assert stop is None
+    add_complete(study, sp, Candidate("dynamic", "eager", "float32", 8))
     stop = check_converged(study, sp, PROFILE)
     assert stop is not None and "static/sdpa/float32/b8" in str(stop)
     assert str(stop).startswith("converged (best profile score")

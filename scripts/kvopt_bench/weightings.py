@@ -53,6 +53,7 @@ __all__ = [
     "shipped_weightings",
     "random_weightings",
     "with_weights",
+    "with_recorded",
     "replay_until",
     "traces_of",
     "evaluate_grid",
@@ -104,6 +105,17 @@ def random_weightings(n: int, seed: int) -> list[Weighting]:
             Weighting(f"random-{i + 1}", dict(zip(METRICS, w)), f"Dirichlet(1, 1, 1), seed {seed}, draw {i + 1}")
         )
     return out
+
+
+def with_recorded(grid: dict[str, Any], weightings: Sequence[Weighting]) -> list[Weighting]:
+    """The grid's own weights (what ``bench_search.py`` replays by default) first, then the others.
+
+    Where one of the others has the same weights, it takes the name ``recorded=<its name>`` instead.
+    """
+    recorded = {m: float(grid["profile_config"]["weights"].get(m, 0.0)) for m in METRICS}
+    same = [w for w in weightings if all(abs(w.weights[m] - recorded[m]) < 1e-9 for m in METRICS)]
+    first = Weighting("=".join(["recorded", *(w.name for w in same)]), recorded, "the grid's own profile_config")
+    return [first, *(w for w in weightings if w not in same)]
 
 
 def with_weights(grid: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
