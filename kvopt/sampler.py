@@ -114,6 +114,12 @@ def _failed_to_run(trial: FrozenTrial) -> bool:
     return False
 
 
+def _over_quality(trial: FrozenTrial) -> bool:
+    """The candidate's outputs broke the quality bounds (constraint ``quality`` > 0)."""
+    value = trial.constraints.get(QUALITY, trial.user_attrs.get(CONSTRAINTS_ATTR, {}).get(QUALITY))
+    return value is not None and value > 0
+
+
 def _out_of_memory(trial: FrozenTrial) -> bool:
     return failure_kind(trial.user_attrs) == Failure.OUT_OF_MEMORY
 
@@ -143,6 +149,7 @@ def read_study(study: optuna.Study, space: SearchSpace, *, skip_trial: int | Non
     """Turn the study's trials into observations and sets of done/excluded candidates."""
     state = StudyState()
     oom: list[Candidate] = []
+    lossy: list[Candidate] = []  # over the quality bounds: every candidate with the same outputs is too
     trials = study.get_trials(deepcopy=False)
     for t in trials:
         if t.number == skip_trial or not t.params:
@@ -170,12 +177,19 @@ def read_study(study: optuna.Study, space: SearchSpace, *, skip_trial: int | Non
                 state.cannot_run.add(key)
                 if _out_of_memory(t):
                     oom.append(candidate)
+                if _over_quality(t):
+                    lossy.append(candidate)
             elif "ttft_ms_stats" in t.user_attrs:
                 state.partial.add(key)
     # A batch that ran out of memory: every larger one with the same settings would too.
     for failed in oom:
         for c in space.candidates():
             if c.batch_size > failed.batch_size and _same_but_batch(c, failed):
+                state.cannot_run.add(candidate_key(c.params()))
+    # Outputs over the quality bounds: the same outputs at another batch size or thread count are too.
+    for failed in lossy:
+        for c in space.candidates():
+            if c.fidelity_params() == failed.fidelity_params():
                 state.cannot_run.add(candidate_key(c.params()))
     state.observations = observations_of(trials, space, state)
     return state

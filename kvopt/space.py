@@ -115,8 +115,10 @@ class Candidate(ABC):
             root = _root(self.KNOBS, knob.name)
             if root == knob.name:
                 out[root] = str(params[knob.name])
-            else:
+            elif root in out:
                 out[root] = f"{out[root]}+{knob.name}={params[knob.name]}"
+            else:  # under an ordinal knob (offload_kqv under n_gpu_layers): a factor of its own
+                out[knob.name] = str(params[knob.name])
         return out
 
     def ordinals(self) -> dict[str, float]:
@@ -161,6 +163,11 @@ class Candidate(ABC):
         if lossy:
             return "lossy", ", ".join(lossy)
         return "exact", "exact by construction: no setting that changes the outputs"
+
+    def fidelity_params(self) -> dict[str, Any]:
+        """The settings the model's outputs depend on: two candidates equal here answer alike
+        (the quality guard measures one of them). By default every parameter but the batch size."""
+        return {k: v for k, v in self.params().items() if k != "batch_size"}
 
     def changes_from(self, baseline: Candidate) -> int:
         """How many of the baseline's parameters this candidate changes (or adds)."""

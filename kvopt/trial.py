@@ -358,10 +358,18 @@ def _oom_at_smaller_batch(trial: optuna.Trial, candidate: Candidate) -> optuna.t
 
 
 def _fidelity_at_other_batch(trial: optuna.Trial, candidate: Candidate) -> Fidelity | None:
-    """The fidelity an earlier trial measured for the same settings at another batch size, if any."""
-    others = _but_batch(candidate.params())
+    """The fidelity an earlier trial measured for settings with the same outputs (another batch size, or
+    llama.cpp's batches and threads: :meth:`kvopt.space.Candidate.fidelity_params`), if any."""
+    same = candidate.fidelity_params()
+    kind = type(candidate)
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if _but_batch(t.params) == others and FIDELITY_ATTR in t.user_attrs:
+        if FIDELITY_ATTR not in t.user_attrs:
+            continue
+        try:
+            other = kind.from_params(t.params)
+        except KeyError:  # a trial of other parameters
+            continue
+        if other.fidelity_params() == same:
             return Fidelity.from_dict({**t.user_attrs[FIDELITY_ATTR], "seconds": 0.0})
     return None
 

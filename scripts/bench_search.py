@@ -43,6 +43,7 @@ from kvopt_bench.hypervolume import REFERENCE
 from kvopt_bench.replay import (
     ReplayTable,
     StudyTrace,
+    model_option,
     recorded_profile,
     replay_pruning_rule,
     replay_study,
@@ -342,7 +343,7 @@ def search_run(args: argparse.Namespace, path: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.samplers:
         cfg = compose_config(
-            grid["model"], grid["profile"], [*grid["overrides"], *recorded_profile(grid), f"sampler={name}"]
+            model_option(grid), grid["profile"], [*grid["overrides"], *recorded_profile(grid), f"sampler={name}"]
         )
         seeds = args.gp_seeds if name == "gp" and args.gp_seeds else args.seeds
         # The grid order visits every grid point (conditional options repeat candidates);

@@ -149,3 +149,25 @@ def _odd_architecture(path: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def test_a_search_step_changes_the_k_type_or_flash_attention_apart():
+    # The knob table's grouping (kvopt.space.Candidate.groups): one setting is the K type, or flash
+    # attention with the V type under it — not one "cache" setting of every K/V/FA combination
+    # (on the recorded tiny-GGUF grid that grouping made the trust region try all of them first).
+    from kvopt.engines.llamacpp.candidate import Candidate, binding_defaults
+
+    base = Candidate.from_params(binding_defaults())
+    k = Candidate.from_params({**binding_defaults(), "type_k": "q8_0"})
+    fa = Candidate.from_params({**binding_defaults(), "flash_attn": True, "type_v": "q8_0"})
+    both = Candidate.from_params({**binding_defaults(), "type_k": "q8_0", "flash_attn": True, "type_v": "q8_0"})
+
+    def changed(a: Candidate, b: Candidate) -> int:
+        return sum(a.groups()[g] != b.groups()[g] for g in a.groups())
+
+    assert (changed(base, k), changed(base, fa), changed(base, both)) == (1, 1, 2)
+    assert base.levels() == {"type_k": "f16", "flash_attn": "False"}
+    assert both.levels() == {"type_k": "q8_0", "flash_attn": "True+type_v=q8_0"}
+    # The quality guard measures each cache setting once: threads and batches do not change outputs.
+    faster = Candidate.from_params({**binding_defaults(), "type_k": "q8_0", "n_threads_batch": 1})
+    assert faster.fidelity_params() == k.fidelity_params() != base.fidelity_params()

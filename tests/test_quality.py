@@ -221,6 +221,9 @@ def test_a_study_times_what_is_within_the_bound_and_rejects_the_rest(tmp_path: P
     assert {r.label for r in result.results} == {"dynamic/sdpa/float32/b1", "quantized-fp8/sdpa/float32/b1"}
     space = transformers_space(["dynamic", "quantized"], ["sdpa"], ["float32", "bfloat16"], [1], baseline=BASE)
     assert len(read_study(study, space).cannot_run) == 2  # kvopt's sampler never proposes them again
+    # Nor the same outputs at another batch size (Candidate.fidelity_params): never measured, still out.
+    wider = transformers_space(["dynamic", "quantized"], ["sdpa"], ["float32", "bfloat16"], [1, 4], baseline=BASE)
+    assert len(read_study(study, wider).cannot_run) == 4
 
     # Within the bound: timed, with its fidelity (the same as measured outside) beside its speed.
     timed = next(r for r in result.results if r.label == FP8.label)

@@ -47,12 +47,17 @@ from kvopt_bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 __all__ = [
     "ReplayTable",
     "ReplayMeasurer",
+    "model_option",
     "StudyTrace",
     "recorded_profile",
     "replay_study",
     "replay_pruning_rule",
     "warm_start_from_grid",
 ]
+
+
+# The model option a replay of a grid with a recorded model_config is composed with (replaced by it).
+DEFAULT_MODEL_OPTION = "gpt2"
 
 
 class ReplayTable:
@@ -216,6 +221,16 @@ def _exhausted(space: SearchSpace, seed: int, stop_rule: Any = None, stopped: li
             queue_unmeasured_after_repeat(study, space, trial, random.Random(seed + trial.number))
 
     return callback
+
+
+def model_option(grid: dict[str, Any]) -> str:
+    """The ``model=`` option a replay's config is composed with.
+
+    A grid recorded with its resolved model (``model_config``: a GGUF's figures) has a model
+    that is no shipped option (``tiny`` for ``tiny.gguf``); the replay composes with the
+    default option and then uses the recorded model (:func:`replay_study`).
+    """
+    return DEFAULT_MODEL_OPTION if "model_config" in grid else str(grid["model"])
 
 
 def recorded_profile(grid: dict[str, Any]) -> list[str]:

@@ -46,7 +46,7 @@ from kvopt.space import CandidateKey, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
 from kvopt.trial import Objective
 from kvopt_bench.common import compose_config
-from kvopt_bench.replay import ReplayMeasurer, ReplayTable, StudyTrace, recorded_profile
+from kvopt_bench.replay import ReplayMeasurer, ReplayTable, StudyTrace, model_option, recorded_profile
 
 __all__ = [
     "Weighting",
@@ -126,7 +126,7 @@ def with_weights(grid: dict[str, Any], weights: dict[str, float]) -> dict[str, A
 def config_for(grid: dict[str, Any], sampler: str) -> KvoptConfig:
     """The replay's config (as ``bench_search.py`` builds it): the grid's recorded profile, its weights included."""
     return compose_config(
-        grid["model"], grid["profile"], [*grid["overrides"], *recorded_profile(grid), f"sampler={sampler}"]
+        model_option(grid), grid["profile"], [*grid["overrides"], *recorded_profile(grid), f"sampler={sampler}"]
     )
 
 

@@ -127,33 +127,16 @@ class Candidate(BaseCandidate):
             out["offload_kqv"] = self.offload_kqv
         return out
 
-    def levels(self) -> dict[str, str]:
-        """The performance model's factors: the KV cache (K/V types with flash attention) and GPU offload."""
-        out = {"cache": f"{self.type_k}/{self.type_v}" + ("+fa" if self.flash_attn else "")}
-        if self.n_gpu_layers is not None:
-            out["offload"] = f"{self.n_gpu_layers}" + ("" if self.offload_kqv else "-nkvo")
-        return out
+    # The performance model's factors, ordinals and "one setting" groups are the knob table's
+    # (kvopt.space.Candidate): type_k; flash_attn with type_v under it; each batch and thread
+    # count an ordinal of its own. A search step can then change the K type, or turn flash
+    # attention on with a V type, apart (measured on the recorded tiny-GGUF grid: grouping the
+    # three into one "cache" setting made the first steps try every cache variant first).
 
-    def ordinals(self) -> dict[str, float]:
-        """Batches and threads as log2 (the sequences are the batch size)."""
-        return {
-            "n_batch": math.log2(self.n_batch),
-            "n_ubatch": math.log2(self.n_ubatch),
-            "n_threads": math.log2(self.n_threads),
-            "n_threads_batch": math.log2(self.n_threads_batch),
-        }
-
-    def groups(self) -> dict[str, tuple[Any, ...]]:
-        """One setting each: the KV cache (types, flash attention), each batch, each thread count, offload."""
-        return {
-            "cache": (self.type_k, self.type_v, self.flash_attn),
-            "n_batch": (self.n_batch,),
-            "n_ubatch": (self.n_ubatch,),
-            "n_threads": (self.n_threads,),
-            "n_threads_batch": (self.n_threads_batch,),
-            "batch_size": (self.batch_size,),
-            "offload": (self.n_gpu_layers, self.offload_kqv),
-        }
+    def fidelity_params(self) -> dict[str, Any]:
+        """The cache types and flash attention: batches, threads and sequences change no output's
+        distribution beyond the order of sums (the quality guard measures each cache setting once)."""
+        return {"type_k": self.type_k, "type_v": self.type_v, "flash_attn": self.flash_attn}
 
     def classify(self, baseline: BaseCandidate) -> tuple[str, str]:
         """A cache type below f16 loses precision; f32 holds more than the f16 baseline (checked)."""
