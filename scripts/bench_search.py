@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kvopt.errors import ConfigError
-from kvopt_bench.common import compose_config, provenance, script_main, write_json
+from kvopt_bench.common import compose_config, provenance, quartiles, script_main, write_json
 from kvopt_bench.grid import grid_rows_ok, untimed_seconds
 from kvopt_bench.hypervolume import REFERENCE
 from kvopt_bench.replay import (
@@ -55,23 +55,6 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLERS = ("profile", "tpe", "gp", "nsga2", "random", "grid")
 WEIGHTING_SAMPLERS = ("profile", "random", "grid")
 LEVELS = (0.95, 0.99)
-
-
-def _quantile(ordered: list[float], p: float) -> float:
-    """Linear-interpolation quantile that lets ``inf`` (never reached) through."""
-    pos = p * (len(ordered) - 1)
-    low, frac = int(pos), pos - int(pos)
-    if frac == 0:
-        return ordered[low]
-    a, b = ordered[low], ordered[low + 1]
-    return math.inf if math.isinf(b) else a + frac * (b - a)
-
-
-def quartiles(values: list[float]) -> dict[str, float | None]:
-    """Median and interquartile range; None where the studies never got there."""
-    ordered = sorted(values)
-    q = {k: _quantile(ordered, p) for k, p in (("median", 0.5), ("q1", 0.25), ("q3", 0.75))}
-    return {k: None if math.isinf(v) else v for k, v in q.items()}
 
 
 def _at(trace: StudyTrace, n: int) -> float:

@@ -21,6 +21,7 @@ package: :mod:`kvopt.engines` finds one by name.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from kvopt.config import KvoptConfig, ModelConfig, QualityConfig
+from kvopt.measure.fidelity import Reference, compare
 from kvopt.measure.memory import MemoryReading
 from kvopt.predict import MemoryPrediction
 from kvopt.quality import Fidelity
@@ -144,13 +146,42 @@ class Loader(ABC):
 
 
 class FidelityMeter(ABC):
-    """Measures candidates' outputs against the baseline's on the same real prompts."""
+    """Measures candidates' outputs against the baseline's on the same real prompts.
+
+    An engine runs the prompts (:meth:`run`); the baseline's outputs are run once and kept, and
+    every candidate is compared with them free-running and teacher-forced
+    (:func:`kvopt.measure.fidelity.compare`).
+
+    Attributes:
+        baseline: the reference's settings.
+        prompt_tokens: the profile's prompt length (stored with the fidelity).
+    """
 
     baseline: Candidate
+    prompt_tokens: int
+    _reference: Reference | None = None
 
     @abstractmethod
+    def run(self, candidate: Candidate, forced: torch.Tensor | None) -> Reference:
+        """Greedy outputs of ``candidate`` on the prompts, or teacher-forced on ``forced`` tokens (batch, new)."""
+
+    def reference(self) -> Reference:
+        """The baseline's outputs on the prompts (run at the first call, then kept)."""
+        if self._reference is None:
+            self._reference = self.run(self.baseline, None)
+        return self._reference
+
     def measure(self, candidate: Candidate) -> Fidelity:
-        """The candidate's fidelity (token agreement, KL of next-token distributions), seconds included."""
+        """The candidate's fidelity (token agreement, KL of next-token distributions), seconds included
+        (the reference's too, the first time)."""
+        start = time.perf_counter()
+        reference = self.reference()
+        free = self.run(candidate, None)
+        forced = self.run(candidate, reference.tokens)
+        fidelity = compare(reference, free, forced)
+        return Fidelity(
+            **{**fidelity.as_dict(), "prompt_tokens": self.prompt_tokens, "seconds": time.perf_counter() - start}
+        )
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from kvopt.env import quiet_libraries
 from kvopt.errors import KvoptError, print_error
 from kvopt.paths import write_csv_atomic, write_json_atomic
 
-__all__ = ["compose_config", "load_average", "provenance", "write_json", "write_csv", "script_main"]
+__all__ = ["quartiles", "compose_config", "load_average", "provenance", "write_json", "write_csv", "script_main"]
 
 # Benchmarks write their tables atomically, so an interrupted one never leaves half a file.
 write_json = write_json_atomic
@@ -51,3 +52,20 @@ def script_main(main: Callable[[], None]) -> None:
     except KvoptError as exc:
         print_error(str(exc))
         raise SystemExit(2) from None
+
+
+def _quantile(ordered: list[float], p: float) -> float:
+    """Linear-interpolation quantile that lets ``inf`` (never reached) through."""
+    pos = p * (len(ordered) - 1)
+    low, frac = int(pos), pos - int(pos)
+    if frac == 0:
+        return ordered[low]
+    a, b = ordered[low], ordered[low + 1]
+    return math.inf if math.isinf(b) else a + frac * (b - a)
+
+
+def quartiles(values: Sequence[float]) -> dict[str, float | None]:
+    """Median and interquartile range of replayed studies; None where they never got there (``inf``)."""
+    ordered = sorted(values)
+    q = {k: _quantile(ordered, p) for k, p in (("median", 0.5), ("q1", 0.25), ("q3", 0.75))}
+    return {k: None if math.isinf(v) else v for k, v in q.items()}

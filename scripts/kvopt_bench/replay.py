@@ -48,6 +48,7 @@ __all__ = [
     "ReplayTable",
     "ReplayMeasurer",
     "model_option",
+    "replay_objective",
     "StudyTrace",
     "recorded_profile",
     "replay_study",
@@ -251,6 +252,36 @@ def recorded_profile(grid: dict[str, Any]) -> list[str]:
     ]
 
 
+def replay_objective(
+    table: ReplayTable, cfg: KvoptConfig, seed: int, pruning: bool
+) -> tuple[KvoptConfig, Objective, Any]:
+    """kvopt's trial objective against the table, as a study runs it (nothing is loaded), and the memory prior.
+
+    Returns the config with the model as the recording resolved it (``model_config``: a GGUF's
+    own figures), the objective, and the engine's memory prior for the sampler.
+    """
+    if "model_config" in table.grid:
+        cfg = dataclasses.replace(cfg, model=ModelConfig(**table.grid["model_config"]))
+    workload = make_workload(cfg.profile, cfg.model)
+    engine = engine_class(table.engine)(
+        cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed
+    )
+    objective = Objective(
+        table.space,
+        engine,
+        workload,
+        warmup=cfg.profile.warmup,
+        repetitions=cfg.profile.repetitions,
+        seed=seed,
+        measure=cfg.measure,
+        slo=cfg.profile.slo,
+        memory_budget_bytes=None,
+        dominance_pruning=pruning,
+        measurer=ReplayMeasurer(table, random.Random(seed), cfg.measure, cfg.profile.repetitions),
+    )
+    return cfg, objective, engine.memory_prior(workload)
+
+
 def replay_study(
     table: ReplayTable,
     cfg: KvoptConfig,
@@ -267,26 +298,7 @@ def replay_study(
     where; ``warm_start``: start from another study, as ``study.warm_start`` does.
     """
     space = table.space
-    if "model_config" in table.grid:  # the model as the recording resolved it (a GGUF's own figures)
-        cfg = dataclasses.replace(cfg, model=ModelConfig(**table.grid["model_config"]))
-    workload = make_workload(cfg.profile, cfg.model)
-    engine = engine_class(table.engine)(
-        cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed
-    )
-    objective = Objective(
-        space,
-        engine,
-        workload,
-        warmup=cfg.profile.warmup,
-        repetitions=cfg.profile.repetitions,
-        seed=seed,
-        measure=cfg.measure,
-        slo=cfg.profile.slo,
-        memory_budget_bytes=None,
-        dominance_pruning=pruning,
-        measurer=ReplayMeasurer(table, random.Random(seed), cfg.measure, cfg.profile.repetitions),
-    )
-    prior = engine.memory_prior(workload)
+    cfg, objective, prior = replay_objective(table, cfg, seed, pruning)
     warm = warm_start or WarmStart()
     sampler = make_sampler(
         cfg.sampler,

@@ -18,7 +18,6 @@ without the weights, so one study per seed serves every weighting (scored under 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import statistics
@@ -29,24 +28,19 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 import yaml
 from optuna.trial import TrialState
 
 from kvopt.attrs import Failure, failure_kind
-from kvopt.config import KvoptConfig, ModelConfig
-from kvopt.engines import engine_class
-from kvopt.engines.base import WeightsSource
-from kvopt.engines.transformers.workload import make_workload
+from kvopt.config import KvoptConfig
 from kvopt.explore import queue_unmeasured_after_repeat, tried_candidates
 from kvopt.metrics import DIRECTIONS, METRICS
 from kvopt.sampler import check_converged
 from kvopt.select import collect_results, recommend
 from kvopt.space import CandidateKey, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
-from kvopt.trial import Objective
-from kvopt_bench.common import compose_config
-from kvopt_bench.replay import ReplayMeasurer, ReplayTable, StudyTrace, model_option, recorded_profile
+from kvopt_bench.common import compose_config, quartiles
+from kvopt_bench.replay import ReplayTable, StudyTrace, model_option, recorded_profile, replay_objective
 
 __all__ = [
     "Weighting",
@@ -149,26 +143,7 @@ def replay_until(
     trial count where the rule fired (None: it did not).
     """
     space = table.space
-    if "model_config" in table.grid:  # the model as the recording resolved it (as replay_study does)
-        cfg = dataclasses.replace(cfg, model=ModelConfig(**table.grid["model_config"]))
-    workload = make_workload(cfg.profile, cfg.model)
-    engine = engine_class(table.engine)(
-        cfg.model, WeightsSource("random", "replayed: nothing is loaded"), torch.device("cpu"), seed
-    )
-    objective = Objective(
-        space,
-        engine,
-        workload,
-        warmup=cfg.profile.warmup,
-        repetitions=cfg.profile.repetitions,
-        seed=seed,
-        measure=cfg.measure,
-        slo=cfg.profile.slo,
-        memory_budget_bytes=None,
-        dominance_pruning=pruning,
-        measurer=ReplayMeasurer(table, random.Random(seed), cfg.measure, cfg.profile.repetitions),
-    )
-    prior = engine.memory_prior(workload)
+    cfg, objective, prior = replay_objective(table, cfg, seed, pruning)
     sampler = make_sampler(cfg.sampler, seed, space, cfg.profile, memory_prior_mb=prior)
     study = optuna.create_study(directions=list(DIRECTIONS), sampler=sampler)
     enqueue_baseline(study, space)
@@ -243,21 +218,6 @@ def _reached(study: optuna.Study, tables: Sequence[ReplayTable]) -> bool:
     return True
 
 
-def _quartiles(values: Sequence[float]) -> dict[str, float | None]:
-    """Median and IQR (linear interpolation; ``inf`` — never reached — reported as None)."""
-    ordered = sorted(values)
-
-    def q(p: float) -> float:
-        pos = p * (len(ordered) - 1)
-        low, frac = int(pos), pos - int(pos)
-        if frac == 0:
-            return ordered[low]
-        a, b = ordered[low], ordered[low + 1]
-        return math.inf if math.isinf(b) else a + frac * (b - a)
-
-    return {k: None if math.isinf(v) else v for k, v in (("median", q(0.5)), ("q1", q(0.25)), ("q3", q(0.75)))}
-
-
 def _inf(v: float | None) -> float:
     return math.inf if v is None else v
 
@@ -267,11 +227,11 @@ def _sampler_summary(traces: Sequence[StudyTrace], size: int) -> dict[str, Any]:
     hv = [float(t.measurements_to(HV_LEVEL) or math.inf) for t in traces]
     return {
         "seeds": len(traces),
-        "measurements_to_best_within_2pct": _quartiles(within),
-        "measurements_to_best_within_2pct_share": _quartiles([v / size for v in within]),
+        "measurements_to_best_within_2pct": quartiles(within),
+        "measurements_to_best_within_2pct_share": quartiles([v / size for v in within]),
         "never_within_2pct": sum(math.isinf(v) for v in within),
-        "measurements_to_95": _quartiles(hv),
-        "measurements_to_95_share": _quartiles([v / size for v in hv]),
+        "measurements_to_95": quartiles(hv),
+        "measurements_to_95_share": quartiles([v / size for v in hv]),
         "never_95": sum(math.isinf(v) for v in hv),
     }
 
@@ -363,8 +323,8 @@ def _stop_summary(stops: Sequence[dict[str, Any]], size: int) -> dict[str, Any]:
         "runs": len(stops),
         "fired": sum(s["fired"] for s in stops),
         "early": sum(s["early"] for s in stops),
-        "measurements_at_stop": _quartiles(at),
-        "share_at_stop": _quartiles([v / size for v in at]),
+        "measurements_at_stop": quartiles(at),
+        "share_at_stop": quartiles([v / size for v in at]),
         "recommended_within_2pct": sum(bool(s["recommended_within_2pct"]) for s in stops),
     }
 

@@ -46,11 +46,11 @@ from kvopt.engines.llamacpp.session import (
     open_model,
 )
 from kvopt.errors import ConfigError
-from kvopt.measure.fidelity import Reference, compare, prompt_windows
+from kvopt.measure.fidelity import Reference, prompt_windows
 from kvopt.measure.memory import MemoryReading
 from kvopt.metrics import MB
 from kvopt.predict import MemoryPrediction
-from kvopt.quality import SHIPPED_TEXT, Fidelity
+from kvopt.quality import SHIPPED_TEXT
 from kvopt.space import Candidate as AnyCandidate
 from kvopt.space import SearchSpace
 from kvopt.workload import WindowPlacement, Workload, WorkloadMix, make_mix
@@ -219,7 +219,6 @@ class LlamaCppFidelityMeter(FidelityMeter):
         self.prompt_tokens = prompt_tokens
         self.new_tokens = min(new_tokens, cfg.new_tokens)
         self._prompts: torch.Tensor | None = None
-        self._reference: Reference | None = None
 
     def _prompts_of(self, llm: Any) -> torch.Tensor:
         if self._prompts is None:
@@ -228,7 +227,9 @@ class LlamaCppFidelityMeter(FidelityMeter):
             self._prompts = prompt_windows(ids, self.prompt_tokens, self.cfg.n_prompts, path)
         return self._prompts
 
-    def _run(self, candidate: Candidate, forced: torch.Tensor | None) -> Reference:
+    def run(self, candidate: AnyCandidate, forced: torch.Tensor | None) -> Reference:
+        """Next-token logits of each prompt, one sequence at a time (batches do not change them)."""
+        assert isinstance(candidate, Candidate)
         llm = self.loader.get(dataclasses.replace(candidate, batch_size=1))[0].model
         prompts = self._prompts_of(llm)
         tokens, logits = [], []
@@ -238,20 +239,6 @@ class LlamaCppFidelityMeter(FidelityMeter):
             tokens.append(made)
             logits.append(torch.from_numpy(np.array(rows)))
         return Reference(tokens=torch.tensor(tokens, dtype=torch.long), logits=torch.stack(logits))
-
-    def measure(self, candidate: AnyCandidate) -> Fidelity:
-        assert isinstance(candidate, Candidate)
-        start = time.perf_counter()
-        if self._reference is None:
-            baseline = self.baseline
-            assert isinstance(baseline, Candidate)
-            self._reference = self._run(baseline, None)
-        free = self._run(candidate, None)
-        forced = self._run(candidate, self._reference.tokens)
-        fidelity = compare(self._reference, free, forced)
-        return Fidelity(
-            **{**fidelity.as_dict(), "prompt_tokens": self.prompt_tokens, "seconds": time.perf_counter() - start}
-        )
 
 
 class LlamaCppEngine(Engine):

@@ -15,7 +15,6 @@ The verdict is :mod:`kvopt.quality`'s; this module only measures.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -26,8 +25,8 @@ from kvopt.engines.base import FidelityMeter
 from kvopt.engines.transformers.candidate import Candidate
 from kvopt.engines.transformers.generation import generate_kwargs
 from kvopt.engines.transformers.loading import ModelLoader
-from kvopt.measure.fidelity import Reference, compare, prompt_windows
-from kvopt.quality import SHIPPED_TEXT, Fidelity
+from kvopt.measure.fidelity import Reference, prompt_windows
+from kvopt.quality import SHIPPED_TEXT
 from kvopt.space import Candidate as AnyCandidate
 
 __all__ = ["fidelity_prompts", "run_outputs", "TransformersFidelityMeter"]
@@ -105,16 +104,6 @@ class TransformersFidelityMeter(FidelityMeter):
         self.prompt_tokens = prompt_tokens
         self.new_tokens = min(new_tokens, cfg.new_tokens)
         self._prompts: torch.Tensor | None = None
-        self._reference: Reference | None = None
-
-    def reference(self) -> Reference:
-        """The baseline's outputs on the prompts (run at the first call, then kept)."""
-        if self._reference is None:
-            baseline = self.baseline
-            assert isinstance(baseline, Candidate)
-            loaded, _ = self.loader.get(baseline.dtype, baseline.attn_implementation)
-            self._reference = run_outputs(loaded.model, baseline, self.prompts(), self.new_tokens, None)
-        return self._reference
 
     def prompts(self) -> torch.Tensor:
         """The prompts' token ids (batch, prompt_tokens)."""
@@ -123,20 +112,8 @@ class TransformersFidelityMeter(FidelityMeter):
             self._prompts = fidelity_prompts(self.loader.model_cfg, self.cfg, self.prompt_tokens, source.local_only)
         return self._prompts
 
-    def measure(self, candidate: AnyCandidate) -> Fidelity:
-        """The candidate's fidelity, its seconds included (the reference's too, the first time)."""
+    def run(self, candidate: AnyCandidate, forced: torch.Tensor | None) -> Reference:
+        """The candidate's ``generate`` outputs on the prompts (its model loaded by the trials' loader)."""
         assert isinstance(candidate, Candidate)
-        start = time.perf_counter()
-        reference = self.reference()
         loaded, _ = self.loader.get(candidate.dtype, candidate.attn_implementation)
-        prompts = self.prompts()
-        free = run_outputs(loaded.model, candidate, prompts, self.new_tokens, None)
-        forced = run_outputs(loaded.model, candidate, prompts, self.new_tokens, reference.tokens)
-        fidelity = compare(reference, free, forced)
-        return Fidelity(
-            **{
-                **fidelity.as_dict(),
-                "prompt_tokens": self.prompt_tokens,
-                "seconds": time.perf_counter() - start,
-            }
-        )
+        return run_outputs(loaded.model, candidate, self.prompts(), self.new_tokens, forced)
