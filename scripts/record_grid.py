@@ -14,6 +14,9 @@ bench_gain) answer from these tables.
     python scripts/make_tiny_gguf.py /tmp/tiny.gguf
     python scripts/record_grid.py --space llamacpp --name llamacpp-tiny-chat-agent \
         model.gguf=/tmp/tiny.gguf measure.max_seconds=6                          # 48 candidates
+    python scripts/record_grid.py --profile rag --space gqa-long --name small-llama-gqa-rag  # 80
+    python scripts/record_grid.py --profile chat-agent --space mha-long \
+        --name small-llama-mha-chat-agent                                        # 50 candidates
 
 Overrides after ``--`` are kvopt config overrides (as on kvopt's command line).
 """
@@ -27,6 +30,16 @@ from pathlib import Path
 from kvopt_bench.common import compose_config, script_main, write_csv, write_json
 
 REPO = Path(__file__).resolve().parent.parent
+# A 4-layer Llama with random weights (the issue-24 grids name its KV heads).
+SMALL_LLAMA = [
+    "model.architecture.hidden_size=256",
+    "model.architecture.intermediate_size=688",
+    "model.architecture.num_hidden_layers=4",
+    "model.architecture.num_attention_heads=8",
+    "model.architecture.head_dim=32",
+    "model.architecture.max_position_embeddings=1024",
+    "model.architecture.vocab_size=4096",
+]
 # The spaces of docs/benchmarks.md. gpt2 keeps float32 only: on this CPU bf16/fp16 run
 # ~100x slower at gpt2's width (the dtype probe drops them), so caches vary instead.
 SPACES = {
@@ -76,6 +89,39 @@ SPACES = {
         "engine.knobs.n_ubatch=[128,512]",
         "engine.knobs.n_threads=[1,2]",
         "engine.knobs.n_threads_batch=[1,2]",
+    ],
+    # Issue 24's shapes: a 4-layer Llama (random weights) with a 512-token prompt that shares most
+    # of it as a prefix, batch to 16, the fp8 quantized cache and bfloat16 (AMX CPUs run it
+    # natively; lossy settings need quality.allow_unverified with random weights). gqa-long: 8
+    # query heads on 2 KV heads, 512-token prompts, 32 new tokens (80 candidates); mha-long: 8
+    # KV heads, float32 only, the static cache compiled or not, 256 + 64 tokens (50 candidates).
+    "gqa-long": [
+        *SMALL_LLAMA,
+        "model.name=small-llama-gqa",
+        "model.architecture.num_key_value_heads=2",
+        "profile.context_lengths=[512]",
+        "profile.output_lengths=[32]",
+        "search_space.cache_implementation=[dynamic,static,quantized]",
+        "search_space.quantized.backends=[fp8]",
+        "search_space.attn_implementation=[eager,sdpa]",
+        "search_space.dtype=[float32,bfloat16]",
+        "search_space.batch_size=[1,2,4,8,16]",
+        "search_space.max_dtype_slowdown=null",
+        "quality.allow_unverified=true",
+    ],
+    "mha-long": [
+        *SMALL_LLAMA,
+        "model.name=small-llama-mha",
+        "model.architecture.num_key_value_heads=8",
+        "profile.context_lengths=[256]",
+        "profile.output_lengths=[64]",
+        "search_space.cache_implementation=[dynamic,static,quantized]",
+        "search_space.static.compile=[false,true]",
+        "search_space.quantized.backends=[fp8]",
+        "search_space.attn_implementation=[eager,sdpa]",
+        "search_space.dtype=[float32]",
+        "search_space.batch_size=[1,2,4,8,16]",
+        "quality.allow_unverified=true",
     ],
     "default": [],
 }

@@ -195,3 +195,19 @@ def test_the_model_the_user_gave_names_studies_and_output_folders(tmp_path, monk
         }
     )
     assert run_dir.dir == "Qwen2.5-7B-Instruct"
+
+
+def test_a_renamed_shipped_model_keeps_the_architecture_the_user_gave() -> None:
+    """``model=tiny-llama model.name=mine model.architecture.…=…`` is the user's model, not tiny-llama
+    silently (it was: the shipped hub id brought back the shipped architecture and name)."""
+    from kvopt.compose import compose_config
+
+    cfg = compose_config(
+        ["model=tiny-llama", "model.name=small-llama", "model.architecture.num_hidden_layers=4"]
+    )
+    source = resolve_model(cfg.model)
+    assert source.model.name == "small-llama"
+    assert source.model.architecture["num_hidden_layers"] == 4
+    # Another shipped option's hub id under a shipped name is still that option, whole.
+    other = resolve_model(compose_config(["model=tiny-gpt2", "model.hub_id=kvopt/tiny-llama"]).model)
+    assert other.model.name == "tiny-llama" and other.model.architecture["model_type"] == "llama"

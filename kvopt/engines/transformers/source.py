@@ -242,7 +242,11 @@ def _download_config(hub_id: str, revision: str) -> Path:
 
 def _from_hub_id(m: ModelConfig, shipped: dict[str, dict[str, Any]]) -> ModelSource:
     own_option = next((name for name, data in shipped.items() if data.get("hub_id") == m.hub_id), None)
-    if own_option is not None and own_option != m.name:
+    if own_option is not None and m.name not in shipped:
+        # A shipped model renamed (model.name=…), its architecture perhaps changed: the user's model,
+        # never the shipped one silently (random weights: no checkpoint has that architecture).
+        own_option = m.name
+    elif own_option is not None and own_option != m.name:
         # Another shipped model's hub id: that model, whichever group was chosen.
         data = shipped[own_option]
         m = replace(m, name=own_option, dtype=data["dtype"], architecture=dict(data["architecture"]))
