@@ -471,6 +471,16 @@ class ProfileSampler(BaseSampler):
             choice = self._front_step(pool, state, means, sds)
             if choice is not None:
                 return choice
+        # The profile's answer is known (the stop rule holds; a study runs on only with
+        # study.converge=false, under a trial cap, or beside other workers): the front is all
+        # that is left to improve.
+        converged = convergence(state, self.space, self.profile, model) if self.front_every else None
+        if converged is not None:
+            choice = self._front_step(pool, state, means, sds)
+            if choice is not None:
+                return choice[
+                    0
+                ], f"{choice[1]}; the profile's answer is known ({converged.challenger or 'no'} challenger)"
         base = np.log(np.array(state.baseline))
         mean_score = score_of(means, base, self.profile.weights)
         sd_score = score_sd_of(sds, self.profile.weights)

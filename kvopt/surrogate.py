@@ -11,7 +11,11 @@ regression on features that carry that structure:
 - batch size enters as ``log2(batch)`` and its square (ordinal: batch 4 lies between 2
   and 8), with a slope per level of every setting, the baseline's level included (a
   static cache scales differently; float32 need not scale as bfloat16 did);
-- the other ordinal knobs (quantized nbits, threads) enter as ``log2(value)``;
+- the other ordinal knobs (quantized nbits, threads) enter as ``log2(value)``, with
+  interactions with the batch and with each other;
+- what the linear model cannot express (three settings together) is an extra residual of
+  the timings, correlated between candidates by how many settings they share: a candidate
+  far from everything measured keeps a wider band than one next to a measurement;
 - peak memory is modelled relative to kvopt's analytic prediction (``kvopt.engines.transformers.predict``),
   which is already within about ±9%: the regression learns the small remainder;
 - observations from another study (a warm start) get their own intercept per objective,
@@ -31,6 +35,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +68,7 @@ _PRIOR_SD = {
     "batch_slope": 0.7,
     "pair": 0.5,
     "ordinal": 0.5,
+    "ordinal_pair": 0.5,
     "source": 3.0,
 }
 # Prior means of the batch slope, log units per doubling of the batch: decode is bound by
@@ -77,6 +83,14 @@ _MIN_COMPONENT = 1e-3
 # ranks alike only roughly, so this study's own measurements soon outweigh it.
 _TRANSFER_SD = 0.25
 _MISFIT_GRID = (0.01, 0.03, 0.06, 0.12, 0.25)
+# Interactions the linear model cannot express (three settings together, e.g. compile x eager x
+# batch): an unmeasured candidate's timings carry an extra residual, correlated between
+# candidates as UNSEEN_RHO ** (settings that differ). Its variance left once the nearest measured
+# candidate is known, UNSEEN_SD**2 * (1 - UNSEEN_RHO ** (2 d)), widens a prediction the farther
+# the candidate lies from everything measured (issue 24's replays: the stop fired before the
+# best in 6.7% of runs instead of 13.1%, 5 seeds, six grids).
+UNSEEN_SD = 0.15
+UNSEEN_RHO = 0.5
 
 
 def log_ci_half_width(stats: dict | None) -> float | None:
@@ -168,6 +182,18 @@ class CandidateEncoder:
         for name in self._ordinals:
             names.append(f"log2_{name}")
             blocks.append("ordinal")  # an ordinal knob besides the batch (quantized nbits, threads)
+        # Ordinal knobs interact with each other and with the batch (measured on the llama.cpp grid:
+        # one prefill thread pays off only with small batches), on a centred scale (0 at the
+        # baseline's value). Interactions with every level of every setting as well were tried and
+        # dropped: more uncertainty, later stops, no better search (issue 24's replays).
+        self._ord_scale = self._ordinal_scales(space, candidates)
+        ords = list(self._ord_scale)
+        for name in ords:
+            names.append(f"log2_batch*{name}")
+            blocks.append("ordinal_pair")
+        for a, b in itertools.combinations(ords, 2):
+            names.append(f"{a}*{b}")
+            blocks.append("ordinal_pair")
         names.append("source")
         blocks.append("source")
         self.names = names
@@ -177,6 +203,22 @@ class CandidateEncoder:
         self.prior_sd = np.array([_PRIOR_SD[b] for b in blocks])
         # Which weights the fitted prior multiplier scales (not the free intercepts).
         self.scaled = np.array([b not in ("intercept", "source") for b in blocks])
+
+    @staticmethod
+    def _ordinal_scales(space: SearchSpace, candidates: Sequence[Candidate]) -> dict[str, tuple[float, float]]:
+        """Each ordinal knob (but the batch) with more than one value: (log2 of the baseline's value,
+        or of the smallest where the baseline has none; log2 span of its values, at least 1)."""
+        base = space.baseline.params()
+        out: dict[str, tuple[float, float]] = {}
+        for knob in space.knobs:
+            if knob.kind != "ordinal" or knob.name == "batch_size":
+                continue
+            values = sorted({c.params()[knob.name] for c in candidates if c.params().get(knob.name)})
+            if len(values) < 2:
+                continue
+            ref = math.log2(base[knob.name]) if base.get(knob.name) else math.log2(values[0])
+            out[knob.name] = (ref, max(math.log2(values[-1] / values[0]), 1.0))
+        return out
 
     def hyper_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (prior scale, misfit) pair the fit weighs: prior sds (G, p) and misfits (G,), scale-major."""
@@ -222,6 +264,13 @@ class CandidateEncoder:
             row += [1.0 if levels[f1] == l1 and levels[f2] == l2 else 0.0 for l1, l2 in itertools.product(l1s, l2s)]
         ordinals = candidate.ordinals()
         row += [ordinals.get(name, 0.0) for name in self._ordinals]
+        params = candidate.params()
+        u = {
+            name: (math.log2(params[name]) - ref) / span if params.get(name) else 0.0
+            for name, (ref, span) in self._ord_scale.items()
+        }
+        row += [x * u[name] for name in u]
+        row += [u[a] * u[b] for a, b in itertools.combinations(u, 2)]
         row.append(float(source))
         return np.array(row)
 
@@ -284,6 +333,7 @@ class PerformanceModel:
     encoder: CandidateEncoder = field(init=False)
     _fits: dict[str, _Fit] = field(init=False, default_factory=dict)
     n_observations: int = field(init=False, default=0)
+    _seen: list[dict[str, Any]] = field(init=False, default_factory=list)  # measured candidates' groups
 
     def __post_init__(self) -> None:
         self.encoder = encoder_for(self.space)
@@ -296,6 +346,7 @@ class PerformanceModel:
     def fit(self, observations: Sequence[Observation]) -> PerformanceModel:
         """Fit every objective's model on these observations; returns self."""
         self.n_observations = sum(o.source == 0 for o in observations)
+        self._seen = [o.candidate.groups() for o in observations if o.source == 0]
         for metric in METRICS:
             obs = [o for o in observations if metric in o.log_values]
             if not obs:
@@ -375,7 +426,22 @@ class PerformanceModel:
             mean, sd = fit.predict(X, average)
             means[:, j] = mean + offsets
             sds[:, j] = sd
+        if self._seen:
+            extra = UNSEEN_SD**2 * (1.0 - UNSEEN_RHO ** (2 * self.distances(candidates)))
+            for j, metric in enumerate(METRICS):
+                if metric != "peak_mem_mb":  # memory follows the analytic model; no interaction residual
+                    sds[:, j] = np.sqrt(sds[:, j] ** 2 + extra)
         return means, sds
+
+    def distances(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """How many settings (the engine's groups) separate each candidate from the nearest one
+        this study measured (0: measured)."""
+        return np.array(
+            [
+                min(sum(g.get(k) != s.get(k) for k in g.keys() | s.keys()) for s in self._seen)
+                for g in (c.groups() for c in candidates)
+            ]
+        )
 
 
 def score_of(log_values: np.ndarray, base_log: np.ndarray, weights: dict[str, float]) -> np.ndarray:

@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from kvopt.errors import ConfigError
-from kvopt_bench.common import compose_config, provenance, quartiles, script_main, write_json
+from kvopt_bench.common import provenance, quartiles, script_main, write_json
 from kvopt_bench.grid import grid_rows_ok, untimed_seconds
 from kvopt_bench.hypervolume import REFERENCE
 from kvopt_bench.replay import (
     ReplayTable,
     StudyTrace,
-    model_option,
-    recorded_profile,
+    replay_config,
     replay_pruning_rule,
     replay_study,
     warm_start_from_grid,
@@ -325,9 +324,7 @@ def search_run(args: argparse.Namespace, path: Path) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.samplers:
-        cfg = compose_config(
-            model_option(grid), grid["profile"], [*grid["overrides"], *recorded_profile(grid), f"sampler={name}"]
-        )
+        cfg = replay_config(grid, name)
         seeds = args.gp_seeds if name == "gp" and args.gp_seeds else args.seeds
         # The grid order visits every grid point (conditional options repeat candidates);
         # the others get as many trials as the space has candidates.

@@ -202,9 +202,7 @@ def test_a_renamed_shipped_model_keeps_the_architecture_the_user_gave() -> None:
     silently (it was: the shipped hub id brought back the shipped architecture and name)."""
     from kvopt.compose import compose_config
 
-    cfg = compose_config(
-        ["model=tiny-llama", "model.name=small-llama", "model.architecture.num_hidden_layers=4"]
-    )
+    cfg = compose_config(["model=tiny-llama", "model.name=small-llama", "model.architecture.num_hidden_layers=4"])
     source = resolve_model(cfg.model)
     assert source.model.name == "small-llama"
     assert source.model.architecture["num_hidden_layers"] == 4

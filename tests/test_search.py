@@ -113,6 +113,53 @@ def test_a_batch_slope_seen_at_one_dtype_stays_uncertain_at_another() -> None:
     assert abs(means[0, 0] - math.log(10.0)) < 0.2
 
 
+def test_an_ordinal_knob_interacts_with_the_batch() -> None:
+    # An ordinal knob's effect measured at one batch says little about another batch (on the
+    # llama.cpp grid one prefill thread paid off only with small batches): ordinal knobs get
+    # interactions with the batch and each other, 0 at the baseline's value.
+    sp = space(cache_implementation=["dynamic", "quantized"], quantized_backends=["quanto"], quantized_nbits=[2, 4])
+    enc = CandidateEncoder(sp)
+    nbits = "quantized_nbits_quanto"
+    assert f"log2_batch*{nbits}" in enc.names
+
+    def q(n: int, b: int) -> Candidate:
+        return Candidate("quantized", "sdpa", "float32", b, "quanto", n)
+
+    col = enc.names.index(f"log2_batch*{nbits}")
+    assert enc.encode(q(2, 1))[col] == 0.0 and enc.encode(q(2, 8))[col] != enc.encode(q(4, 8))[col]
+
+    def obs(c: Candidate, ttft: float) -> Observation:
+        return Observation(c, {"ttft_ms": math.log(ttft)}, {"ttft_ms": 0.02})
+
+    # 4 bits cost twice 2 bits' TTFT at batch 1, nothing at batch 8: the effect shrinks with the batch.
+    seen = [obs(BASE, 10.0), *(obs(q(2, b), 8.0 * b**0.9) for b in (1, 2, 8))]
+    seen += [obs(q(4, b), 8.0 * b**0.9 * 2 ** (1 - math.log2(b) / 3)) for b in (1, 2, 8)]
+    means, _ = fit_model(sp, seen).predict([q(2, 1), q(4, 1), q(2, 4), q(4, 4)])
+    at1, at4 = means[1, 0] - means[0, 0], means[3, 0] - means[2, 0]
+    assert at1 - at4 > 0.25, (at1, at4)  # a main effect alone predicts one effect at every batch
+
+
+def test_a_candidate_far_from_everything_measured_stays_uncertain() -> None:
+    # Interactions of three settings are beyond main effects and pairs: the farther an unmeasured
+    # candidate lies from the nearest measured one (settings changed), the wider its timings' band.
+    sp = space(dtype=["float32", "bfloat16"])
+    seen = [
+        Observation(c, dict(zip(("ttft_ms", "decode_tok_s"), map(math.log, truth(c)[:2]))), {})
+        for c in (
+            BASE,
+            Candidate("static", "sdpa", "float32", 1),
+            Candidate("dynamic", "eager", "float32", 1),
+            Candidate("dynamic", "sdpa", "bfloat16", 1),
+            Candidate("dynamic", "sdpa", "float32", 8),
+        )
+    ]
+    model = fit_model(sp, seen)
+    near, far = Candidate("static", "sdpa", "float32", 8), Candidate("static", "eager", "bfloat16", 8)
+    assert list(model.distances([BASE, near, far])) == [0, 1, 3]
+    _, sds = model.predict([BASE, near, far])
+    assert sds[0, 0] < sds[1, 0] < sds[2, 0] and sds[1, 1] < sds[2, 1]  # measured: no residual left
+
+
 def test_the_fit_averages_the_exact_posteriors_by_marginal_likelihood() -> None:
     # Weight space (features x features) gives the same marginal likelihood and posterior as
     # the observation-space formulas, and every (prior scale, misfit) pair weighs by it.
@@ -251,6 +298,30 @@ def test_convergence_stops_only_when_no_candidate_can_still_win() -> None:
     model = fit_model(sp, state.observations)
     assert convergence(state, sp, PROFILE, model, z=1.645) is not None
     assert convergence(state, sp, PROFILE, model, z=50.0) is None  # a wide band: anything can still win
+
+
+def test_once_the_answer_is_known_the_sampler_extends_the_front() -> None:
+    """A study that runs on past the stop rule (study.converge=false, a trial cap, other workers)
+    spends its trials on the Pareto front: the profile's answer is known."""
+    sp = space()
+    study = new_study()
+    add_complete(study, sp, BASE, baseline=True)
+    for c in sp.candidates():
+        if c != BASE and (c.attn_implementation == "sdpa" or c.batch_size == 8):
+            add_complete(study, sp, c)
+    assert len(study.trials) % 4 != 3  # not a regular front turn (every 4th trial from the 8th)
+    assert check_converged(study, sp, PROFILE) is not None
+    sampler = ProfileSampler(sp, PROFILE, seed=0)
+    chosen = sampler.choose(study, len(study.trials))
+    assert chosen is not None
+    candidate, why = chosen
+    assert why.startswith("front:") and "the profile's answer is known" in why, why
+    assert candidate_key(candidate.params()) not in {candidate_key(t.params) for t in study.trials}
+    # Before the answer is known the same sampler looks for the profile's best.
+    early = new_study()
+    add_complete(early, sp, BASE, baseline=True)
+    add_complete(early, sp, Candidate("dynamic", "sdpa", "float32", 2))
+    assert sampler.choose(early, 2)[1].startswith("profile")
 
 
 def test_finalists_are_only_candidates_that_can_still_win() -> None:

@@ -41,6 +41,7 @@ from kvopt.select import Result, can_win_check, collect_results, dominated_by, p
 from kvopt.space import Candidate, SearchSpace, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
 from kvopt.trial import Objective
+from kvopt_bench.common import compose_config
 from kvopt_bench.grid import grid_results, grid_rows_ok, space_from_grid, untimed_seconds
 from kvopt_bench.hypervolume import REFERENCE, Normalizer, hypervolume_3d
 
@@ -48,6 +49,7 @@ __all__ = [
     "ReplayTable",
     "ReplayMeasurer",
     "model_option",
+    "replay_config",
     "replay_objective",
     "StudyTrace",
     "recorded_profile",
@@ -232,6 +234,21 @@ def model_option(grid: dict[str, Any]) -> str:
     default option and then uses the recorded model (:func:`replay_study`).
     """
     return DEFAULT_MODEL_OPTION if "model_config" in grid else str(grid["model"])
+
+
+def replay_config(grid: dict[str, Any], sampler: str) -> KvoptConfig:
+    """The config a replay of ``grid`` with ``sampler`` runs under: the recording's overrides and profile.
+
+    A grid with its resolved model recorded (``model_config``) is composed with the default
+    option, so its architecture and name overrides (a widened Llama) are left out: the
+    recorded model replaces the option's (:func:`replay_objective`), whose architecture may
+    not have their keys.
+    """
+    replaced = ("model.architecture.", "model.name=") if "model_config" in grid else ()
+    overrides = [o for o in grid["overrides"] if not o.startswith(replaced)]
+    return compose_config(
+        model_option(grid), grid["profile"], [*overrides, *recorded_profile(grid), f"sampler={sampler}"]
+    )
 
 
 def recorded_profile(grid: dict[str, Any]) -> list[str]:

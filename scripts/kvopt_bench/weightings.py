@@ -39,8 +39,8 @@ from kvopt.sampler import check_converged
 from kvopt.select import collect_results, recommend
 from kvopt.space import CandidateKey, candidate_key
 from kvopt.study import enqueue_baseline, make_sampler
-from kvopt_bench.common import compose_config, quartiles
-from kvopt_bench.replay import ReplayTable, StudyTrace, model_option, recorded_profile, replay_objective
+from kvopt_bench.common import quartiles
+from kvopt_bench.replay import ReplayTable, StudyTrace, replay_config, replay_objective
 
 __all__ = [
     "Weighting",
@@ -119,9 +119,7 @@ def with_weights(grid: dict[str, Any], weights: dict[str, float]) -> dict[str, A
 
 def config_for(grid: dict[str, Any], sampler: str) -> KvoptConfig:
     """The replay's config (as ``bench_search.py`` builds it): the grid's recorded profile, its weights included."""
-    return compose_config(
-        model_option(grid), grid["profile"], [*grid["overrides"], *recorded_profile(grid), f"sampler={sampler}"]
-    )
+    return replay_config(grid, sampler)
 
 
 def replay_until(
