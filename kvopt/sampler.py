@@ -478,9 +478,8 @@ class ProfileSampler(BaseSampler):
         if converged is not None:
             choice = self._front_step(pool, state, means, sds)
             if choice is not None:
-                return choice[
-                    0
-                ], f"{choice[1]}; the profile's answer is known ({converged.challenger or 'no'} challenger)"
+                candidate, why = choice
+                return candidate, f"{why}; the profile's answer is known ({converged.challenger or 'no'} challenger)"
         base = np.log(np.array(state.baseline))
         mean_score = score_of(means, base, self.profile.weights)
         sd_score = score_sd_of(sds, self.profile.weights)

@@ -9,10 +9,9 @@ import pytest
 
 from kvopt.engines.transformers.candidate import Candidate, transformers_space
 from kvopt.metrics import METRICS
-from kvopt_bench.replay import ReplayTable
+from kvopt_bench.replay import ReplayTable, replay_config
 from kvopt_bench.weightings import (
     Weighting,
-    config_for,
     evaluate_grid,
     random_weightings,
     shipped_weightings,
@@ -100,7 +99,7 @@ def test_the_shipped_weightings_come_from_the_profiles_and_the_random_ones_from_
         assert sum(w.weights.values()) == pytest.approx(1.0, abs=1e-9)
         # A replay's config takes them as a profile's weights (the config checks they sum to 1).
     grid = synthetic_grid()
-    assert config_for(with_weights(grid, drawn[0].weights), "profile").profile.weights == drawn[0].weights
+    assert replay_config(with_weights(grid, drawn[0].weights), "profile").profile.weights == drawn[0].weights
     # The grid's own weights go first, merged with an equal shipped one.
     ours = with_recorded(grid, [TTFT_FIRST, Weighting("same", dict(grid["profile_config"]["weights"]), "test")])
     assert [w.name for w in ours] == ["recorded=same", "ttft-first"]

@@ -231,7 +231,7 @@ def model_option(grid: dict[str, Any]) -> str:
 
     A grid recorded with its resolved model (``model_config``: a GGUF's figures) has a model
     that is no shipped option (``tiny`` for ``tiny.gguf``); the replay composes with the
-    default option and then uses the recorded model (:func:`replay_study`).
+    default option and then uses the recorded model (:func:`replay_objective`).
     """
     return DEFAULT_MODEL_OPTION if "model_config" in grid else str(grid["model"])
 

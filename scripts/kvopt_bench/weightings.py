@@ -117,11 +117,6 @@ def with_weights(grid: dict[str, Any], weights: dict[str, float]) -> dict[str, A
     return {**grid, "profile_config": {**grid["profile_config"], "weights": dict(weights)}}
 
 
-def config_for(grid: dict[str, Any], sampler: str) -> KvoptConfig:
-    """The replay's config (as ``bench_search.py`` builds it): the grid's recorded profile, its weights included."""
-    return replay_config(grid, sampler)
-
-
 def replay_until(
     table: ReplayTable,
     cfg: KvoptConfig,
@@ -263,7 +258,7 @@ def evaluate_grid(
     for name in samplers:
         if name == "profile":
             for w, table in zip(weightings, tables):
-                cfg = config_for(table.grid, name)
+                cfg = replay_config(table.grid, name)
                 traces, stops = [], []
                 for seed in range(seeds):
 
@@ -281,7 +276,7 @@ def evaluate_grid(
                 _log_row(log, w, name, per[w.name])
         else:
             # The weights do not enter these samplers' choices: one study per seed, scored under every weighting.
-            cfg = config_for(grid, name)
+            cfg = replay_config(grid, name)
             by_weighting: list[list[StudyTrace]] = [[] for _ in weightings]
             for seed in range(seeds):
                 study, _ = replay_until(

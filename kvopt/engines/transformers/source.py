@@ -242,12 +242,10 @@ def _download_config(hub_id: str, revision: str) -> Path:
 
 def _from_hub_id(m: ModelConfig, shipped: dict[str, dict[str, Any]]) -> ModelSource:
     own_option = next((name for name, data in shipped.items() if data.get("hub_id") == m.hub_id), None)
-    if own_option is not None and m.name not in shipped:
-        # A shipped model renamed (model.name=…), its architecture perhaps changed: the user's model,
-        # never the shipped one silently (random weights: no checkpoint has that architecture).
-        own_option = m.name
-    elif own_option is not None and own_option != m.name:
-        # Another shipped model's hub id: that model, whichever group was chosen.
+    # Another shipped model's hub id under a shipped name: that model, whichever group was chosen.
+    # A shipped model renamed (model.name=…, its architecture perhaps changed) stays the user's
+    # model, never the shipped one silently.
+    if own_option is not None and own_option != m.name and m.name in shipped:
         data = shipped[own_option]
         m = replace(m, name=own_option, dtype=data["dtype"], architecture=dict(data["architecture"]))
     if own_option is not None and m.weights == "random":
